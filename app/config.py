@@ -1,0 +1,111 @@
+"""Every knob of the service, read from the environment (or a `.env` file)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = ROOT / "var"
+
+
+class SmtpSecurity(StrEnum):
+    none = "none"
+    starttls = "starttls"
+    tls = "tls"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    app_env: Literal["development", "production", "test"] = "development"
+    database_url: str = f"sqlite:///{VAR_DIR / 'newsletter.db'}"
+    secret_key: str = DEFAULT_SECRET_KEY
+    public_url: str = "http://127.0.0.1:8000"
+    site_name: str = "Newsletter"
+    # Origins of the news site allowed to post the signup form / JSON cross-origin and to frame
+    # the signup form; comma-separated.
+    site_origins: str = ""
+    log_level: str = "INFO"
+
+    # Mail
+    mail_from: str = "Newsletter <newsletter@localhost>"
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: SmtpSecurity = SmtpSecurity.none
+    smtp_timeout_seconds: float = 30.0
+    smtp_messages_per_connection: int = Field(default=500, ge=1)
+    maildir_path: Path = VAR_DIR / "mail"
+
+    # Sender
+    send_concurrency: int = Field(default=4, ge=1, le=64)
+    send_rate_per_second: float = Field(default=0.0, ge=0)
+    send_batch_size: int = Field(default=200, ge=1, le=5000)
+    send_lease_seconds: int = Field(default=300, ge=5)
+    send_max_attempts: int = Field(default=8, ge=1)
+    send_retry_base_seconds: float = Field(default=30.0, gt=0)
+    send_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    send_pause_after_permanent_errors: int = Field(default=20, ge=1)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+
+    # Signup
+    confirm_token_max_age_days: int = Field(default=7, ge=1)
+    email_check_deliverability: bool = False
+    confirmation_min_interval_minutes: int = Field(default=10, ge=0)
+    confirmation_max_per_day: int = Field(default=5, ge=1)
+    rate_limit_signup: str = "10/minute;100/hour"
+    rate_limit_storage_uri: str = "memory://"
+    trust_forwarded_for: bool = False
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+
+    # Feeds
+    feed_url: str | None = None
+    feed_poll_minutes: int = Field(default=0, ge=0)
+
+    # Compliance
+    organization_address: str = ""
+    unsubscribe_mailto: str | None = None
+    list_id: str | None = None
+    bounce_webhook_secret: str | None = None
+    verp: bool = False
+
+    # DKIM
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> Settings:
+        if self.app_env == "production" and self.secret_key == DEFAULT_SECRET_KEY:
+            raise ValueError(
+                "APP_ENV=production with the default SECRET_KEY: set SECRET_KEY to a long random "
+                'value (for example: python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+        if len(self.secret_key) < 16:
+            raise ValueError("SECRET_KEY must be at least 16 characters long")
+        return self
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+    @property
+    def site_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.site_origins.split(",") if o.strip()]
+
+    @property
+    def uses_smtp(self) -> bool:
+        return bool(self.smtp_host)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,139 @@
+"""ASGI middleware: request size limit, CORS for the public signup endpoints only, security headers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _too_large(send, self.max_bytes)
+                    return
+        seen = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body too large (limit {limit} bytes)"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ScopedCORS:
+    """CORS only on the public signup endpoints: the editor API stays same-origin."""
+
+    def __init__(self, app: ASGIApp, *, paths: Sequence[str], origins: Sequence[str]) -> None:
+        self.app = app
+        self.paths = tuple(paths)
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Accept-Language"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """CSP, nosniff, no referrer (links carry tokens) and a frame policy: only the news site may
+    embed the signup form; nothing else may be framed."""
+
+    def __init__(self, app: ASGIApp, *, frame_origins: Sequence[str]) -> None:
+        self.app = app
+        embed = " ".join(["'self'", *frame_origins])
+        self.csp_embeddable = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
+            f"form-action 'self'; base-uri 'none'; frame-ancestors {embed}"
+        ).encode()
+        self.csp = (
+            b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
+            b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        embeddable = path == "/subscribe"
+        docs = path in ("/docs", "/redoc")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"referrer-policy", b"no-referrer"))
+                if not docs:
+                    headers.append(
+                        (
+                            b"content-security-policy",
+                            self.csp_embeddable if embeddable else self.csp,
+                        )
+                    )
+                if not embeddable:
+                    headers.append((b"x-frame-options", b"DENY"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -1,0 +1,37 @@
+"""Per-recipient fill-in of a message rendered once per digest and language.
+
+Templates are rendered with sentinel placeholders for the few parts that differ per reader
+(name, unsubscribe link); each copy is then a handful of `str.replace` calls, never a Jinja
+render. Sentinels use Unicode private-use characters, which no escaping changes and no feed
+text contains.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+
+from markupsafe import Markup
+
+_OPEN, _CLOSE = "\ue000", "\ue001"
+FIELDS = ("name", "greeting_name", "unsubscribe_url", "email")
+
+
+def placeholder(field: str) -> Markup:
+    """The marker to pass to a template in place of a per-recipient value."""
+    assert field in FIELDS, field
+    return Markup(f"{_OPEN}{field}{_CLOSE}")
+
+
+def placeholders() -> dict[str, Markup]:
+    return {field: placeholder(field) for field in FIELDS}
+
+
+def fill(rendered: str, values: Mapping[str, str], *, escape_html: bool) -> str:
+    if _OPEN not in rendered:
+        return rendered
+    for field, value in values.items():
+        rendered = rendered.replace(
+            f"{_OPEN}{field}{_CLOSE}", html.escape(value, quote=True) if escape_html else value
+        )
+    return rendered

@@ -1,0 +1,117 @@
+"""create_app(): settings, database, mailer, worker, routers, middleware and error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from app.config import Settings, get_settings
+from app.db import make_engine, make_sessionmaker
+from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
+from app.mail.transport import make_mailer
+from app.ratelimit import RateLimited, RateLimiter
+from app.security import Tokens
+from app.subscriptions import routes as subscription_routes
+from app.web.i18n import STRINGS, request_language
+from app.web.templates import render_page
+from app.worker.sender import Sender
+
+log = logging.getLogger("app")
+
+PUBLIC_CORS_PATHS = ("/subscribe", "/api/v1/subscriptions")
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.mailer = make_mailer(settings)
+        if not settings.uses_smtp:
+            log.info(
+                "SMTP_HOST is not set: mail is written to the Maildir %s", settings.maildir_path
+            )
+        stop = asyncio.Event()
+        worker_task: asyncio.Task[None] | None = None
+        if run_worker:
+            sender = Sender(settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+            worker_task = asyncio.create_task(sender.run(stop), name="sender")
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                await worker_task
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Newsletter",
+        version="0.1.0",
+        description="Self-hosted newsletter service: double opt-in signup, digests of recent "
+        "articles, batched SMTP delivery, one-click unsubscribe.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.tokens = Tokens(
+        settings.secret_key,
+        confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400,
+    )
+    app.state.signup_limiter = RateLimiter(
+        settings.rate_limit_signup, settings.rate_limit_storage_uri
+    )
+
+    app.include_router(subscription_routes.pages)
+    app.include_router(subscription_routes.api)
+    app.mount(
+        "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
+    )
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any database failure means "not healthy", never a 500
+            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> Response:
+        headers = {"Retry-After": str(exc.retry_after)}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"detail": "too many requests, retry later"}, status_code=429, headers=headers
+            )
+        lang = request_language(request)
+        t = STRINGS[lang]
+        response = render_page(
+            request,
+            "message.html",
+            lang=lang,
+            status_code=429,
+            title=t["rate_limited_title"],
+            body=t["rate_limited_body"],
+        )
+        response.headers.update(headers)
+        return response
+
+    @app.get("/robots.txt", include_in_schema=False)
+    async def robots() -> PlainTextResponse:
+        return PlainTextResponse("User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\n")
+
+    # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
+    app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,20 @@
+"""Apply Alembic migrations programmatically (the only way the schema changes)."""
+
+from __future__ import annotations
+
+from alembic.config import Config
+
+from alembic import command
+from app.config import ROOT
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)

@@ -1,0 +1,242 @@
+"""All tables and status enums; Alembic's target metadata. The schema changes only by migration."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _ts(**kwargs: Any) -> Any:
+    """A timezone-aware timestamp column."""
+    return Field(sa_type=sa.DateTime(timezone=True), **kwargs)
+
+
+class SubscriberStatus(StrEnum):
+    pending = "pending"
+    confirmed = "confirmed"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    complained = "complained"
+
+
+SUPPRESSED_STATUSES = (
+    SubscriberStatus.unsubscribed,
+    SubscriberStatus.bounced,
+    SubscriberStatus.complained,
+)
+
+
+class Language(StrEnum):
+    fr = "fr"
+    en = "en"
+
+
+class ConsentSource(StrEnum):
+    form = "form"
+    api = "api"
+    import_ = "import"
+
+
+class DigestStatus(StrEnum):
+    draft = "draft"
+    sending = "sending"
+    paused = "paused"
+    sent = "sent"
+    cancelled = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    queued = "queued"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class DeliveryKind(StrEnum):
+    confirmation = "confirmation"
+    digest = "digest"
+    test = "test"
+
+
+class BounceType(StrEnum):
+    hard = "hard"
+    soft = "soft"
+    complaint = "complaint"
+
+
+# --- Subscribers -------------------------------------------------------------------------------
+
+
+class SubscriberBase(SQLModel):
+    name: str | None = Field(default=None, max_length=200)
+    language: str = Field(default=Language.fr, max_length=8)
+
+
+class Subscriber(SubscriberBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    # The normalised (lower-cased) address; NULL once erased. email_hash (keyed HMAC of the
+    # normalised address) is what uniqueness and suppression rely on, so it survives erasure.
+    email: str | None = Field(default=None, max_length=320)
+    email_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    status: str = Field(default=SubscriberStatus.pending, max_length=16, index=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    confirmed_at: datetime | None = _ts(default=None)
+    unsubscribed_at: datetime | None = _ts(default=None)
+    bounced_at: datetime | None = _ts(default=None)
+    erased_at: datetime | None = _ts(default=None)
+    # Consent record: when, from where, how, in which language.
+    consent_at: datetime | None = _ts(default=None)
+    consent_ip: str | None = Field(default=None, max_length=64)
+    consent_user_agent: str | None = Field(default=None, max_length=512)
+    consent_source: str | None = Field(default=None, max_length=16)
+
+
+class SubscriberEvent(SQLModel, table=True):
+    """Status history of a subscriber (GDPR access: what happened, when, why)."""
+
+    __tablename__ = "subscriber_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True, ondelete="CASCADE")
+    created_at: datetime = _ts(default_factory=utcnow)
+    event: str = Field(max_length=32)
+    detail: str | None = Field(default=None, max_length=1000)
+
+
+# --- Editors -----------------------------------------------------------------------------------
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, sa_column_kwargs={"unique": True})
+    # SHA-256 of the key: keys are long random strings, so a fast hash is enough.
+    key_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    prefix: str = Field(max_length=16)
+    created_at: datetime = _ts(default_factory=utcnow)
+    last_used_at: datetime | None = _ts(default=None)
+    revoked_at: datetime | None = _ts(default=None)
+
+
+# --- Articles and digests ----------------------------------------------------------------------
+
+
+class Article(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    guid: str | None = Field(default=None, max_length=1000, sa_column_kwargs={"unique": True})
+    url: str = Field(max_length=2000, sa_column_kwargs={"unique": True})
+    title: str = Field(max_length=1000)
+    summary: str | None = Field(default=None, sa_type=sa.Text)
+    content_html: str | None = Field(default=None, sa_type=sa.Text)
+    author: str | None = Field(default=None, max_length=300)
+    categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    image_url: str | None = Field(default=None, max_length=2000)
+    published_at: datetime | None = _ts(default=None, index=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class Feed(SQLModel, table=True):
+    """A polled feed: HTTP caching validators and the last outcome."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=2000, sa_column_kwargs={"unique": True})
+    etag: str | None = Field(default=None, max_length=500)
+    modified: str | None = Field(default=None, max_length=100)
+    last_polled_at: datetime | None = _ts(default=None)
+    last_error: str | None = Field(default=None, max_length=2000)
+
+
+class Digest(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str | None = Field(default=None, max_length=300)
+    status: str = Field(default=DigestStatus.draft, max_length=16, index=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    send_started_at: datetime | None = _ts(default=None)
+    sent_at: datetime | None = _ts(default=None)
+    cancelled_at: datetime | None = _ts(default=None)
+    paused_reason: str | None = Field(default=None, max_length=2000)
+    recipients: int = 0
+
+
+class DigestArticle(SQLModel, table=True):
+    """A frozen copy of an article as it stood when the digest was composed."""
+
+    __tablename__ = "digest_article"
+    __table_args__ = (sa.UniqueConstraint("digest_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest_id: int = Field(foreign_key="digest.id", index=True, ondelete="CASCADE")
+    article_id: int | None = Field(
+        default=None, foreign_key="article.id", index=True, ondelete="SET NULL"
+    )
+    position: int
+    title: str = Field(max_length=1000)
+    url: str = Field(max_length=2000)
+    summary: str | None = Field(default=None, sa_type=sa.Text)
+    author: str | None = Field(default=None, max_length=300)
+    categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    image_url: str | None = Field(default=None, max_length=2000)
+    published_at: datetime | None = _ts(default=None)
+
+
+# --- The outbox --------------------------------------------------------------------------------
+
+
+class Delivery(SQLModel, table=True):
+    """One email to one address. Every email the service sends is a row here first."""
+
+    __table_args__ = (
+        # One copy of a digest per subscriber, whatever the number of send calls or workers.
+        sa.UniqueConstraint("digest_id", "subscriber_id", name="uq_delivery_digest_subscriber"),
+        sa.Index("ix_delivery_claim", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    subscriber_id: int | None = Field(
+        default=None, foreign_key="subscriber.id", index=True, ondelete="CASCADE"
+    )
+    digest_id: int | None = Field(default=None, foreign_key="digest.id", ondelete="CASCADE")
+    # Only for test sends, which go to an address that need not be a subscriber.
+    to_address: str | None = Field(default=None, max_length=320)
+    language: str | None = Field(default=None, max_length=8)
+    status: str = Field(default=DeliveryStatus.queued, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(default_factory=utcnow)
+    lease_until: datetime | None = _ts(default=None)
+    leased_by: str | None = Field(default=None, max_length=100)
+    message_id: str | None = Field(default=None, max_length=300)
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _ts(default_factory=utcnow)
+    sent_at: datetime | None = _ts(default=None)
+
+
+# --- Bounces -----------------------------------------------------------------------------------
+
+
+class BounceEvent(SQLModel, table=True):
+    __tablename__ = "bounce_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True, ondelete="CASCADE")
+    type: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=2000)
+    source: str = Field(default="api", max_length=16)
+    created_at: datetime = _ts(default_factory=utcnow)

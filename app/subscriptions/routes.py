@@ -1,0 +1,241 @@
+"""Public pages (signup form, confirm, unsubscribe) and the public signup JSON endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
+from app.models import ConsentSource, Language
+from app.ratelimit import RateLimiter
+from app.security import TokenError, TokenExpired
+from app.subscriptions import service
+from app.web.i18n import STRINGS, request_language
+from app.web.templates import render_page
+
+pages = APIRouter(tags=["public pages"], include_in_schema=True)
+api = APIRouter(prefix="/api/v1", tags=["public"])
+
+
+async def signup_rate_limit(request: Request, ip: ClientIpDep) -> None:
+    limiter: RateLimiter = request.app.state.signup_limiter
+    await limiter.hit("signup", ip)
+
+
+RateLimitDep = Depends(signup_rate_limit)
+
+
+class SubscriptionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320, description="The reader's email address")
+    name: str | None = Field(default=None, max_length=200)
+    language: Language = Language.fr
+    website: str | None = Field(
+        default=None, max_length=500, description="Honeypot: leave empty", exclude=True
+    )
+
+
+class SubscriptionAccepted(BaseModel):
+    status: Literal["pending"] = "pending"
+
+
+@api.post(
+    "/subscriptions",
+    status_code=202,
+    response_model=SubscriptionAccepted,
+    dependencies=[RateLimitDep],
+    responses={422: {"description": "Invalid field"}, 429: {"description": "Too many requests"}},
+)
+async def create_subscription(
+    body: SubscriptionCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tokens: TokensDep,
+    ip: ClientIpDep,
+) -> SubscriptionAccepted:
+    """Start double opt-in. The answer is the same whether the address is new, pending or
+    already confirmed: this endpoint never tells who is subscribed."""
+    try:
+        email = service.normalize_email(
+            body.email, check_deliverability=settings.email_check_deliverability
+        )
+    except service.InvalidEmail as exc:
+        from fastapi.exceptions import RequestValidationError
+
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "email"),
+                    "msg": str(exc),
+                    "input": body.email,
+                }
+            ]
+        ) from exc
+    if body.website:
+        return SubscriptionAccepted()  # a bot filled the honeypot: look successful, store nothing
+    await service.signup(
+        session,
+        settings=settings,
+        tokens=tokens,
+        email=email,
+        name=service.clean_name(body.name),
+        consent=service.Consent(
+            ip=ip,
+            user_agent=request.headers.get("user-agent"),
+            source=ConsentSource.api,
+            language=body.language,
+        ),
+    )
+    return SubscriptionAccepted()
+
+
+@pages.get("/subscribe", response_class=HTMLResponse)
+async def subscribe_form(request: Request, lang: str | None = None) -> HTMLResponse:
+    language = request_language(request, lang)
+    return render_page(request, "subscribe.html", lang=language, errors={}, values={})
+
+
+@pages.post("/subscribe", response_class=HTMLResponse, dependencies=[RateLimitDep])
+async def subscribe_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tokens: TokensDep,
+    ip: ClientIpDep,
+    email: Annotated[str, Form(max_length=2000)] = "",
+    name: Annotated[str, Form(max_length=2000)] = "",
+    language: Annotated[str, Form(max_length=20)] = "",
+    website: Annotated[str, Form(max_length=2000)] = "",
+) -> HTMLResponse:
+    lang = request_language(request, language)
+    t = STRINGS[lang]
+    errors: dict[str, str] = {}
+    normalized = ""
+    try:
+        normalized = service.normalize_email(
+            email, check_deliverability=settings.email_check_deliverability
+        )
+    except service.InvalidEmail:
+        errors["email"] = t["email_invalid"]
+    if len(name) > 200:
+        errors["name"] = t["name_too_long"]
+    if errors:
+        return render_page(
+            request,
+            "subscribe.html",
+            lang=lang,
+            status_code=422,
+            errors=errors,
+            values={"email": email, "name": name},
+        )
+    if not website:
+        await service.signup(
+            session,
+            settings=settings,
+            tokens=tokens,
+            email=normalized,
+            name=service.clean_name(name),
+            consent=service.Consent(
+                ip=ip,
+                user_agent=request.headers.get("user-agent"),
+                source=ConsentSource.form,
+                language=lang,
+            ),
+        )
+    return render_page(
+        request, "message.html", lang=lang, title=t["check_title"], body=t["check_body"]
+    )
+
+
+def _invalid_link(request: Request, lang: str, exc: TokenError) -> HTMLResponse:
+    t = STRINGS[lang]
+    body = t["expired_body"] if isinstance(exc, TokenExpired) else t["invalid_body"]
+    return render_page(
+        request,
+        "message.html",
+        lang=lang,
+        status_code=400,
+        title=t["invalid_title"],
+        body=body,
+        signup_link=True,
+    )
+
+
+@pages.get("/confirm/{token}", response_class=HTMLResponse)
+async def confirm(
+    request: Request, token: str, session: SessionDep, tokens: TokensDep
+) -> HTMLResponse:
+    lang = request_language(request)
+    try:
+        subscriber = await service.confirm(session, tokens=tokens, token=token)
+    except TokenError as exc:
+        return _invalid_link(request, lang, exc)
+    lang = request_language(request, request.query_params.get("lang") or subscriber.language)
+    t = STRINGS[lang]
+    return render_page(
+        request, "message.html", lang=lang, title=t["confirmed_title"], body=t["confirmed_body"]
+    )
+
+
+@pages.get("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe_page(
+    request: Request, token: str, session: SessionDep, tokens: TokensDep
+) -> HTMLResponse:
+    """Shows a button and changes nothing: mail scanners follow links."""
+    lang = request_language(request)
+    try:
+        subscriber = await service.subscriber_for_unsubscribe(session, tokens=tokens, token=token)
+    except TokenError as exc:
+        return _invalid_link(request, lang, exc)
+    lang = request_language(request, request.query_params.get("lang") or subscriber.language)
+    return render_page(request, "unsubscribe.html", lang=lang, token=token)
+
+
+@pages.post("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe(
+    request: Request, token: str, session: SessionDep, tokens: TokensDep
+) -> HTMLResponse:
+    """The page's button, or a mail provider's RFC 8058 one-click POST
+    (`List-Unsubscribe=One-Click`). No cookie or CSRF token: the signed token is the proof."""
+    lang = request_language(request)
+    form = await request.form()
+    how = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "link"
+    try:
+        subscriber = await service.unsubscribe(session, tokens=tokens, token=token, how=how)
+    except TokenError as exc:
+        return _invalid_link(request, lang, exc)
+    lang = request_language(request, str(form.get("lang") or "") or subscriber.language)
+    return render_page(
+        request,
+        "unsubscribed.html",
+        lang=lang,
+        token=token,
+        can_resubscribe=subscriber.erased_at is None and subscriber.status == "unsubscribed",
+    )
+
+
+@pages.post("/resubscribe/{token}", response_class=HTMLResponse)
+async def resubscribe(
+    request: Request, token: str, session: SessionDep, tokens: TokensDep
+) -> HTMLResponse:
+    lang = request_language(request)
+    try:
+        subscriber = await service.resubscribe(session, tokens=tokens, token=token)
+    except TokenError as exc:
+        return _invalid_link(request, lang, exc)
+    form = await request.form()
+    lang = request_language(request, str(form.get("lang") or "") or subscriber.language)
+    t = STRINGS[lang]
+    return render_page(
+        request,
+        "message.html",
+        lang=lang,
+        title=t["resubscribed_title"],
+        body=t["resubscribed_body"],
+    )

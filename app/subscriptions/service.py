@@ -1,0 +1,241 @@
+"""Signup (double opt-in), confirmation, unsubscribe and resubscribe."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import Settings
+from app.models import (
+    ConsentSource,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    as_utc,
+    utcnow,
+)
+from app.security import TokenError, Tokens
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class InvalidEmail(ValueError):
+    pass
+
+
+def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
+    """Validate syntax (and DNS if asked); return the lower-cased form used for uniqueness."""
+    raw = raw.strip()
+    if not raw:
+        raise InvalidEmail("enter an email address")
+    if len(raw) > 320 or _CONTROL.search(raw):
+        raise InvalidEmail("this email address is not valid")
+    try:
+        result = validate_email(raw, check_deliverability=check_deliverability)
+    except EmailNotValidError as exc:
+        raise InvalidEmail(str(exc)) from exc
+    return result.normalized.lower()
+
+
+def clean_name(raw: str | None) -> str | None:
+    """Names reach headers and bodies: control characters (CR/LF...) become spaces."""
+    if raw is None:
+        return None
+    name = " ".join(_CONTROL.sub(" ", raw).split())
+    return name[:200] or None
+
+
+def _event(subscriber_id: int, event: str, detail: str | None = None) -> SubscriberEvent:
+    return SubscriberEvent(subscriber_id=subscriber_id, event=event, detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    ip: str | None
+    user_agent: str | None
+    source: ConsentSource
+    language: str
+
+
+async def find_by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
+    """`email` must already be normalised."""
+    result = await session.exec(
+        select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(email))
+    )
+    return result.first()
+
+
+async def _confirmation_allowed(
+    session: AsyncSession, *, settings: Settings, subscriber_id: int
+) -> bool:
+    # A pending address gets at most one confirmation per interval and a few per day, so repeated
+    # posts of someone else's address cannot be used to flood that inbox.
+    now = utcnow()
+    day_ago = now - timedelta(days=1)
+    recent = select(Delivery.created_at).where(
+        Delivery.subscriber_id == subscriber_id,
+        Delivery.kind == DeliveryKind.confirmation,
+        col(Delivery.created_at) >= day_ago,
+    )
+    rows = (await session.exec(recent)).all()
+    if len(rows) >= settings.confirmation_max_per_day:
+        return False
+    interval = timedelta(minutes=settings.confirmation_min_interval_minutes)
+    return all(as_utc(created) < now - interval for created in rows)
+
+
+async def signup(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    tokens: Tokens,
+    email: str,
+    name: str | None,
+    consent: Consent,
+) -> Subscriber:
+    """Start (or restart) double opt-in. The caller answers the same whatever happens here."""
+    email_hash = tokens.email_hash(email)
+    now = utcnow()
+    subscriber = (
+        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
+    ).first()
+    if subscriber is None:
+        candidate = Subscriber(email=email, email_hash=email_hash, name=name)
+        try:
+            # A savepoint: two simultaneous sign-ups of one address must not end in a 500.
+            async with session.begin_nested():
+                session.add(candidate)
+                await session.flush()
+            subscriber = candidate
+            new = True
+        except IntegrityError:
+            subscriber = (
+                await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
+            ).one()
+            new = False
+    else:
+        new = False
+
+    assert subscriber.id is not None
+    if subscriber.status == SubscriberStatus.confirmed:
+        return subscriber  # already on the list: nothing to send, nothing to reveal
+
+    if not new and subscriber.status != SubscriberStatus.pending:
+        # Unsubscribed, bounced, complained or erased: only a fresh double opt-in brings them back.
+        session.add(_event(subscriber.id, "resignup", f"from {subscriber.status}"))
+    subscriber.email = email
+    subscriber.name = name if name is not None else subscriber.name
+    subscriber.language = consent.language
+    subscriber.status = SubscriberStatus.pending
+    subscriber.erased_at = None
+    subscriber.consent_at = now
+    subscriber.consent_ip = consent.ip
+    subscriber.consent_user_agent = (consent.user_agent or "")[:512] or None
+    subscriber.consent_source = consent.source
+    subscriber.updated_at = now
+    session.add(subscriber)
+    if new:
+        session.add(_event(subscriber.id, "signup", consent.source))
+
+    if await _confirmation_allowed(session, settings=settings, subscriber_id=subscriber.id):
+        session.add(
+            Delivery(
+                kind=DeliveryKind.confirmation,
+                subscriber_id=subscriber.id,
+                language=consent.language,
+            )
+        )
+    await session.flush()
+    return subscriber
+
+
+async def _subscriber_for(session: AsyncSession, subscriber_id: int, tag: str) -> Subscriber:
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None or subscriber.email_hash[:16] != tag:
+        raise TokenError("the link is not valid")
+    return subscriber
+
+
+async def confirm(session: AsyncSession, *, tokens: Tokens, token: str) -> Subscriber:
+    subscriber_id, tag = tokens.read_confirm_token(token)
+    subscriber = await _subscriber_for(session, subscriber_id, tag)
+    if subscriber.status == SubscriberStatus.confirmed:
+        return subscriber  # a second click shows the same success
+    if subscriber.status != SubscriberStatus.pending:
+        raise TokenError("this link is no longer valid")
+    now = utcnow()
+    subscriber.status = SubscriberStatus.confirmed
+    subscriber.confirmed_at = now
+    subscriber.updated_at = now
+    session.add(subscriber)
+    assert subscriber.id is not None
+    session.add(_event(subscriber.id, "confirmed"))
+    await session.flush()
+    return subscriber
+
+
+async def subscriber_for_unsubscribe(
+    session: AsyncSession, *, tokens: Tokens, token: str
+) -> Subscriber:
+    subscriber_id, tag = tokens.read_unsubscribe_token(token)
+    return await _subscriber_for(session, subscriber_id, tag)
+
+
+async def unsubscribe(
+    session: AsyncSession, *, tokens: Tokens, token: str, how: str = "link"
+) -> Subscriber:
+    """Idempotent; also for erased, bounced or complained subscribers (they stay suppressed)."""
+    subscriber = await subscriber_for_unsubscribe(session, tokens=tokens, token=token)
+    assert subscriber.id is not None
+    if subscriber.status in (SubscriberStatus.pending, SubscriberStatus.confirmed):
+        now = utcnow()
+        subscriber.status = SubscriberStatus.unsubscribed
+        subscriber.unsubscribed_at = now
+        subscriber.updated_at = now
+        session.add(subscriber)
+        session.add(_event(subscriber.id, "unsubscribed", how))
+    # From this moment nothing more goes out, including what is already queued.
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.subscriber_id) == subscriber.id,
+            col(Delivery.status) == DeliveryStatus.queued,
+        )
+        .values(status=DeliveryStatus.skipped, last_error="unsubscribed")
+        .execution_options(synchronize_session=False)
+    )
+    await session.flush()
+    return subscriber
+
+
+async def resubscribe(session: AsyncSession, *, tokens: Tokens, token: str) -> Subscriber:
+    """Undo an unsubscribe: the token came by email, so it proves the mailbox."""
+    subscriber = await subscriber_for_unsubscribe(session, tokens=tokens, token=token)
+    assert subscriber.id is not None
+    if subscriber.status == SubscriberStatus.unsubscribed and subscriber.erased_at is None:
+        now = utcnow()
+        subscriber.status = SubscriberStatus.confirmed
+        subscriber.unsubscribed_at = None
+        subscriber.confirmed_at = subscriber.confirmed_at or now
+        subscriber.updated_at = now
+        session.add(subscriber)
+        session.add(_event(subscriber.id, "resubscribed"))
+        await session.flush()
+    return subscriber
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = (
+        await session.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status))
+    ).all()
+    return {status: count for status, count in rows}

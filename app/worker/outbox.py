@@ -1,0 +1,200 @@
+"""The durable outbox: claim deliveries under a lease, then record what became of each.
+
+Claiming is one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) on PostgreSQL, so
+any number of workers share the queue without two of them holding the same row; SQLite runs
+the same statement atomically (one writer at a time).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import Delivery, DeliveryStatus, Digest, DigestStatus, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    kind: str
+    subscriber_id: int | None
+    digest_id: int | None
+    to_address: str | None
+    language: str | None
+    attempts: int
+    message_id: str | None
+
+
+_CLAIMED_COLUMNS = (
+    col(Delivery.id),
+    col(Delivery.kind),
+    col(Delivery.subscriber_id),
+    col(Delivery.digest_id),
+    col(Delivery.to_address),
+    col(Delivery.language),
+    col(Delivery.attempts),
+    col(Delivery.message_id),
+)
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    sendable_digest = select(Digest.id).where(Digest.status == DigestStatus.sending)
+    return sa.and_(
+        or_(
+            sa.and_(
+                col(Delivery.status) == DeliveryStatus.queued,
+                col(Delivery.next_attempt_at) <= now,
+            ),
+            # A lease that ran out: its worker died (SIGKILL, lost host). Take the row over.
+            sa.and_(
+                col(Delivery.status) == DeliveryStatus.sending,
+                col(Delivery.lease_until) < now,
+            ),
+        ),
+        or_(
+            col(Delivery.digest_id).is_(None),
+            col(Delivery.digest_id).in_(sendable_digest),
+        ),
+    )
+
+
+async def claim_batch(
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    limit: int,
+    lease_seconds: int,
+    now: datetime | None = None,
+) -> list[Claimed]:
+    now = now or utcnow()
+    ids = (
+        select(Delivery.id)
+        .where(_claimable(now))
+        .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        sa.update(Delivery)
+        .where(col(Delivery.id).in_(ids.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.sending,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            leased_by=worker_id,
+        )
+        .returning(*_CLAIMED_COLUMNS)
+    )
+    rows = (await session.execute(stmt)).all()
+    claimed = [Claimed(*row) for row in rows]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
+    # Only the worker whose lease it is may record an outcome: after a takeover the old
+    # holder's late answer must not overwrite the new one's.
+    return sa.and_(
+        col(Delivery.id).in_(ids),
+        col(Delivery.leased_by) == worker_id,
+        col(Delivery.status) == DeliveryStatus.sending,
+    )
+
+
+async def mark_sent(
+    session: AsyncSession, *, worker_id: str, sent: Sequence[tuple[int, str]]
+) -> None:
+    """Record accepted messages: (delivery id, Message-ID)."""
+    if not sent:
+        return
+    now = utcnow()
+    await session.execute(
+        sa.update(Delivery)
+        .where(_held_by(worker_id, [i for i, _ in sent]))
+        .values(
+            status=DeliveryStatus.sent,
+            sent_at=now,
+            lease_until=None,
+            attempts=Delivery.attempts + 1,
+            message_id=sa.case(
+                {i: mid for i, mid in sent}, value=Delivery.id, else_=Delivery.message_id
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def mark_skipped(
+    session: AsyncSession, *, worker_id: str, ids: Sequence[int], reason: str
+) -> None:
+    if not ids:
+        return
+    await session.execute(
+        sa.update(Delivery)
+        .where(_held_by(worker_id, ids))
+        .values(status=DeliveryStatus.skipped, lease_until=None, last_error=reason[:2000])
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def mark_failed(
+    session: AsyncSession, *, worker_id: str, delivery_id: int, reply: str
+) -> None:
+    await session.execute(
+        sa.update(Delivery)
+        .where(_held_by(worker_id, [delivery_id]))
+        .values(
+            status=DeliveryStatus.failed,
+            lease_until=None,
+            attempts=Delivery.attempts + 1,
+            last_error=reply[:2000],
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def backoff_seconds(attempts: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: spreads retries so a recovering relay is not stampeded."""
+    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+async def mark_retry(
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    delivery_id: int,
+    reply: str,
+    retry_at: datetime,
+    count_attempt: bool = True,
+) -> None:
+    await session.execute(
+        sa.update(Delivery)
+        .where(_held_by(worker_id, [delivery_id]))
+        .values(
+            status=DeliveryStatus.queued,
+            lease_until=None,
+            leased_by=None,
+            attempts=Delivery.attempts + (1 if count_attempt else 0),
+            next_attempt_at=retry_at,
+            last_error=reply[:2000],
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def release(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> None:
+    """Give unsent claimed rows back to the queue (shutdown, pause): no attempt is counted."""
+    if not ids:
+        return
+    await session.execute(
+        sa.update(Delivery)
+        .where(_held_by(worker_id, ids))
+        .values(status=DeliveryStatus.queued, lease_until=None, leased_by=None)
+        .execution_options(synchronize_session=False)
+    )

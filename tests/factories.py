@@ -1,0 +1,72 @@
+"""Small factories and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+
+from fastapi import FastAPI
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import Subscriber, SubscriberStatus, utcnow
+from app.security import Tokens
+from app.worker.sender import BatchReport, Sender
+
+
+async def make_subscriber(
+    session: AsyncSession,
+    tokens: Tokens,
+    *,
+    email: str = "reader@example.org",
+    name: str | None = "Reader",
+    status: SubscriberStatus = SubscriberStatus.confirmed,
+    language: str = "fr",
+) -> Subscriber:
+    subscriber = Subscriber(
+        email=email.lower(),
+        email_hash=tokens.email_hash(email.lower()),
+        name=name,
+        status=status,
+        language=language,
+        confirmed_at=utcnow() if status == SubscriberStatus.confirmed else None,
+    )
+    session.add(subscriber)
+    await session.commit()
+    await session.refresh(subscriber)
+    return subscriber
+
+
+async def drain_outbox(app: FastAPI, *, max_batches: int = 100) -> BatchReport:
+    """Run the real sender until the outbox has nothing claimable; return the summed report."""
+    sender = Sender(app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+    total = BatchReport()
+    for _ in range(max_batches):
+        report = await sender.run_batch()
+        if report.claimed == 0:
+            break
+        total.claimed += report.claimed
+        total.sent += report.sent
+        total.skipped += report.skipped
+        total.retried += report.retried
+        total.failed += report.failed
+        total.errors += report.errors
+    return total
+
+
+def text_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def html_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def link_in(message: EmailMessage, path: str) -> str:
+    """The first link to PUBLIC_URL/<path>/... in the text part, as a path for the test client."""
+    match = re.search(rf"http://testserver(/{path}/[A-Za-z0-9_.\-]+)", text_part(message))
+    assert match, f"no /{path}/ link in:\n{text_part(message)}"
+    return match.group(1)

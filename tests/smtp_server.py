@@ -1,0 +1,126 @@
+"""A real SMTP server (aiosmtpd) for tests, with fault injection per recipient or per session."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class Faults:
+    """Replies to give instead of accepting. Keys are recipient addresses (lower-case)."""
+
+    rcpt: dict[str, str] = field(default_factory=dict)  # e.g. "550 5.1.1 No such user"
+    rcpt_times: dict[str, int] = field(default_factory=dict)  # how many times (absent: always)
+    mail_from: str | None = None  # e.g. "553 5.7.1 Sender refused"
+    data: str | None = None
+    drop_after_messages: int | None = None  # close the connection after N accepted messages
+    delay_seconds: float = 0.0
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_MAIL(
+        self, srv: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.server.faults.mail_from:
+            return self.server.faults.mail_from
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, srv: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        faults = self.server.faults
+        key = address.lower()
+        if key in faults.rcpt:
+            remaining = faults.rcpt_times.get(key)
+            if remaining is None or remaining > 0:
+                if remaining is not None:
+                    faults.rcpt_times[key] = remaining - 1
+                return faults.rcpt[key]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, srv: SMTP, session: Session, envelope: Envelope) -> str:
+        faults = self.server.faults
+        if faults.delay_seconds:
+            await asyncio.sleep(faults.delay_seconds)
+        if faults.data:
+            return faults.data
+        content = envelope.original_content or b""
+        with self.server.lock:
+            self.server.received.append(
+                Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
+            )
+            count = len(self.server.received)
+        if faults.drop_after_messages and count % faults.drop_after_messages == 0:
+            assert srv.transport is not None
+            srv.transport.close()
+        return "250 Message accepted"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpServer:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.faults = Faults()
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        self._kwargs = kwargs
+        self._controller: Controller | None = None
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) the server in its own thread."""
+        if self._controller is None:
+            self._controller = Controller(
+                _Handler(self), hostname=self.host, port=self.port, ready_timeout=10, **self._kwargs
+            )
+            self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def messages_to(self, address: str) -> list[EmailMessage]:
+        with self.lock:
+            return [
+                r.message
+                for r in self.received
+                if address.lower() in (t.lower() for t in r.rcpt_tos)
+            ]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.received.clear()

@@ -1,0 +1,291 @@
+"""The double opt-in flow end to end: form -> outbox -> real SMTP -> link -> confirmed."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
+from tests.factories import drain_outbox, html_part, link_in, make_subscriber, text_part
+from tests.smtp_server import SmtpServer
+
+
+async def subscriber_by_email(session: AsyncSession, email: str) -> Subscriber | None:
+    session.expire_all()
+    return (await session.exec(select(Subscriber).where(Subscriber.email == email))).first()
+
+
+async def test_form_signup_email_link_confirmed(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    page = await client.get("/subscribe")
+    assert page.status_code == 200
+    assert 'lang="fr"' in page.text
+    assert 'for="email"' in page.text
+
+    response = await client.post(
+        "/subscribe",
+        data={"email": "Lecteur@Example.ORG", "name": "Amélie", "website": ""},
+        headers={"user-agent": "Mozilla/5.0 test"},
+    )
+    assert response.status_code == 200
+    assert "Vérifiez votre boîte" in response.text
+
+    subscriber = await subscriber_by_email(session, "lecteur@example.org")
+    assert subscriber is not None
+    assert subscriber.status == SubscriberStatus.pending
+    assert subscriber.consent_source == "form"
+    assert subscriber.consent_ip == "203.0.113.7"
+    assert subscriber.consent_user_agent == "Mozilla/5.0 test"
+    assert subscriber.consent_at is not None
+    assert subscriber.language == "fr"
+    assert smtp_server.received == []  # the request never talks SMTP
+
+    report = await drain_outbox(app)
+    assert report.sent == 1
+    [message] = smtp_server.messages_to("lecteur@example.org")
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["Message-ID"]
+    assert message["From"] == "Dzaleu <newsletter@dzaleu.test>"
+    assert "Confirmez" in message["Subject"]
+    assert "List-Unsubscribe" not in message  # not on the list yet
+    assert "Amélie" in text_part(message)
+    assert "Amélie" in html_part(message)
+    link = link_in(message, "confirm")
+
+    confirmed = await client.get(link)
+    assert confirmed.status_code == 200
+    assert "Inscription confirmée" in confirmed.text
+    subscriber = await subscriber_by_email(session, "lecteur@example.org")
+    assert subscriber is not None
+    assert subscriber.status == SubscriberStatus.confirmed
+    first_confirmed_at = subscriber.confirmed_at
+
+    again = await client.get(link)  # idempotent: same success page, same timestamp
+    assert again.status_code == 200
+    assert "Inscription confirmée" in again.text
+    subscriber = await subscriber_by_email(session, "lecteur@example.org")
+    assert subscriber is not None
+    assert subscriber.confirmed_at == first_confirmed_at
+
+
+async def test_json_signup_in_english(
+    client: httpx.AsyncClient, app: FastAPI, smtp_server: SmtpServer, session: AsyncSession
+) -> None:
+    response = await client.post(
+        "/api/v1/subscriptions", json={"email": "reader@example.com", "language": "en"}
+    )
+    assert response.status_code == 202
+    assert response.json() == {"status": "pending"}
+    await drain_outbox(app)
+    [message] = smtp_server.messages_to("reader@example.com")
+    assert "confirm your subscription" in message["Subject"]
+    confirmed = await client.get(link_in(message, "confirm"))
+    assert "Subscription confirmed" in confirmed.text
+    subscriber = await subscriber_by_email(session, "reader@example.com")
+    assert subscriber is not None
+    assert subscriber.consent_source == "api"
+
+
+async def test_form_language_from_query_and_accept_language(client: httpx.AsyncClient) -> None:
+    assert 'lang="en"' in (await client.get("/subscribe?lang=en")).text
+    page = await client.get("/subscribe", headers={"accept-language": "en-GB,en;q=0.9,fr;q=0.5"})
+    assert 'lang="en"' in page.text
+    assert "Subscribe" in page.text
+    page = await client.get("/subscribe", headers={"accept-language": "de-DE, fr;q=0.3"})
+    assert 'lang="fr"' in page.text
+
+
+@pytest.mark.parametrize("bad", ["", "not-an-email", "a@b", "x@@example.org", "a b@example.org"])
+async def test_bad_email_json_names_the_field(client: httpx.AsyncClient, bad: str) -> None:
+    response = await client.post("/api/v1/subscriptions", json={"email": bad})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "email"
+
+
+async def test_json_rejects_unknown_fields_and_bad_language(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/subscriptions", json={"email": "a@example.org", "language": "de"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "language"
+    response = await client.post("/api/v1/subscriptions", json={"email": "a@example.org", "x": 1})
+    assert response.status_code == 422
+    response = await client.post(
+        "/api/v1/subscriptions", json={"email": "a@example.org", "name": "n" * 201}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "name"
+
+
+async def test_bad_email_form_keeps_values_and_shows_message(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    response = await client.post("/subscribe", data={"email": "nope", "name": "Jean <b>"})
+    assert response.status_code == 422
+    assert 'aria-invalid="true"' in response.text
+    assert "adresse e-mail n&#39;est pas valide" in response.text or "pas valide" in response.text
+    assert 'value="nope"' in response.text
+    assert "Jean &lt;b&gt;" in response.text  # kept, and escaped
+    assert (await session.exec(select(Subscriber))).all() == []
+
+
+async def test_same_answer_whatever_the_status_and_no_mail_to_confirmed(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    await make_subscriber(session, app.state.tokens, email="known@example.org")
+    answers = []
+    for email in ("known@example.org", "new@example.org", "new@example.org"):
+        r = await client.post("/api/v1/subscriptions", json={"email": email})
+        answers.append((r.status_code, r.json()))
+        r = await client.post("/subscribe", data={"email": email})
+        answers.append((r.status_code, r.text))
+    assert answers[0] == answers[2] == answers[4]
+    assert answers[1] == answers[3] == answers[5]
+    await drain_outbox(app)
+    assert smtp_server.messages_to("known@example.org") == []
+    # new@ posted four times within ten minutes: one confirmation email only
+    assert len(smtp_server.messages_to("new@example.org")) == 1
+
+
+async def test_case_insensitive_uniqueness(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    for email in ("Same@Example.org", "same@example.org", "SAME@EXAMPLE.ORG"):
+        assert (
+            await client.post("/api/v1/subscriptions", json={"email": email})
+        ).status_code == 202
+    assert len((await session.exec(select(Subscriber))).all()) == 1
+
+
+async def test_confirmation_throttle_per_day(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    app.state.settings.confirmation_min_interval_minutes = 0
+    for _ in range(8):
+        await client.post("/api/v1/subscriptions", json={"email": "bomb@example.org"})
+    deliveries = (await session.exec(select(Delivery))).all()
+    assert len(deliveries) == app.state.settings.confirmation_max_per_day == 5
+
+
+async def test_honeypot_stores_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    response = await client.post(
+        "/subscribe", data={"email": "bot@example.org", "website": "http://spam"}
+    )
+    assert response.status_code == 200
+    assert "boîte" in response.text
+    response = await client.post(
+        "/api/v1/subscriptions", json={"email": "bot@example.org", "website": "x"}
+    )
+    assert response.status_code == 202
+    assert (await session.exec(select(Subscriber))).all() == []
+    assert (await session.exec(select(Delivery))).all() == []
+
+
+async def test_hostile_name_is_harmless_in_headers_and_body(
+    client: httpx.AsyncClient, app: FastAPI, smtp_server: SmtpServer
+) -> None:
+    name = "<script>alert(1)</script>\r\nBcc: victim@example.net"
+    r = await client.post("/api/v1/subscriptions", json={"email": "evil@example.org", "name": name})
+    assert r.status_code == 202
+    await drain_outbox(app)
+    [received] = [r for r in smtp_server.received]
+    assert received.rcpt_tos == ["evil@example.org"]
+    message = received.message
+    assert message["Bcc"] is None
+    for key, value in message.items():
+        assert not set("\r\n") & set(value), key
+    assert "<script>" not in html_part(message)
+    assert "&lt;script&gt;" in html_part(message)
+    raw_headers = received.data.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nBcc:" not in raw_headers
+    assert b"\nBcc:" not in raw_headers
+
+
+async def test_tampered_and_cross_purpose_tokens_get_400_page(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    tokens = app.state.tokens
+    subscriber = await make_subscriber(session, tokens, status=SubscriberStatus.pending)
+    good = tokens.confirm_token(subscriber.id, subscriber.email_hash)
+    for bad in (
+        good[:-3] + "abc",
+        good[:10],
+        "x",
+        tokens.unsubscribe_token(subscriber.id, subscriber.email_hash),
+    ):
+        response = await client.get(f"/confirm/{bad}")
+        assert response.status_code == 400
+        assert "/subscribe" in response.text
+    unsubscribe = await client.post(f"/unsubscribe/{good}")
+    assert unsubscribe.status_code == 400
+    subscriber_id = subscriber.id
+    session.expire_all()
+    fresh = await session.get(Subscriber, subscriber_id)
+    assert fresh is not None
+    assert fresh.status == SubscriberStatus.pending
+
+
+async def test_expired_confirm_token(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    tokens = app.state.tokens
+    subscriber = await make_subscriber(session, tokens, status=SubscriberStatus.pending)
+    token = tokens.confirm_token(subscriber.id, subscriber.email_hash)
+    tokens.confirm_max_age_seconds = -1
+    response = await client.get(f"/confirm/{token}")
+    assert response.status_code == 400
+    assert "expiré" in response.text
+    assert "/subscribe" in response.text
+
+
+async def test_signup_rate_limit_per_ip(app: FastAPI, client: httpx.AsyncClient) -> None:
+    from app.ratelimit import RateLimiter
+
+    app.state.signup_limiter = RateLimiter("3/minute", "memory://")
+    codes = [
+        (
+            await client.post("/api/v1/subscriptions", json={"email": f"r{i}@example.org"})
+        ).status_code
+        for i in range(4)
+    ]
+    assert codes == [202, 202, 202, 429]
+    limited = await client.post("/subscribe", data={"email": "x@example.org"})
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) > 0
+
+
+async def test_retry_when_smtp_refuses_temporarily(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    smtp_server.faults.rcpt["later@example.org"] = "451 4.3.0 Try again later"
+    smtp_server.faults.rcpt_times["later@example.org"] = 1
+    await client.post("/api/v1/subscriptions", json={"email": "later@example.org"})
+    report = await drain_outbox(app)
+    assert report.retried == 1
+    [delivery] = (await session.exec(select(Delivery))).all()
+    assert delivery.status == DeliveryStatus.queued
+    assert delivery.attempts == 1
+    assert "451" in (delivery.last_error or "")
+    import asyncio
+
+    await asyncio.sleep(0.25)  # past the (test-sized) backoff
+    report = await drain_outbox(app)
+    assert report.sent == 1
+    assert len(smtp_server.messages_to("later@example.org")) == 1
+
+
+async def test_smtp_down_keeps_mail_queued(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    smtp_server.stop()
+    await client.post("/api/v1/subscriptions", json={"email": "down@example.org"})
+    report = await drain_outbox(app)
+    assert report.sent == 0
+    [delivery] = (await session.exec(select(Delivery))).all()
+    assert delivery.status == DeliveryStatus.queued
