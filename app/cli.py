@@ -6,14 +6,18 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 
 cli = typer.Typer(help="Self-hosted newsletter service.", no_args_is_help=True)
 log = logging.getLogger("app.cli")
+T = TypeVar("T")
 
 
 def load_settings() -> Settings:
@@ -91,6 +95,48 @@ def worker() -> None:
     """Run the sender alone (any number of these may run against PostgreSQL)."""
     settings = load_settings()
     asyncio.run(_run_worker(settings))
+
+
+async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work(session)` in one transaction against DATABASE_URL."""
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+@cli.command("create-api-key")
+def create_api_key(name: str = typer.Argument(..., help="Who or what the key is for.")) -> None:
+    """Create an editor API key. The key is printed once, on the last line; only a hash is kept."""
+    from app import editors
+
+    settings = load_settings()
+    try:
+        _, key = asyncio.run(
+            _in_transaction(settings, lambda s: editors.create_api_key(s, name=name))
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"API key for {name!r} (shown once, store it now):", err=True)
+    typer.echo(key)
+
+
+@cli.command("revoke-api-key")
+def revoke_api_key(name: str = typer.Argument(..., help="The key's name.")) -> None:
+    """Revoke an editor API key: requests with it get 401 from now on."""
+    from app import editors
+
+    settings = load_settings()
+    revoked = asyncio.run(_in_transaction(settings, lambda s: editors.revoke_api_key(s, name=name)))
+    if revoked is None:
+        fail(f"no active API key named {name!r}")
+    typer.echo(f"revoked API key {name!r}")
 
 
 def main() -> None:
