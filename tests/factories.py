@@ -36,20 +36,23 @@ async def make_subscriber(
     return subscriber
 
 
+def make_sender(app: FastAPI) -> Sender:
+    return Sender(app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+
+
+async def send_one_batch(app: FastAPI) -> BatchReport:
+    return await make_sender(app).run_batch()
+
+
 async def drain_outbox(app: FastAPI, *, max_batches: int = 100) -> BatchReport:
     """Run the real sender until the outbox has nothing claimable; return the summed report."""
-    sender = Sender(app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+    sender = make_sender(app)
     total = BatchReport()
     for _ in range(max_batches):
         report = await sender.run_batch()
         if report.claimed == 0:
             break
-        total.claimed += report.claimed
-        total.sent += report.sent
-        total.skipped += report.skipped
-        total.retried += report.retried
-        total.failed += report.failed
-        total.errors += report.errors
+        total.add(report)
     return total
 
 
@@ -70,3 +73,27 @@ def link_in(message: EmailMessage, path: str) -> str:
     match = re.search(rf"http://testserver(/{path}/[A-Za-z0-9_.\-]+)", text_part(message))
     assert match, f"no /{path}/ link in:\n{text_part(message)}"
     return match.group(1)
+
+
+async def queue_confirmations(
+    session: AsyncSession, tokens: Tokens, count: int, *, prefix: str = "reader"
+) -> list[int]:
+    """`count` pending subscribers, each with one queued confirmation delivery; their ids."""
+    from app.models import Delivery, DeliveryKind
+
+    subscribers = [
+        Subscriber(
+            email=f"{prefix}{i}@example.org",
+            email_hash=tokens.email_hash(f"{prefix}{i}@example.org"),
+            status=SubscriberStatus.pending,
+        )
+        for i in range(count)
+    ]
+    session.add_all(subscribers)
+    await session.flush()
+    session.add_all(
+        Delivery(kind=DeliveryKind.confirmation, subscriber_id=s.id, language="fr")
+        for s in subscribers
+    )
+    await session.commit()
+    return [s.id for s in subscribers if s.id is not None]

@@ -36,7 +36,8 @@ class Faults:
     rcpt_times: dict[str, int] = field(default_factory=dict)  # how many times (absent: always)
     mail_from: str | None = None  # e.g. "553 5.7.1 Sender refused"
     data: str | None = None
-    drop_after_messages: int | None = None  # close the connection after N accepted messages
+    drop_after_messages: int | None = None  # hang up after every Nth 250 reply
+    drop_before_reply_every: int | None = None  # store every Nth message, then hang up unreplied
     delay_seconds: float = 0.0
 
 
@@ -78,9 +79,15 @@ class _Handler:
                 Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
             )
             count = len(self.server.received)
-        if faults.drop_after_messages and count % faults.drop_after_messages == 0:
-            assert srv.transport is not None
-            srv.transport.close()
+        transport = srv.transport
+        assert transport is not None
+        if faults.drop_before_reply_every and count % faults.drop_before_reply_every == 0:
+            self.server.drops += 1
+            transport.abort()
+        elif faults.drop_after_messages and count % faults.drop_after_messages == 0:
+            self.server.drops += 1
+            # After the 250 is written: the message was accepted, then the line drops.
+            asyncio.get_running_loop().call_soon(transport.close)
         return "250 Message accepted"
 
 
@@ -96,6 +103,7 @@ class SmtpServer:
         self.port = port or free_port()
         self.faults = Faults()
         self.received: list[Received] = []
+        self.drops = 0
         self.lock = threading.Lock()
         self._kwargs = kwargs
         self._controller: Controller | None = None

@@ -9,7 +9,14 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
-from tests.factories import drain_outbox, html_part, link_in, make_subscriber, text_part
+from tests.factories import (
+    drain_outbox,
+    html_part,
+    link_in,
+    make_subscriber,
+    send_one_batch,
+    text_part,
+)
 from tests.smtp_server import SmtpServer
 
 
@@ -266,7 +273,7 @@ async def test_retry_when_smtp_refuses_temporarily(
     smtp_server.faults.rcpt["later@example.org"] = "451 4.3.0 Try again later"
     smtp_server.faults.rcpt_times["later@example.org"] = 1
     await client.post("/api/v1/subscriptions", json={"email": "later@example.org"})
-    report = await drain_outbox(app)
+    report = await send_one_batch(app)
     assert report.retried == 1
     [delivery] = (await session.exec(select(Delivery))).all()
     assert delivery.status == DeliveryStatus.queued

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 import uuid
+from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from html import escape as html_escape
 
+from app.mail.personalize import split_placeholders
 from app.models import utcnow
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -64,3 +68,116 @@ def build_message(
 def address_of(email: str) -> Address:
     local, _, domain = email.rpartition("@")
     return Address(username=local, domain=domain)
+
+
+_CRLF = b"\r\n"
+
+
+def _qp(text: str) -> bytes:
+    # binascii's C quoted-printable encoder; CRLF line ends as SMTP wants them.
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    return encoded.replace(b"\r\n", b"\n").replace(b"\n", _CRLF)
+
+
+def _fold(name: str, value: str) -> bytes:
+    """One header line, RFC 2047-encoded and folded by the email package's SMTP policy."""
+    header = SMTP.header_factory(name, header_safe(value))
+    return SMTP.fold(name, header).encode("ascii")
+
+
+class _EncodedBody:
+    """A body split at its placeholders; the static stretches are QP-encoded once.
+
+    Each stretch ends with a soft line break ("=" CRLF), which decoders remove, so the pieces
+    can be joined without any encoded line growing past 76 characters (RFC 2045).
+    """
+
+    def __init__(self, text: str, *, escape_html: bool) -> None:
+        pieces = split_placeholders(text)
+        self.static = [_qp(piece) + b"=\r\n" if piece else b"" for piece in pieces[::2]]
+        self.fields = pieces[1::2]
+        self.escape_html = escape_html
+
+    def render(self, values: Mapping[str, str]) -> bytes:
+        out = [self.static[0]]
+        for field, static in zip(self.fields, self.static[1:], strict=True):
+            value = values.get(field, "")
+            if self.escape_html:
+                value = html_escape(value, quote=True)
+            out.append(_qp(value) + b"=\r\n" if value else b"")
+            out.append(static)
+        return b"".join(out)
+
+
+class MessageTemplate:
+    """A message rendered once (per digest and language) and copied per recipient cheaply.
+
+    Building a full `EmailMessage` per reader costs milliseconds, mostly in header objects and
+    encoding; here the static headers and body stretches are encoded once, and each copy only
+    encodes its few personal values (name, unsubscribe link) and joins bytes. The result is the
+    same multipart/alternative (text, then HTML) that `build_message` makes; tests parse it back.
+    """
+
+    def __init__(
+        self,
+        *,
+        mail_from: str,
+        subject: str,
+        text: str,
+        html: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.subject = subject
+        self.text = text
+        self.html = html
+        boundary = f"=_nl_{uuid.uuid4().hex}"
+        static = [
+            _fold("From", mail_from),
+            _fold("Subject", subject),
+            b"MIME-Version: 1.0\r\n",
+            *(_fold(key, value) for key, value in (headers or {}).items()),
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+        ]
+        self._static = b"".join(static)
+        self._text_head = (
+            f"--{boundary}\r\n"
+            'Content-Type: text/plain; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode()
+        self._html_head = (
+            f"\r\n--{boundary}\r\n"
+            'Content-Type: text/html; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode()
+        self._end = f"\r\n--{boundary}--\r\n".encode()
+        self._text = _EncodedBody(text, escape_html=False)
+        self._html = _EncodedBody(html, escape_html=True)
+
+    def render(
+        self,
+        *,
+        to: str,
+        message_id: str,
+        values: Mapping[str, str],
+        headers: Mapping[str, str] | None = None,
+        date: str | None = None,
+    ) -> bytes:
+        """`to` comes from `format_address` (ASCII: a non-ASCII name is RFC 2047-encoded)."""
+        lines = [
+            f"To: {header_safe(to, max_length=990)}",
+            f"Date: {date or format_datetime(utcnow())}",
+            f"Message-ID: {header_safe(message_id)}",
+        ]
+        lines.extend(f"{k}: {header_safe(v, max_length=990)}" for k, v in (headers or {}).items())
+        head = ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
+        return b"".join(
+            [
+                head,
+                self._static,
+                self._text_head,
+                self._text.render(values),
+                self._html_head,
+                self._html.render(values),
+                self._end,
+            ]
+        )

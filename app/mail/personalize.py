@@ -9,6 +9,7 @@ text contains.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping
 
 from markupsafe import Markup
@@ -25,6 +26,14 @@ def placeholder(field: str) -> Markup:
 
 def placeholders() -> dict[str, Markup]:
     return {field: placeholder(field) for field in FIELDS}
+
+
+_PATTERN = re.compile(f"{_OPEN}({'|'.join(FIELDS)}){_CLOSE}")
+
+
+def split_placeholders(rendered: str) -> list[str]:
+    """[static, field, static, field, ..., static]: what `fill` would replace, pre-split."""
+    return _PATTERN.split(rendered)
 
 
 def fill(rendered: str, values: Mapping[str, str], *, escape_html: bool) -> str:

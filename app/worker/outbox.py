@@ -188,13 +188,30 @@ async def mark_retry(
     )
 
 
-async def release(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> None:
-    """Give unsent claimed rows back to the queue (shutdown, pause): no attempt is counted."""
+async def release(
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    ids: Sequence[int],
+    retry_at: datetime | None = None,
+    reason: str | None = None,
+) -> None:
+    """Give unsent claimed rows back to the queue (shutdown, pause, relay down): no attempt is
+    counted, since the message never reached a recipient's server."""
     if not ids:
         return
+    values: dict[str, object] = {
+        "status": DeliveryStatus.queued,
+        "lease_until": None,
+        "leased_by": None,
+    }
+    if retry_at is not None:
+        values["next_attempt_at"] = retry_at
+    if reason is not None:
+        values["last_error"] = reason[:2000]
     await session.execute(
         sa.update(Delivery)
         .where(_held_by(worker_id, ids))
-        .values(status=DeliveryStatus.queued, lease_until=None, leased_by=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )

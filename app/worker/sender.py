@@ -1,5 +1,14 @@
-"""The sender: claim a batch from the outbox, compose, deliver over a few reused connections,
-record each outcome right after the server answers.
+"""The sender: claim batches from the outbox, compose, deliver over a few reused SMTP
+connections, and record each outcome in small groups right after the server answers.
+
+Flow of one worker:
+
+    claim batch N+1 (lease) ──┐   while   ┌── lanes (SEND_CONCURRENCY connections) send batch N
+                              └──────────>┘   recorder writes outcomes every few ms / messages
+
+Crash safety: a message is recorded `sent` within RECORD_GROUP messages or RECORD_DELAY of the
+server's 250; a worker killed in between leaves those rows `sending` with a lease, and the next
+worker re-sends them after the lease expires (same Message-ID, so the duplicate is recognisable).
 """
 
 from __future__ import annotations
@@ -10,30 +19,44 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.mail.compose import Recipient, compose_confirmation
-from app.mail.message import envelope_sender
+from app.mail.compose import Recipient, compose_confirmation, envelope_sender_for
 from app.mail.transport import Connection, Mailer, SendError
-from app.models import DeliveryKind, Subscriber, SubscriberStatus, utcnow
+from app.models import (
+    DeliveryKind,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    utcnow,
+)
+from app.security import Tokens
 from app.worker import outbox
 from app.worker.outbox import Claimed
 
 log = logging.getLogger("app.worker")
+
+RECORD_GROUP = 25  # messages: at most this many accepted-but-unrecorded per worker
+RECORD_DELAY = 0.1  # seconds: and never older than this
 
 
 @dataclass(slots=True)
 class Outgoing:
     delivery: Claimed
     recipient: str
+    sender: str
     message: bytes
     message_id: str
 
@@ -45,11 +68,65 @@ class BatchReport:
     skipped: int = 0
     retried: int = 0
     failed: int = 0
+    released: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def add(self, other: BatchReport) -> None:
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.skipped += other.skipped
+        self.retried += other.retried
+        self.failed += other.failed
+        self.released += other.released
+        self.errors += other.errors
+
+
+@dataclass(slots=True)
+class _Batch:
+    claimed: list[Claimed]
+    outgoing: list[Outgoing]
+    skipped: list[int]
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Recorder:
+    """Buffers outcomes and writes them in one short transaction per small group."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str, report: BatchReport
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.worker_id = worker_id
+        self.report = report
+        self._sent: list[tuple[int, str]] = []
+        self._oldest = 0.0
+        self._lock = asyncio.Lock()
+
+    async def sent(self, item: Outgoing) -> None:
+        if not self._sent:
+            self._oldest = time.monotonic()
+        self._sent.append((item.delivery.id, item.message_id))
+        self.report.sent += 1
+        if len(self._sent) >= RECORD_GROUP or time.monotonic() - self._oldest >= RECORD_DELAY:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._sent:
+                return
+            sent, self._sent = self._sent, []
+            async with self.sessionmaker() as session:
+                await outbox.mark_sent(session, worker_id=self.worker_id, sent=sent)
+                await session.commit()
+
+    async def periodic(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(RECORD_DELAY)
+            if self._sent and time.monotonic() - self._oldest >= RECORD_DELAY:
+                await self.flush()
 
 
 class Sender:
@@ -58,36 +135,70 @@ class Sender:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         mailer: Mailer,
-        tokens: object,
+        tokens: Tokens,
         *,
         worker_id: str | None = None,
     ) -> None:
-        from app.security import Tokens
-
-        assert isinstance(tokens, Tokens)
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.mailer = mailer
         self.tokens = tokens
         self.worker_id = worker_id or default_worker_id()
-        self.envelope_from = envelope_sender(settings.mail_from)
+        self.limiter = _limiter(settings.send_rate_per_second)
+        self._idle: list[tuple[Connection, int]] = []  # open connections and messages sent on each
+        self._setup_errors = 0  # consecutive permanent errors that blame our setup, not a reader
+        self._relay_down_until = 0.0
+        self._relay_failures = 0
+        self._stopping = asyncio.Event()
+        self._paused_digests: set[int] = set()
+
+    # --- The loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Send until `stop` is set; then finish the messages in flight, release the rest."""
+        self._stopping = stop
         log.info("worker %s sending through %s", self.worker_id, self.mailer.description)
-        while not stop.is_set():
-            try:
-                report = await self.run_batch()
-            except Exception:  # the loop must outlive any one bad batch
-                log.exception("batch failed; retrying after a pause")
-                report = BatchReport()
-            if report.claimed == 0:
+        prefetch: asyncio.Task[_Batch] | None = None
+        try:
+            while not stop.is_set():
+                wait = self._relay_down_until - time.monotonic()
+                if wait > 0:
+                    await _sleep_unless(stop, wait)
+                    continue
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
-                except TimeoutError:
-                    pass
+                    batch = await (prefetch or self._claim_and_compose())
+                    prefetch = None
+                    if not batch.claimed:
+                        await self._close_idle()
+                        await _sleep_unless(stop, self.settings.worker_poll_seconds)
+                        continue
+                    # Claim the next batch while this one is on the wire.
+                    prefetch = asyncio.create_task(self._claim_and_compose())
+                    await self._deliver(batch)
+                except Exception:  # the loop must outlive any one bad batch or database blip
+                    log.exception("batch failed; retrying after a pause")
+                    await _sleep_unless(stop, max(1.0, self.settings.worker_poll_seconds))
+        finally:
+            if prefetch is not None:
+                try:
+                    leftover = await prefetch
+                    await self._release([o.delivery.id for o in leftover.outgoing], reason=None)
+                except Exception:
+                    log.exception("could not release the prefetched batch; its lease will expire")
+            await self._close_idle()
+            log.info("worker %s stopped", self.worker_id)
 
     async def run_batch(self) -> BatchReport:
-        started = time.perf_counter()
+        """Claim, compose and deliver one batch (tests and one-shot tools)."""
+        batch = await self._claim_and_compose()
+        if not batch.claimed:
+            await self._close_idle()
+            return BatchReport()
+        return await self._deliver(batch)
+
+    # --- Claim and compose ------------------------------------------------------------------
+
+    async def _claim_and_compose(self) -> _Batch:
         async with self.sessionmaker() as session:
             claimed = await outbox.claim_batch(
                 session,
@@ -96,31 +207,15 @@ class Sender:
                 lease_seconds=self.settings.send_lease_seconds,
             )
             await session.commit()
-        report = BatchReport(claimed=len(claimed))
         if not claimed:
-            return report
+            return _Batch([], [], [])
         async with self.sessionmaker() as session:
             outgoing, skipped = await self._compose(session, claimed)
             await outbox.mark_skipped(
                 session, worker_id=self.worker_id, ids=skipped, reason="subscriber not eligible"
             )
             await session.commit()
-        report.skipped = len(skipped)
-        await self._deliver(outgoing, report)
-        log.info(
-            "batch done",
-            extra={
-                "worker": self.worker_id,
-                "count": report.claimed,
-                "sent": report.sent,
-                "skipped": report.skipped,
-                "retried": report.retried,
-                "failed": report.failed,
-                "duration_ms": round((time.perf_counter() - started) * 1000),
-                "errors": report.errors[:5],
-            },
-        )
-        return report
+        return _Batch(claimed, outgoing, skipped)
 
     async def _compose(
         self, session: AsyncSession, claimed: Sequence[Claimed]
@@ -143,6 +238,7 @@ class Sender:
         skipped: list[int] = []
         for delivery in claimed:
             recipient = recipients.get(delivery.subscriber_id or -1)
+            sender = envelope_sender_for(self.settings, delivery.id)
             if delivery.kind == DeliveryKind.confirmation:
                 # Only a reader still waiting to confirm gets the link; one who confirmed,
                 # left or bounced meanwhile gets nothing.
@@ -156,49 +252,139 @@ class Sender:
                 message, message_id = compose_confirmation(
                     self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
                 )
-                outgoing.append(Outgoing(delivery, recipient.email, message, message_id))
+                outgoing.append(Outgoing(delivery, recipient.email, sender, message, message_id))
             else:
                 log.warning("delivery %s: kind %s not handled yet", delivery.id, delivery.kind)
                 skipped.append(delivery.id)
         return outgoing, skipped
 
-    async def _deliver(self, outgoing: list[Outgoing], report: BatchReport) -> None:
-        connection: Connection | None = None
+    # --- Deliver ----------------------------------------------------------------------------
+
+    async def _deliver(self, batch: _Batch) -> BatchReport:
+        started = time.perf_counter()
+        report = BatchReport(claimed=len(batch.claimed), skipped=len(batch.skipped))
+        recorder = Recorder(self.sessionmaker, self.worker_id, report)
+        pending = deque(batch.outgoing)
+        unsent: list[int] = []
+        lanes = min(self.settings.send_concurrency, len(pending))
+        flushing = asyncio.Event()
+        ticker = asyncio.create_task(recorder.periodic(flushing))
         try:
-            for item in outgoing:
+            await asyncio.gather(
+                *(self._lane(pending, recorder, report, unsent) for _ in range(lanes))
+            )
+        finally:
+            flushing.set()
+            await ticker
+            await recorder.flush()
+            unsent.extend(item.delivery.id for item in pending)
+            if unsent:
+                await self._release(unsent, reason=None)
+                report.released += len(unsent)
+        log.info(
+            "batch sent",
+            extra={
+                "worker": self.worker_id,
+                "digests": sorted({c.digest_id for c in batch.claimed if c.digest_id}),
+                "count": report.claimed,
+                "sent": report.sent,
+                "skipped": report.skipped,
+                "retried": report.retried,
+                "failed": report.failed,
+                "released": report.released,
+                "duration_ms": round((time.perf_counter() - started) * 1000),
+                "errors": report.errors[:3],
+            },
+        )
+        return report
+
+    async def _lane(
+        self, pending: deque[Outgoing], recorder: Recorder, report: BatchReport, unsent: list[int]
+    ) -> None:
+        connection: Connection | None = None
+        used = 0
+        try:
+            while pending:
+                if self._stopping.is_set() or time.monotonic() < self._relay_down_until:
+                    return  # what is left in `pending` is released by _deliver
+                item = pending.popleft()
+                if item.delivery.digest_id in self._paused_digests:
+                    unsent.append(item.delivery.id)
+                    continue
+                if connection is None:
+                    try:
+                        connection, used = await self._connection()
+                    except SendError as exc:
+                        await self._connect_failed(item, exc, report)
+                        continue
+                if self.limiter is not None:
+                    await self.limiter.acquire()
                 try:
-                    if connection is None:
-                        connection = await self.mailer.connect()
                     await connection.send(
-                        item.message, sender=self.envelope_from, recipient=item.recipient
+                        item.message, sender=item.sender, recipient=item.recipient
                     )
                 except SendError as exc:
-                    if connection is not None and not exc.recipient:
+                    if not exc.recipient or not exc.permanent:
+                        # The connection may be in any state after a fault: start afresh.
                         await connection.close()
                         connection = None
-                    await self._record_failure(item, exc, report)
+                    await self._send_failed(item, exc, report)
                     continue
-                async with self.sessionmaker() as session:
-                    await outbox.mark_sent(
-                        session,
-                        worker_id=self.worker_id,
-                        sent=[(item.delivery.id, item.message_id)],
-                    )
-                    await session.commit()
-                report.sent += 1
+                self._setup_errors = 0
+                self._relay_failures = 0
+                used += 1
+                await recorder.sent(item)
+                if used >= self.settings.smtp_messages_per_connection:
+                    await connection.close()
+                    connection = None
         finally:
             if connection is not None:
-                await connection.close()
+                self._idle.append((connection, used))
 
-    async def _record_failure(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
+    async def _connection(self) -> tuple[Connection, int]:
+        if self._idle:
+            return self._idle.pop()
+        return await self.mailer.connect(), 0
+
+    async def _close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            await connection.close()
+
+    # --- Outcomes ---------------------------------------------------------------------------
+
+    async def _connect_failed(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
+        """No session with the relay: nobody's mail was tried, so no attempt is counted."""
         report.errors.append(exc.reply)
+        if exc.permanent:  # e.g. authentication refused: our setup, not the relay's health
+            await self._setup_error(item, exc, report)
+            return
+        self._relay_failures += 1
+        delay = outbox.backoff_seconds(
+            self._relay_failures,
+            base=min(5.0, self.settings.send_retry_base_seconds),
+            cap=min(60.0, self.settings.send_retry_max_seconds),
+        )
+        self._relay_down_until = time.monotonic() + delay
+        log.warning("SMTP relay unreachable (%s); pausing %.1fs", exc.reply, delay)
+        await self._release(
+            [item.delivery.id], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
+        )
+        report.released += 1
+
+    async def _send_failed(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
+        report.errors.append(exc.reply)
+        if exc.permanent and not exc.recipient:
+            await self._setup_error(item, exc, report)
+            return
         attempts = item.delivery.attempts + 1
         async with self.sessionmaker() as session:
-            if exc.permanent and exc.recipient:
+            if exc.permanent:
+                # 5xx on the recipient (550 no such user...): a hard bounce, never retried.
                 await outbox.mark_failed(
                     session, worker_id=self.worker_id, delivery_id=item.delivery.id, reply=exc.reply
                 )
-                await _mark_bounced(session, item.delivery.subscriber_id, exc.reply)
+                await mark_bounced(session, item.delivery.subscriber_id, exc.reply)
                 report.failed += 1
             elif attempts >= self.settings.send_max_attempts:
                 await outbox.mark_failed(
@@ -221,13 +407,80 @@ class Sender:
                 report.retried += 1
             await session.commit()
 
+    async def _setup_error(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
+        """A permanent error that blames our setup (credentials, sender, relay policy): the
+        delivery goes back to the queue untouched; past a threshold the digest is paused."""
+        self._setup_errors += 1
+        delay = outbox.backoff_seconds(
+            self._setup_errors,
+            base=min(1.0, self.settings.send_retry_base_seconds),
+            cap=self.settings.send_retry_max_seconds,
+        )
+        await self._release(
+            [item.delivery.id], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
+        )
+        report.released += 1
+        digest_id = item.delivery.digest_id
+        if self._setup_errors >= self.settings.send_pause_after_permanent_errors and digest_id:
+            reason = (
+                f"paused after {self._setup_errors} consecutive permanent SMTP errors "
+                f"that point at the sending setup; last reply: {exc.reply}"
+            )
+            async with self.sessionmaker() as session:
+                paused = await pause_digest(session, digest_id=digest_id, reason=reason)
+                await session.commit()
+            self._paused_digests.add(digest_id)
+            if paused:
+                log.error("digest %s paused: %s", digest_id, reason)
 
-async def _mark_bounced(session: AsyncSession, subscriber_id: int | None, reply: str) -> None:
+    async def _release(
+        self, ids: list[int], *, reason: str | None, retry_at: datetime | None = None
+    ) -> None:
+        async with self.sessionmaker() as session:
+            await outbox.release(
+                session, worker_id=self.worker_id, ids=ids, retry_at=retry_at, reason=reason
+            )
+            await session.commit()
+
+
+def _limiter(rate_per_second: float) -> AsyncLimiter | None:
+    if rate_per_second <= 0:
+        return None
+    # A token bucket of about one second's worth of messages.
+    burst = max(1.0, rate_per_second)
+    return AsyncLimiter(max_rate=burst, time_period=burst / rate_per_second)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def mark_bounced(session: AsyncSession, subscriber_id: int | None, reply: str) -> None:
+    """A hard bounce: the address is suppressed, and nothing queued for it goes out."""
     if subscriber_id is None:
         return
     now = utcnow()
-    await session.execute(
+    result = await session.execute(
         sa.update(Subscriber)
-        .where(col(Subscriber.id) == subscriber_id)
+        .where(
+            col(Subscriber.id) == subscriber_id,
+            col(Subscriber.status).in_([SubscriberStatus.pending, SubscriberStatus.confirmed]),
+        )
         .values(status=SubscriberStatus.bounced, bounced_at=now, updated_at=now)
     )
+    if getattr(result, "rowcount", 0):
+        session.add(
+            SubscriberEvent(subscriber_id=subscriber_id, event="bounced", detail=reply[:1000])
+        )
+
+
+async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) -> bool:
+    result = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.sending)
+        .values(status=DigestStatus.paused, paused_reason=reason[:2000])
+    )
+    return bool(getattr(result, "rowcount", 0))
