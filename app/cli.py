@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -94,7 +94,16 @@ async def _run_worker(settings: Settings) -> None:
 def worker() -> None:
     """Run the sender alone (any number of these may run against PostgreSQL)."""
     settings = load_settings()
-    asyncio.run(_run_worker(settings))
+    run_async(_run_worker(settings))
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop where it is installed (markedly faster sockets for the sender)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

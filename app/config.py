@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     send_concurrency: int = Field(default=4, ge=1, le=64)
     send_rate_per_second: float = Field(default=0.0, ge=0)
     send_batch_size: int = Field(default=200, ge=1, le=5000)
-    send_lease_seconds: int = Field(default=300, ge=5)
+    send_lease_seconds: int = Field(default=300, ge=1)
     send_max_attempts: int = Field(default=8, ge=1)
     send_retry_base_seconds: float = Field(default=30.0, gt=0)
     send_retry_max_seconds: float = Field(default=3600.0, gt=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,23 @@ from app.main import create_app
 from tests.smtp_server import SmtpServer
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A temporary root of its own per session: pytest's shared default keeps only the last three
+    # sessions and would delete the files of a concurrent run (several worktrees test at once).
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="newsletter-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 BACKENDS = ["sqlite", *(["postgresql"] if TEST_DATABASE_URL else [])]
 SECRET = "test-secret-key-0123456789abcdef"
 

@@ -48,8 +48,8 @@ from app.worker.outbox import Claimed
 
 log = logging.getLogger("app.worker")
 
-RECORD_GROUP = 25  # messages: at most this many accepted-but-unrecorded per worker
-RECORD_DELAY = 0.1  # seconds: and never older than this
+RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
+RECORD_DELAY = 0.05  # seconds: and never older than this
 
 
 @dataclass(slots=True)
