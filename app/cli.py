@@ -188,7 +188,7 @@ def bounces_process(
         )
     )
     console = Console()
-    table = Table(title=f"Returned mail in {path}")
+    table = Table(title="Returned mail")
     for column in ("processed", "hard", "soft", "complaints", "unmatched", "unreadable"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -205,11 +205,12 @@ def bounces_process(
         )
     )
     console.print(table)
-    console.print(f"{summary.suppressed} subscriber(s) newly suppressed")
+    # One line per message, never wrapped: easy to grep.
+    console.print(f"{summary.suppressed} subscriber(s) newly suppressed", soft_wrap=True)
     for name in summary.unmatched:
-        console.print(f"unmatched: {name}", markup=False)
+        console.print(f"unmatched: {name}", markup=False, soft_wrap=True)
     for name, reason in summary.unreadable:
-        console.print(f"unreadable: {name}: {reason}", markup=False)
+        console.print(f"unreadable: {name}: {reason}", markup=False, soft_wrap=True)
 
 
 # --- DKIM ---------------------------------------------------------------------------------------

@@ -257,4 +257,11 @@ async def export_rows(
     result = await session.stream(stmt)
     async for partition in result.partitions():
         for email, name, language, row_status, created_at, confirmed_at in partition:
-            yield [email or "", name or "", language, row_status, _iso(created_at), _iso(confirmed_at)]
+            yield [
+                email or "",
+                name or "",
+                language,
+                row_status,
+                _iso(created_at),
+                _iso(confirmed_at),
+            ]
