@@ -8,6 +8,10 @@ Sender usage (once per worker, then once per message, after the message is final
 
 The key is read and checked once, when the signer is built, so a missing or broken key stops
 the worker at start with a clear message instead of failing every send.
+
+Cost: dkimpy signs RSA in pure Python, about 6 ms per message with a 2048-bit key on one core
+(measured by tests/test_dkim.py), CPU-bound and holding the GIL: roughly 150 messages/s per
+worker process. Beyond that, run more `newsletter worker` processes.
 """
 
 from __future__ import annotations
