@@ -6,14 +6,16 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from app.deps import SessionDep, TokensDep
 from app.editors import EditorDep
-from app.models import SubscriberStatus
+from app.models import SubscriberStatus, as_utc
 from app.subscribers import service
 
 router = APIRouter(prefix="/api/v1/subscribers", tags=["subscribers"])
+# SQLite hands back naive datetimes: every timestamp leaves the API with its UTC offset.
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class SubscriberPublic(BaseModel):
@@ -21,11 +23,11 @@ class SubscriberPublic(BaseModel):
     name: str | None
     language: str
     status: str
-    created_at: datetime
-    confirmed_at: datetime | None
-    unsubscribed_at: datetime | None
-    bounced_at: datetime | None
-    erased_at: datetime | None
+    created_at: Timestamp
+    confirmed_at: Timestamp | None
+    unsubscribed_at: Timestamp | None
+    bounced_at: Timestamp | None
+    erased_at: Timestamp | None
 
 
 class SubscriberList(BaseModel):
@@ -36,7 +38,7 @@ class SubscriberList(BaseModel):
 
 
 class ConsentPublic(BaseModel):
-    at: datetime | None
+    at: Timestamp | None
     ip: str | None
     user_agent: str | None
     source: str | None
@@ -44,7 +46,7 @@ class ConsentPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    at: datetime
+    at: Timestamp
     event: str
     detail: str | None
 
@@ -54,13 +56,13 @@ class DeliveryPublic(BaseModel):
     digest_id: int | None
     status: str
     attempts: int
-    created_at: datetime
-    sent_at: datetime | None
+    created_at: Timestamp
+    sent_at: Timestamp | None
     message_id: str | None
 
 
 class BouncePublic(BaseModel):
-    at: datetime
+    at: Timestamp
     type: str
     reason: str | None
     source: str
