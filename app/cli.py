@@ -254,8 +254,13 @@ def dkim_generate(
         f"DKIM_PRIVATE_KEY_PATH={key.private_key_path.resolve()}",
         err=True,
     )
-    typer.echo("publish this DNS TXT record:", err=True)
-    typer.echo(f'{key.record_name}. IN TXT "{key.record_value}"')
+    typer.echo("publish this DNS TXT record (DNS web panels: the name, then the value):", err=True)
+    typer.echo(f"  {key.record_name}", err=True)
+    typer.echo(f"  {key.record_value}", err=True)
+    # Zone-file form: a TXT string holds at most 255 characters, a 2048-bit key needs two.
+    value = key.record_value
+    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    typer.echo(f"{key.record_name}. IN TXT ( {strings} )")
 
 
 # --- subscribers --------------------------------------------------------------------------------
