@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
+import re
 import signal
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import typer
 from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
+from app.models import Language, SubscriberStatus
+
+if TYPE_CHECKING:
+    from app.security import Tokens
+    from app.subscribers.csvfile import ImportResult, ImportRow
 
 cli = typer.Typer(help="Self-hosted newsletter service.", no_args_is_help=True)
 log = logging.getLogger("app.cli")
@@ -62,10 +71,22 @@ def serve(
     from app.main import create_app
 
     settings = load_settings()
+    if not no_worker:
+        check_sending_setup(settings)
     app = create_app(settings, run_worker=not no_worker)
     uvicorn.run(
         app, host=host, port=port, log_config=None, proxy_headers=settings.trust_forwarded_for
     )
+
+
+def check_sending_setup(settings: Settings) -> None:
+    """Refuse to start a sender whose DKIM setup cannot work, saying what to fix."""
+    from app.mail.dkim import DkimConfigError, DkimSigner
+
+    try:
+        DkimSigner.from_settings(settings)
+    except DkimConfigError as exc:
+        fail(str(exc), code=2)
 
 
 async def _run_worker(settings: Settings) -> None:
@@ -94,6 +115,7 @@ async def _run_worker(settings: Settings) -> None:
 def worker() -> None:
     """Run the sender alone (any number of these may run against PostgreSQL)."""
     settings = load_settings()
+    check_sending_setup(settings)
     run_async(_run_worker(settings))
 
 
@@ -146,6 +168,227 @@ def revoke_api_key(name: str = typer.Argument(..., help="The key's name.")) -> N
     if revoked is None:
         fail(f"no active API key named {name!r}")
     typer.echo(f"revoked API key {name!r}")
+
+
+# --- bounces ------------------------------------------------------------------------------------
+
+bounces_cli = typer.Typer(help="Bounces and complaints.", no_args_is_help=True)
+cli.add_typer(bounces_cli, name="bounces")
+
+
+def _tokens(settings: Settings) -> Tokens:
+    from app.security import Tokens
+
+    return Tokens(
+        settings.secret_key, confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400
+    )
+
+
+@bounces_cli.command("process")
+def bounces_process(
+    path: Path = typer.Argument(..., help="A Maildir (with cur/ and new/) or an mbox file."),
+) -> None:
+    """Read returned mail (RFC 3464 bounces, RFC 5965 ARF complaints) and apply it: hard ->
+    bounced, complaint -> complained, soft counted. Unreadable reports are listed, not errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.bounces import reports, service
+
+    settings = load_settings()
+    tokens = _tokens(settings)
+    try:
+        messages = list(reports.read_messages(path))
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    summary = asyncio.run(
+        _in_transaction(
+            settings,
+            lambda s: service.process_returned_mail(
+                s, settings=settings, tokens=tokens, messages=messages
+            ),
+        )
+    )
+    console = Console()
+    table = Table(title="Returned mail")
+    for column in ("processed", "hard", "soft", "complaints", "unmatched", "unreadable"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(
+            str(n)
+            for n in (
+                summary.processed,
+                summary.hard,
+                summary.soft,
+                summary.complaints,
+                len(summary.unmatched),
+                len(summary.unreadable),
+            )
+        )
+    )
+    console.print(table)
+    # One line per message, never wrapped: easy to grep.
+    console.print(f"{summary.suppressed} subscriber(s) newly suppressed", soft_wrap=True)
+    for name in summary.unmatched:
+        console.print(f"unmatched: {name}", markup=False, soft_wrap=True)
+    for name, reason in summary.unreadable:
+        console.print(f"unreadable: {name}: {reason}", markup=False, soft_wrap=True)
+
+
+# --- DKIM ---------------------------------------------------------------------------------------
+
+dkim_cli = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
+cli.add_typer(dkim_cli, name="dkim")
+
+
+@dkim_cli.command("generate")
+def dkim_generate(
+    selector: str | None = typer.Option(
+        None, help="DNS selector (default: DKIM_SELECTOR or nl<year>)."
+    ),
+    domain: str | None = typer.Option(
+        None, help="Signing domain (default: DKIM_DOMAIN or MAIL_FROM's)."
+    ),
+    out: Path = typer.Option(Path("var/dkim"), help="Directory for the key files."),
+) -> None:
+    """Write an RSA 2048 key pair and print the DNS TXT record to publish."""
+    from datetime import date
+
+    from app.mail.dkim import DkimConfigError, generate_key
+    from app.mail.message import mail_from_domain
+
+    settings = load_settings()
+    selector = selector or settings.dkim_selector or f"nl{date.today().year}"
+    domain = domain or settings.dkim_domain or mail_from_domain(settings.mail_from)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", selector):
+        fail(f"--selector {selector!r}: letters, digits and '-' only")
+    try:
+        key = generate_key(domain=domain, selector=selector, out_dir=out)
+    except DkimConfigError as exc:
+        fail(str(exc))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        fail(f"key generation failed: {exc}")
+    typer.echo(f"private key: {key.private_key_path} (keep it secret)", err=True)
+    typer.echo(f"public key:  {key.public_key_path}", err=True)
+    typer.echo("set:", err=True)
+    typer.echo(
+        f"  DKIM_DOMAIN={domain} DKIM_SELECTOR={selector} "
+        f"DKIM_PRIVATE_KEY_PATH={key.private_key_path.resolve()}",
+        err=True,
+    )
+    typer.echo("publish this DNS TXT record (DNS web panels: the name, then the value):", err=True)
+    typer.echo(f"  {key.record_name}", err=True)
+    typer.echo(f"  {key.record_value}", err=True)
+    # Zone-file form: a TXT string holds at most 255 characters, a 2048-bit key needs two.
+    value = key.record_value
+    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    typer.echo(f"{key.record_name}. IN TXT ( {strings} )")
+
+
+# --- subscribers --------------------------------------------------------------------------------
+
+subscribers_cli = typer.Typer(help="Import and export subscribers.", no_args_is_help=True)
+cli.add_typer(subscribers_cli, name="subscribers")
+IMPORT_CHUNK = 5000
+
+
+async def _import(
+    settings: Settings, rows: Sequence[ImportRow], *, confirmed: bool
+) -> ImportResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from app.db import make_engine, make_sessionmaker
+    from app.models import utcnow
+    from app.subscribers.csvfile import ImportResult, import_chunk
+
+    total = ImportResult()
+    engine = make_engine(settings.database_url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as progress:
+            task = progress.add_task("importing", total=len(rows))
+            for start in range(0, len(rows), IMPORT_CHUNK):
+                chunk = rows[start : start + IMPORT_CHUNK]
+                # One transaction per chunk: an interrupted import is resumed by running it
+                # again (what is already in is skipped).
+                async with sessionmaker() as session:
+                    result = await import_chunk(
+                        session, rows=chunk, confirmed=confirmed, now=utcnow()
+                    )
+                    await session.commit()
+                total.added += result.added
+                total.already_subscribed += result.already_subscribed
+                total.suppressed += result.suppressed
+                progress.advance(task, len(chunk))
+    finally:
+        await engine.dispose()
+    return total
+
+
+@subscribers_cli.command("import")
+def subscribers_import(
+    file: Path = typer.Argument(..., help="CSV with a header row: email[,name][,language]."),
+    confirmed: bool = typer.Option(
+        False,
+        "--confirmed",
+        help="The newsroom already holds these readers' consent: no confirmation email.",
+    ),
+    language: Language = typer.Option(Language.fr, help="Language for rows without one."),
+) -> None:
+    """Import subscribers. Without --confirmed each new address gets the double opt-in email.
+    Known addresses are left as they are (an unsubscribed one is never revived)."""
+    from app.subscribers.csvfile import ImportFileError, read_import_file
+
+    settings = load_settings()
+    try:
+        parsed = read_import_file(file, tokens=_tokens(settings), default_language=language.value)
+    except ImportFileError as exc:
+        fail(str(exc))
+    for line, message in parsed.errors:
+        typer.echo(f"line {line}: {message}", err=True)
+    result = asyncio.run(_import(settings, parsed.rows, confirmed=confirmed))
+    status = "confirmed" if confirmed else "pending, confirmation email queued"
+    typer.echo(
+        f"imported {result.added} ({status}); already subscribed {result.already_subscribed}; "
+        f"suppressed, not revived {result.suppressed}; rejected rows {len(parsed.errors)}"
+    )
+
+
+async def _export(settings: Settings, status: SubscriberStatus | None, out: TextIO) -> int:
+    from app.subscribers.csvfile import export_rows
+
+    writer = csv.writer(out, lineterminator="\n")
+
+    async def work(session: AsyncSession) -> int:
+        count = -1  # the header is not a subscriber
+        async for row in export_rows(session, status=status):
+            writer.writerow(row)
+            count += 1
+        return count
+
+    return await _in_transaction(settings, work)
+
+
+@subscribers_cli.command("export")
+def subscribers_export(
+    status: SubscriberStatus | None = typer.Option(None, help="Only subscribers in this status."),
+    output: Path | None = typer.Option(None, help="Write to this file instead of stdout."),
+) -> None:
+    """Write subscribers as CSV (email, name, language, status, created_at, confirmed_at);
+    erased subscribers are left out."""
+    settings = load_settings()
+    if output is None:
+        count = asyncio.run(_export(settings, status, sys.stdout))
+    else:
+        with output.open("w", encoding="utf-8", newline="") as handle:
+            count = asyncio.run(_export(settings, status, handle))
+    typer.echo(f"exported {count} subscriber(s)", err=True)
 
 
 def main() -> None:

@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
+from app.subscribers import routes as subscriber_routes
 from app.subscriptions import routes as subscription_routes
 from app.web.i18n import STRINGS, request_language
 from app.web.templates import render_page
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
+    app.include_router(subscriber_routes.router)
+    app.include_router(bounce_routes.router)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from email.message import EmailMessage
 
+from click.testing import Result
 from fastapi import FastAPI
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.config import Settings
 from app.models import Subscriber, SubscriberStatus, utcnow
 from app.security import Tokens
 from app.worker.sender import BatchReport, Sender
@@ -97,3 +100,37 @@ async def queue_confirmations(
     )
     await session.commit()
     return [s.id for s in subscribers if s.id is not None]
+
+
+async def editor_headers(session: AsyncSession, *, name: str = "tests") -> dict[str, str]:
+    """A fresh editor API key, as request headers."""
+    from app.editors import create_api_key
+
+    _, key = await create_api_key(session, name=name)
+    await session.commit()
+    return {"Authorization": f"Bearer {key}"}
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `newsletter` command needs to act on the test's database."""
+    env = {
+        "APP_ENV": "test",
+        "DATABASE_URL": settings.database_url,
+        "SECRET_KEY": settings.secret_key,
+        "MAIL_FROM": settings.mail_from,
+        "PUBLIC_URL": settings.public_url,
+        "VERP": "true" if settings.verp else "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.update(extra)
+    return env
+
+
+async def run_cli(args: list[str], env: dict[str, str]) -> Result:
+    """`newsletter ARGS` in-process (typer's CliRunner), off the event loop: the command runs
+    its own asyncio loop and its own engine, as it would from a shell."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    return await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)

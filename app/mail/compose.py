@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.mail.message import (
     build_message,
-    envelope_sender,
     format_address,
     header_safe,
     mail_from_domain,
@@ -68,13 +67,3 @@ def compose_confirmation(
         headers={"Auto-Submitted": "auto-generated"},
     )
     return msg.as_bytes(), message_id
-
-
-def envelope_sender_for(settings: Settings, delivery_id: int) -> str:
-    """The SMTP envelope sender (Return-Path). With VERP=true each delivery gets its own,
-    `local+<delivery id>@domain`, so a bounce names the delivery it belongs to."""
-    address = envelope_sender(settings.mail_from)
-    if not settings.verp or "@" not in address:
-        return address
-    local, _, domain = address.rpartition("@")
-    return f"{local}+{delivery_id}@{domain}"

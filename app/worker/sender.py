@@ -30,15 +30,18 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.bounces.service import apply_bounce
 from app.config import Settings
-from app.mail.compose import Recipient, compose_confirmation, envelope_sender_for
+from app.mail.compose import Recipient, compose_confirmation
+from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
+from app.mail.verp import verp_sender
 from app.models import (
+    BounceType,
     DeliveryKind,
     Digest,
     DigestStatus,
     Subscriber,
-    SubscriberEvent,
     SubscriberStatus,
     utcnow,
 )
@@ -145,6 +148,8 @@ class Sender:
         self.tokens = tokens
         self.worker_id = worker_id or default_worker_id()
         self.limiter = _limiter(settings.send_rate_per_second)
+        # Built once: a half-configured DKIM setup fails here, at start, with a clear message.
+        self.signer = DkimSigner.from_settings(settings)
         self._idle: list[tuple[Connection, int]] = []  # open connections and messages sent on each
         self._setup_errors = 0  # consecutive permanent errors that blame our setup, not a reader
         self._relay_down_until = 0.0
@@ -211,6 +216,9 @@ class Sender:
             return _Batch([], [], [])
         async with self.sessionmaker() as session:
             outgoing, skipped = await self._compose(session, claimed)
+            if self.signer is not None and outgoing:
+                # RSA in pure Python: off the event loop so the lanes keep talking SMTP.
+                await asyncio.to_thread(_sign_all, self.signer, outgoing)
             await outbox.mark_skipped(
                 session, worker_id=self.worker_id, ids=skipped, reason="subscriber not eligible"
             )
@@ -238,7 +246,7 @@ class Sender:
         skipped: list[int] = []
         for delivery in claimed:
             recipient = recipients.get(delivery.subscriber_id or -1)
-            sender = envelope_sender_for(self.settings, delivery.id)
+            sender = verp_sender(self.settings, delivery.id)
             if delivery.kind == DeliveryKind.confirmation:
                 # Only a reader still waiting to confirm gets the link; one who confirmed,
                 # left or bounced meanwhile gets nothing.
@@ -443,6 +451,11 @@ class Sender:
             await session.commit()
 
 
+def _sign_all(signer: DkimSigner, outgoing: list[Outgoing]) -> None:
+    for item in outgoing:
+        item.message = signer.sign(item.message)
+
+
 def _limiter(rate_per_second: float) -> AsyncLimiter | None:
     if rate_per_second <= 0:
         return None
@@ -459,21 +472,13 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def mark_bounced(session: AsyncSession, subscriber_id: int | None, reply: str) -> None:
-    """A hard bounce: the address is suppressed, and nothing queued for it goes out."""
+    """A 5xx on the recipient at send time is a hard bounce, recorded like any other."""
     if subscriber_id is None:
         return
-    now = utcnow()
-    result = await session.execute(
-        sa.update(Subscriber)
-        .where(
-            col(Subscriber.id) == subscriber_id,
-            col(Subscriber.status).in_([SubscriberStatus.pending, SubscriberStatus.confirmed]),
-        )
-        .values(status=SubscriberStatus.bounced, bounced_at=now, updated_at=now)
-    )
-    if getattr(result, "rowcount", 0):
-        session.add(
-            SubscriberEvent(subscriber_id=subscriber_id, event="bounced", detail=reply[:1000])
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is not None:
+        await apply_bounce(
+            session, subscriber=subscriber, type=BounceType.hard, reason=reply, source="smtp"
         )
 
 

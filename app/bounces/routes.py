@@ -1,0 +1,84 @@
+"""`POST /api/v1/bounces`: for editors (API key) and mail providers' webhooks (shared secret)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.bounces import service
+from app.deps import SessionDep, SettingsDep, TokensDep
+from app.editors import authenticate
+from app.models import BounceType
+
+router = APIRouter(prefix="/api/v1", tags=["bounces"])
+_bearer = HTTPBearer(
+    auto_error=False, description="An editor API key, or the BOUNCE_WEBHOOK_SECRET"
+)
+
+
+async def bounce_reporter(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_webhook_secret: Annotated[str | None, Header(max_length=500)] = None,
+) -> str:
+    """Who reports: `webhook` (the shared secret, as a Bearer token or `X-Webhook-Secret`) or
+    `api` (an editor key). Anything else is 401."""
+    secret = settings.bounce_webhook_secret
+    presented = [x_webhook_secret] if x_webhook_secret else []
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        presented.append(credentials.credentials)
+    if secret:
+        for value in presented:
+            # Constant-time comparison: the secret must not leak through response timing.
+            if hmac.compare_digest(value.encode(), secret.encode()):
+                return service.BounceSource.webhook
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        if await authenticate(session, key=credentials.credentials) is not None:
+            return service.BounceSource.api
+    raise HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="an editor API key or the bounce webhook secret is required",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+class BounceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320, description="The address that bounced or complained")
+    type: BounceType
+    reason: str | None = Field(default=None, max_length=2000, description="e.g. the SMTP reply")
+
+
+class BounceAccepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+
+
+@router.post(
+    "/bounces",
+    status_code=202,
+    response_model=BounceAccepted,
+    responses={401: {"description": "No valid key or secret"}, 422: {"description": "Bad field"}},
+)
+async def report_bounce(
+    body: BounceCreate,
+    session: SessionDep,
+    tokens: TokensDep,
+    source: Annotated[str, Depends(bounce_reporter)],
+) -> BounceAccepted:
+    """hard -> bounced; complaint -> complained; soft -> counted (3 within 30 days -> bounced).
+    The answer is the same (202) whether or not the address is known; unknown ones store nothing."""
+    await service.report_bounce(
+        session,
+        tokens=tokens,
+        email=body.email,
+        type=body.type,
+        reason=body.reason,
+        source=source,
+    )
+    return BounceAccepted()

@@ -1,0 +1,262 @@
+"""Bounces and complaints: one rule for the webhook, the editor API and returned mail.
+
+hard -> `bounced`; complaint -> `complained`; soft -> counted, the third within 30 days ->
+`bounced`. A subscriber who becomes bounced or complained is mailed nothing more, including
+deliveries already queued.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.bounces.reports import Report, UnreadableReport, parse_report
+from app.config import Settings
+from app.mail.compose import stable_message_id
+from app.mail.verp import verp_delivery_id
+from app.models import (
+    BounceEvent,
+    BounceType,
+    Delivery,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    utcnow,
+)
+from app.security import Tokens
+from app.subscriptions.service import InvalidEmail, normalize_email
+
+SOFT_BOUNCE_LIMIT = 3
+SOFT_BOUNCE_WINDOW = timedelta(days=30)
+_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.[0-9a-f]{10}@[^>]+>")
+
+
+class BounceSource:
+    api = "api"  # an editor's key
+    webhook = "webhook"  # a provider's webhook (BOUNCE_WEBHOOK_SECRET)
+    mailbox = "mailbox"  # `newsletter bounces process`
+
+
+@dataclass(frozen=True, slots=True)
+class BounceOutcome:
+    subscriber_id: int
+    status: str
+    changed: bool  # the status changed because of this event
+
+
+async def skip_queued_deliveries(session: AsyncSession, *, subscriber_id: int, why: str) -> None:
+    """Nothing queued for this subscriber goes out any more (rows the sender holds are
+    re-checked by the sender itself before it sends)."""
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.subscriber_id) == subscriber_id,
+            col(Delivery.status) == DeliveryStatus.queued,
+        )
+        .values(status=DeliveryStatus.skipped, last_error=why)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def apply_bounce(
+    session: AsyncSession,
+    *,
+    subscriber: Subscriber,
+    type: BounceType,
+    reason: str | None,
+    source: str,
+) -> BounceOutcome:
+    """Record one bounce or complaint for a known subscriber and apply its effect."""
+    assert subscriber.id is not None
+    now = utcnow()
+    reason = " ".join(reason.split())[:2000] if reason else None
+    session.add(
+        BounceEvent(
+            subscriber_id=subscriber.id, type=type, reason=reason, source=source, created_at=now
+        )
+    )
+    session.add(
+        SubscriberEvent(
+            subscriber_id=subscriber.id,
+            event=f"{type}_bounce" if type != BounceType.complaint else "complaint",
+            detail=f"{source}: {reason}"[:1000] if reason else source,
+            created_at=now,
+        )
+    )
+    await session.flush()
+
+    new_status: SubscriberStatus | None = None
+    why = str(type)
+    if type == BounceType.complaint:
+        if subscriber.status != SubscriberStatus.complained:
+            new_status = SubscriberStatus.complained
+    elif subscriber.status not in (SubscriberStatus.bounced, SubscriberStatus.complained):
+        if type == BounceType.hard:
+            new_status = SubscriberStatus.bounced
+        else:
+            recent_soft = (
+                await session.exec(
+                    select(func.count()).where(
+                        BounceEvent.subscriber_id == subscriber.id,
+                        BounceEvent.type == BounceType.soft,
+                        col(BounceEvent.created_at) >= now - SOFT_BOUNCE_WINDOW,
+                    )
+                )
+            ).one()
+            if recent_soft >= SOFT_BOUNCE_LIMIT:
+                new_status = SubscriberStatus.bounced
+                why = f"{recent_soft} soft bounces within {SOFT_BOUNCE_WINDOW.days} days"
+
+    if new_status is None:
+        return BounceOutcome(subscriber.id, subscriber.status, changed=False)
+    previous = subscriber.status
+    subscriber.status = new_status
+    subscriber.updated_at = now
+    if new_status == SubscriberStatus.bounced:
+        subscriber.bounced_at = now
+    session.add(subscriber)
+    session.add(
+        SubscriberEvent(
+            subscriber_id=subscriber.id,
+            event=str(new_status),
+            detail=f"{why} (was {previous})",
+            created_at=now,
+        )
+    )
+    await skip_queued_deliveries(session, subscriber_id=subscriber.id, why=str(new_status))
+    await session.flush()
+    return BounceOutcome(subscriber.id, new_status, changed=True)
+
+
+async def _by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail:
+        return None
+    subscriber = (
+        await session.exec(
+            select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(normalized))
+        )
+    ).first()
+    # An erased subscriber is already suppressed; storing a fresh reason would store personal
+    # data again, so they are treated like an unknown address.
+    if subscriber is None or subscriber.erased_at is not None:
+        return None
+    return subscriber
+
+
+async def report_bounce(
+    session: AsyncSession,
+    *,
+    tokens: Tokens,
+    email: str,
+    type: BounceType,
+    reason: str | None,
+    source: str,
+) -> BounceOutcome | None:
+    """A bounce reported by address (API, webhook). Unknown addresses: None, nothing stored."""
+    subscriber = await _by_email(session, tokens=tokens, email=email)
+    if subscriber is None:
+        return None
+    return await apply_bounce(
+        session, subscriber=subscriber, type=type, reason=reason, source=source
+    )
+
+
+async def _subscriber_of_delivery(session: AsyncSession, delivery_id: int) -> Subscriber | None:
+    delivery = await session.get(Delivery, delivery_id)
+    if delivery is None or delivery.subscriber_id is None:
+        return None
+    subscriber = await session.get(Subscriber, delivery.subscriber_id)
+    if subscriber is None or subscriber.erased_at is not None:
+        return None
+    return subscriber
+
+
+async def match_report(
+    session: AsyncSession, *, settings: Settings, tokens: Tokens, report: Report
+) -> Subscriber | None:
+    """The subscriber a report is about: VERP address, then the original Message-ID, then the
+    recipient addresses it names."""
+    if settings.verp:
+        for address in report.envelope_addresses:
+            delivery_id = verp_delivery_id(settings, address)
+            if delivery_id is not None:
+                subscriber = await _subscriber_of_delivery(session, delivery_id)
+                if subscriber is not None:
+                    return subscriber
+    for message_id in report.message_ids:
+        delivery = (
+            await session.exec(select(Delivery).where(Delivery.message_id == message_id))
+        ).first()
+        if delivery is not None and delivery.id is not None:
+            subscriber = await _subscriber_of_delivery(session, delivery.id)
+            if subscriber is not None:
+                return subscriber
+        # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
+        # matches, even if the outcome was never recorded (a crash between send and record).
+        shape = _OUR_MESSAGE_ID.fullmatch(message_id)
+        if shape and stable_message_id(settings, int(shape.group(1))) == message_id:
+            subscriber = await _subscriber_of_delivery(session, int(shape.group(1)))
+            if subscriber is not None:
+                return subscriber
+    for address in report.recipients:
+        subscriber = await _by_email(session, tokens=tokens, email=address)
+        if subscriber is not None:
+            return subscriber
+    return None
+
+
+@dataclass(slots=True)
+class ProcessSummary:
+    processed: int = 0
+    hard: int = 0
+    soft: int = 0
+    complaints: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    suppressed: int = 0  # subscribers whose status changed
+
+
+async def process_returned_mail(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    tokens: Tokens,
+    messages: Iterable[tuple[str, bytes]],
+) -> ProcessSummary:
+    """Apply every readable report in (name, raw message) pairs; list the rest."""
+    summary = ProcessSummary()
+    for name, raw in messages:
+        summary.processed += 1
+        try:
+            report = parse_report(raw)
+        except UnreadableReport as exc:
+            summary.unreadable.append((name, str(exc)))
+            continue
+        subscriber = await match_report(session, settings=settings, tokens=tokens, report=report)
+        if subscriber is None:
+            summary.unmatched.append(name)
+            continue
+        outcome = await apply_bounce(
+            session,
+            subscriber=subscriber,
+            type=report.type,
+            reason=report.reason,
+            source=BounceSource.mailbox,
+        )
+        summary.suppressed += outcome.changed
+        if report.type == BounceType.hard:
+            summary.hard += 1
+        elif report.type == BounceType.soft:
+            summary.soft += 1
+        else:
+            summary.complaints += 1
+    return summary

@@ -1,0 +1,267 @@
+"""CSV import (bulk, idempotent, never reviving a suppressed address) and streaming export.
+
+Import runs in two steps: `read_import_file` validates every row in Python (no database), then
+`import_chunk` inserts a few thousand rows per statement with `ON CONFLICT (email_hash) DO
+NOTHING` and queues one confirmation email per new pending subscriber with `INSERT ... SELECT`.
+The caller commits after each chunk, so an interrupted import resumes by running it again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import (
+    ConsentSource,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Language,
+    Subscriber,
+    SubscriberStatus,
+    as_utc,
+)
+from app.security import Tokens
+from app.subscriptions.service import InvalidEmail, clean_name, normalize_email
+
+LANGUAGES = {language.value for language in Language}
+EXPORT_COLUMNS = ("email", "name", "language", "status", "created_at", "confirmed_at")
+
+
+class ImportFileError(ValueError):
+    """The file as a whole cannot be imported (no header, no email column, not UTF-8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    line: int
+    email: str
+    email_hash: str
+    name: str | None
+    language: str
+
+
+@dataclass(slots=True)
+class ImportFile:
+    rows: list[ImportRow] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, message)
+
+
+@dataclass(slots=True)
+class ImportResult:
+    added: int = 0
+    already_subscribed: int = 0  # known and pending or confirmed: left as they are
+    suppressed: int = 0  # unsubscribed, bounced, complained or erased: not revived
+
+
+def _delimiter(header_line: str) -> str:
+    try:
+        return csv.Sniffer().sniff(header_line, delimiters=",;").delimiter
+    except csv.Error:
+        return ";" if header_line.count(";") > header_line.count(",") else ","
+
+
+def read_import_file(
+    path: Path, *, tokens: Tokens, default_language: str = Language.fr.value
+) -> ImportFile:
+    """Validate every row; bad ones are reported with their line number, never imported."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # with or without a byte order mark
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{path.name} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    first_line = text.split("\n", 1)[0]
+    if not first_line.strip():
+        raise ImportFileError("the first line must be a header: email,name,language")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line))
+    header = [column.strip().lower() for column in next(reader)]
+    if "email" not in header:
+        raise ImportFileError(
+            f"the header has no 'email' column (found: {', '.join(header) or 'nothing'})"
+        )
+    email_at = header.index("email")
+    name_at = header.index("name") if "name" in header else None
+    language_at = header.index("language") if "language" in header else None
+
+    result = ImportFile()
+    seen: dict[str, int] = {}
+    for record in reader:
+        line = reader.line_num
+        if not any(value.strip() for value in record):
+            continue  # blank lines are not errors
+        raw_email = record[email_at] if email_at < len(record) else ""
+        try:
+            email = normalize_email(raw_email)
+        except InvalidEmail as exc:
+            result.errors.append((line, f"invalid email {raw_email.strip()!r}: {exc}"))
+            continue
+        if email in seen:
+            result.errors.append((line, f"duplicate of line {seen[email]}: {email}"))
+            continue
+        language = default_language
+        if language_at is not None and language_at < len(record) and record[language_at].strip():
+            language = record[language_at].strip().lower()
+            if language not in LANGUAGES:
+                result.errors.append(
+                    (line, f"language {language!r} is not one of {', '.join(sorted(LANGUAGES))}")
+                )
+                continue
+        seen[email] = line
+        name = record[name_at] if name_at is not None and name_at < len(record) else None
+        result.rows.append(
+            ImportRow(
+                line=line,
+                email=email,
+                email_hash=tokens.email_hash(email),
+                name=clean_name(name),
+                language=language,
+            )
+        )
+    return result
+
+
+def _insert(session: AsyncSession) -> Any:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        return postgresql.insert(Subscriber).on_conflict_do_nothing(index_elements=["email_hash"])
+    return sqlite.insert(Subscriber).on_conflict_do_nothing(index_elements=["email_hash"])
+
+
+async def import_chunk(
+    session: AsyncSession,
+    *,
+    rows: Sequence[ImportRow],
+    confirmed: bool,
+    now: datetime,
+) -> ImportResult:
+    """Insert the rows not yet known; never touch an existing subscriber (so an unsubscribed,
+    bounced, complained or erased address is not revived, and a second import adds nobody)."""
+    result = ImportResult()
+    if not rows:
+        return result
+    hashes = [row.email_hash for row in rows]
+    existing = (
+        await session.execute(
+            sa.select(
+                col(Subscriber.email_hash), col(Subscriber.status), col(Subscriber.erased_at)
+            ).where(col(Subscriber.email_hash).in_(hashes))
+        )
+    ).all()
+    known = {h for h, _, _ in existing}
+    for _, status, erased_at in existing:
+        if erased_at is not None or status not in (
+            SubscriberStatus.pending,
+            SubscriberStatus.confirmed,
+        ):
+            result.suppressed += 1
+        else:
+            result.already_subscribed += 1
+    status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
+    values = [
+        {
+            "email": row.email,
+            "email_hash": row.email_hash,
+            "name": row.name,
+            "language": row.language,
+            "status": status.value,
+            "created_at": now,
+            "updated_at": now,
+            "confirmed_at": now if confirmed else None,
+            "consent_at": now,
+            "consent_source": ConsentSource.import_.value,
+        }
+        for row in rows
+        if row.email_hash not in known
+    ]
+    if not values:
+        return result
+    # DO NOTHING also covers a sign-up of the same address between the SELECT and here.
+    await session.execute(_insert(session), values)
+    new_hashes = [v["email_hash"] for v in values]
+    if not confirmed:
+        # One confirmation per subscriber this import created: same hash, created at `now`.
+        created = sa.select(
+            sa.literal(DeliveryKind.confirmation.value),
+            col(Subscriber.id),
+            col(Subscriber.language),
+            sa.literal(DeliveryStatus.queued.value),
+            sa.literal(0),
+            sa.literal(now, type_=sa.DateTime(timezone=True)),
+            sa.literal(now, type_=sa.DateTime(timezone=True)),
+        ).where(
+            col(Subscriber.email_hash).in_(new_hashes),
+            col(Subscriber.created_at) == now,
+            col(Subscriber.status) == SubscriberStatus.pending,
+        )
+        await session.execute(
+            sa.insert(Delivery).from_select(
+                [
+                    "kind",
+                    "subscriber_id",
+                    "language",
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "created_at",
+                ],
+                created,
+            )
+        )
+    result.added = (
+        await session.execute(
+            sa.select(sa.func.count())
+            .select_from(Subscriber)
+            .where(col(Subscriber.email_hash).in_(new_hashes), col(Subscriber.created_at) == now)
+        )
+    ).scalar_one()
+    result.already_subscribed += len(values) - result.added  # signed up meanwhile
+    return result
+
+
+def _iso(value: datetime | None) -> str:
+    return as_utc(value).isoformat() if value is not None else ""
+
+
+async def export_rows(
+    session: AsyncSession, *, status: SubscriberStatus | None = None
+) -> AsyncIterator[list[str]]:
+    """The header, then one row per subscriber (erased ones excluded), streamed from the
+    database in partitions: memory stays flat whatever the list size."""
+    yield list(EXPORT_COLUMNS)
+    stmt = (
+        sa.select(
+            col(Subscriber.email),
+            col(Subscriber.name),
+            col(Subscriber.language),
+            col(Subscriber.status),
+            col(Subscriber.created_at),
+            col(Subscriber.confirmed_at),
+        )
+        .where(col(Subscriber.erased_at).is_(None), col(Subscriber.email).is_not(None))
+        .order_by(col(Subscriber.id))
+        .execution_options(yield_per=2000)
+    )
+    if status is not None:
+        stmt = stmt.where(col(Subscriber.status) == status)
+    result = await session.stream(stmt)
+    async for partition in result.partitions():
+        for email, name, language, row_status, created_at, confirmed_at in partition:
+            yield [
+                email or "",
+                name or "",
+                language,
+                row_status,
+                _iso(created_at),
+                _iso(confirmed_at),
+            ]

@@ -1,0 +1,142 @@
+"""Editor API over subscriber data: `/api/v1/subscribers` (list, access, erasure)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from pydantic import AfterValidator, BaseModel
+
+from app.deps import SessionDep, TokensDep
+from app.editors import EditorDep
+from app.models import SubscriberStatus, as_utc
+from app.subscribers import service
+
+router = APIRouter(prefix="/api/v1/subscribers", tags=["subscribers"])
+# SQLite hands back naive datetimes: every timestamp leaves the API with its UTC offset.
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
+
+
+class SubscriberPublic(BaseModel):
+    email: str | None
+    name: str | None
+    language: str
+    status: str
+    created_at: Timestamp
+    confirmed_at: Timestamp | None
+    unsubscribed_at: Timestamp | None
+    bounced_at: Timestamp | None
+    erased_at: Timestamp | None
+
+
+class SubscriberList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[SubscriberPublic]
+
+
+class ConsentPublic(BaseModel):
+    at: Timestamp | None
+    ip: str | None
+    user_agent: str | None
+    source: str | None
+    language: str
+
+
+class EventPublic(BaseModel):
+    at: Timestamp
+    event: str
+    detail: str | None
+
+
+class DeliveryPublic(BaseModel):
+    kind: str
+    digest_id: int | None
+    status: str
+    attempts: int
+    created_at: Timestamp
+    sent_at: Timestamp | None
+    message_id: str | None
+
+
+class BouncePublic(BaseModel):
+    at: Timestamp
+    type: str
+    reason: str | None
+    source: str
+
+
+class SubscriberRecordPublic(BaseModel):
+    """Everything the service holds on one person (GDPR access right)."""
+
+    subscriber: SubscriberPublic
+    consent: ConsentPublic
+    history: list[EventPublic]
+    deliveries: list[DeliveryPublic]
+    bounces: list[BouncePublic]
+
+
+def _not_found(email: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"no subscriber with the address {email!r}")
+
+
+@router.get("", response_model=SubscriberList)
+async def list_subscribers(
+    session: SessionDep,
+    _editor: EditorDep,
+    status: SubscriberStatus | None = None,
+    q: Annotated[str | None, Query(max_length=320, description="Part of an email or name")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SubscriberList:
+    """Newest first; erased subscribers are not listed."""
+    page = await service.list_subscribers(session, status=status, q=q, limit=limit, offset=offset)
+    return SubscriberList(
+        total=page.total,
+        limit=limit,
+        offset=offset,
+        items=[SubscriberPublic.model_validate(s, from_attributes=True) for s in page.items],
+    )
+
+
+@router.get("/{email}", response_model=SubscriberRecordPublic, responses={404: {}})
+async def get_subscriber(
+    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+) -> SubscriberRecordPublic:
+    record = await service.subscriber_record(session, tokens=tokens, email=email)
+    if record is None:
+        raise _not_found(email)
+    s = record.subscriber
+    return SubscriberRecordPublic(
+        subscriber=SubscriberPublic.model_validate(s, from_attributes=True),
+        consent=ConsentPublic(
+            at=s.consent_at,
+            ip=s.consent_ip,
+            user_agent=s.consent_user_agent,
+            source=s.consent_source,
+            language=s.language,
+        ),
+        history=[
+            EventPublic(at=e.created_at, event=e.event, detail=e.detail) for e in record.events
+        ],
+        deliveries=[
+            DeliveryPublic.model_validate(d, from_attributes=True) for d in record.deliveries
+        ],
+        bounces=[
+            BouncePublic(at=b.created_at, type=b.type, reason=b.reason, source=b.source)
+            for b in record.bounces
+        ],
+    )
+
+
+@router.delete("/{email}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
+async def erase_subscriber(
+    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+) -> Response:
+    """Erase the personal data (GDPR erasure). The address stays suppressed through a keyed
+    hash: it is never mailed again unless its owner signs up again (a new double opt-in)."""
+    if await service.erase_subscriber(session, tokens=tokens, email=email) is None:
+        raise _not_found(email)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,362 @@
+"""Bounces and complaints: the API and webhook, and returned mail read from a Maildir or mbox."""
+
+from __future__ import annotations
+
+import mailbox
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.bounces.reports import UnreadableReport, parse_report
+from app.config import Settings
+from app.mail.verp import verp_delivery_id, verp_sender
+from app.main import create_app
+from app.models import (
+    BounceEvent,
+    BounceType,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    utcnow,
+)
+from tests.conftest import make_settings
+from tests.factories import cli_env, editor_headers, make_subscriber, run_cli
+from tests.smtp_server import SmtpServer
+
+DATA = Path(__file__).parent / "data" / "bounces"
+WEBHOOK_SECRET = "whsec_3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e"
+
+
+@pytest.fixture
+def settings(database_url: str, smtp_server: SmtpServer, tmp_path: Path) -> Settings:
+    return make_settings(
+        database_url, smtp_server, tmp_path, verp=True, bounce_webhook_secret=WEBHOOK_SECRET
+    )
+
+
+async def fresh(session: AsyncSession, subscriber_id: int | None) -> Subscriber:
+    await session.rollback()  # end the read transaction: see what the app committed since
+    session.expire_all()
+    subscriber = await session.get(Subscriber, subscriber_id)
+    assert subscriber is not None
+    return subscriber
+
+
+async def queued_confirmation_and_sent_digest(
+    session: AsyncSession, subscriber_id: int | None
+) -> tuple[int, int]:
+    queued = Delivery(kind=DeliveryKind.confirmation, subscriber_id=subscriber_id)
+    sent = Delivery(
+        kind=DeliveryKind.confirmation,
+        subscriber_id=subscriber_id,
+        status=DeliveryStatus.sent,
+        sent_at=utcnow(),
+    )
+    session.add_all([queued, sent])
+    await session.commit()
+    assert queued.id is not None
+    assert sent.id is not None
+    return queued.id, sent.id
+
+
+async def test_hard_bounce_with_an_editor_key(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    subscriber = await make_subscriber(session, app.state.tokens, email="aminata@orange.fr")
+    queued_id, sent_id = await queued_confirmation_and_sent_digest(session, subscriber.id)
+    headers = await editor_headers(session)
+
+    response = await client.post(
+        "/api/v1/bounces",
+        json={
+            "email": "Aminata@Orange.fr",
+            "type": "hard",
+            "reason": "550 5.1.1 <aminata@orange.fr>: Recipient address rejected: User unknown",
+        },
+        headers=headers,
+    )
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted"}
+
+    subscriber = await fresh(session, subscriber.id)
+    assert subscriber.status == SubscriberStatus.bounced
+    assert subscriber.bounced_at is not None
+    [event] = (await session.exec(select(BounceEvent))).all()
+    assert (event.type, event.source) == ("hard", "api")
+    assert event.reason
+    assert "User unknown" in event.reason
+    history = (
+        await session.exec(select(SubscriberEvent.event).order_by(col(SubscriberEvent.id)))
+    ).all()
+    assert history == ["hard_bounce", "bounced"]
+    queued = await session.get(Delivery, queued_id)
+    sent = await session.get(Delivery, sent_id)
+    assert queued is not None
+    assert sent is not None
+    assert queued.status == DeliveryStatus.skipped  # never sent now
+    assert sent.status == DeliveryStatus.sent  # history is not rewritten
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"Authorization": f"Bearer {WEBHOOK_SECRET}"},
+        {"X-Webhook-Secret": WEBHOOK_SECRET},
+    ],
+    ids=["bearer", "x-webhook-secret"],
+)
+async def test_complaint_through_the_webhook_secret(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, auth: dict[str, str]
+) -> None:
+    subscriber = await make_subscriber(session, app.state.tokens, email="fatou@hotmail.fr")
+    response = await client.post(
+        "/api/v1/bounces", json={"email": "fatou@hotmail.fr", "type": "complaint"}, headers=auth
+    )
+    assert response.status_code == 202
+    subscriber = await fresh(session, subscriber.id)
+    assert subscriber.status == SubscriberStatus.complained
+    [event] = (await session.exec(select(BounceEvent))).all()
+    assert (event.type, event.source) == ("complaint", "webhook")
+
+
+async def test_third_soft_bounce_within_30_days_bounces(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    subscriber = await make_subscriber(session, app.state.tokens, email="kofi@busylink.com.gh")
+    # An old soft bounce (two months ago) does not count.
+    session.add(
+        BounceEvent(
+            subscriber_id=subscriber.id or 0,
+            type=BounceType.soft,
+            reason="452 4.2.2 mailbox full",
+            created_at=utcnow() - timedelta(days=60),
+        )
+    )
+    await session.commit()
+    headers = {"X-Webhook-Secret": WEBHOOK_SECRET}
+    body = {"email": "kofi@busylink.com.gh", "type": "soft", "reason": "452 4.2.2 Mailbox full"}
+    for _ in range(2):
+        assert (await client.post("/api/v1/bounces", json=body, headers=headers)).status_code == 202
+    assert (await fresh(session, subscriber.id)).status == SubscriberStatus.confirmed
+
+    assert (await client.post("/api/v1/bounces", json=body, headers=headers)).status_code == 202
+    subscriber = await fresh(session, subscriber.id)
+    assert subscriber.status == SubscriberStatus.bounced
+    count = (await session.exec(select(func.count()).select_from(BounceEvent))).one()
+    assert count == 4
+    bounced = (
+        await session.exec(select(SubscriberEvent).where(SubscriberEvent.event == "bounced"))
+    ).one()
+    assert bounced.detail is not None
+    assert "3 soft bounces within 30 days" in bounced.detail
+
+
+async def test_unknown_address_is_accepted_and_nothing_stored(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    response = await client.post(
+        "/api/v1/bounces",
+        json={"email": "nobody@example.org", "type": "hard"},
+        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+    )
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted"}
+    assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 0
+    assert (await session.exec(select(func.count()).select_from(Subscriber))).one() == 0
+
+
+async def test_bounce_api_refuses_strangers_and_bad_input(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    body = {"email": "reader@example.org", "type": "hard"}
+    assert (await client.post("/api/v1/bounces", json=body)).status_code == 401
+    for headers in (
+        {"X-Webhook-Secret": WEBHOOK_SECRET[:-1] + "x"},
+        {"Authorization": "Bearer nl_not-a-key"},
+        {"Authorization": f"Basic {WEBHOOK_SECRET}"},
+    ):
+        response = await client.post("/api/v1/bounces", json=body, headers=headers)
+        assert response.status_code == 401, headers
+    headers = await editor_headers(session)
+    bad_type = await client.post(
+        "/api/v1/bounces", json={"email": "a@example.org", "type": "bounce"}, headers=headers
+    )
+    assert bad_type.status_code == 422
+    assert bad_type.json()["detail"][0]["loc"] == ["body", "type"]
+    missing = await client.post("/api/v1/bounces", json={"type": "hard"}, headers=headers)
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "email"]
+
+
+async def test_without_a_webhook_secret_only_editor_keys_work(
+    database_url: str, tmp_path: Path
+) -> None:
+    application = create_app(make_settings(database_url, None, tmp_path))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            body = {"email": "reader@example.org", "type": "hard"}
+            for headers in ({"X-Webhook-Secret": ""}, {"Authorization": "Bearer "}):
+                assert (
+                    await c.post("/api/v1/bounces", json=body, headers=headers)
+                ).status_code == 401
+            async with application.state.sessionmaker() as session:
+                headers = await editor_headers(session)
+            assert (await c.post("/api/v1/bounces", json=body, headers=headers)).status_code == 202
+
+
+def test_verp_sender_round_trip(settings: Settings) -> None:
+    assert verp_sender(settings, 12345) == "newsletter+12345@dzaleu.test"
+    assert verp_delivery_id(settings, "<Newsletter+12345@DZALEU.test>") == 12345
+    assert verp_delivery_id(settings, "newsletter@dzaleu.test") is None
+    assert verp_delivery_id(settings, "other+12345@dzaleu.test") is None
+    assert verp_delivery_id(settings, "newsletter+12345@evil.test") is None
+    plain = settings.model_copy(update={"verp": False})
+    assert verp_sender(plain, 12345) == "newsletter@dzaleu.test"
+
+
+def test_parse_real_reports() -> None:
+    hard = parse_report((DATA / "postfix-hard-5.1.1.eml").read_bytes())
+    assert hard.type == BounceType.hard
+    assert hard.reason.startswith("failed 5.1.1: smtp; 550 5.1.1")
+    assert "newsletter+1042@dzaleu.test" in hard.envelope_addresses
+    assert hard.message_ids == ["<nl.1042.7f0edcf799@dzaleu.test>"]
+    assert hard.recipients[0] == "aminata.diallo@orange.fr"
+
+    delayed = parse_report((DATA / "postfix-delayed-4.4.1.eml").read_bytes())
+    assert delayed.type == BounceType.soft
+    assert delayed.message_ids == ["<nl.1043.0ca3f39336@dzaleu.test>"]
+
+    yahoo = parse_report((DATA / "yahoo-arf-complaint.eml").read_bytes())
+    assert yahoo.type == BounceType.complaint
+    assert "Yahoo" in yahoo.reason
+    assert yahoo.message_ids == ["<nl.2071.63048d5026@dzaleu.test>"]
+    assert "newsletter+2071@dzaleu.test" in yahoo.envelope_addresses  # Original-Mail-From
+
+    microsoft = parse_report((DATA / "microsoft-jmrp-complaint.eml").read_bytes())
+    assert microsoft.type == BounceType.complaint
+    assert microsoft.recipients == ["fatou.ndiaye@hotmail.fr"]
+
+    with pytest.raises(UnreadableReport, match="not a delivery status or feedback report"):
+        parse_report((DATA / "out-of-office.eml").read_bytes())
+
+    policy = (
+        (DATA / "postfix-hard-5.1.1.eml").read_bytes().replace(b"Status: 5.1.1", b"Status: 5.7.1")
+    )
+    assert parse_report(policy).type == BounceType.soft  # spam policy: not the reader's mailbox
+
+
+def make_maildir(path: Path, files: list[Path], extra: list[bytes] = ()) -> Path:  # type: ignore[assignment]
+    box = mailbox.Maildir(path, create=True)
+    for file in files:
+        box.add(file.read_bytes())
+    for raw in extra:
+        box.add(raw)
+    box.flush()
+    return path
+
+
+async def test_process_maildir_of_returned_mail(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    tokens = app.state.tokens
+    aminata = await make_subscriber(session, tokens, email="aminata.diallo@orange.fr")
+    kofi = await make_subscriber(session, tokens, email="kofi.mensah@busylink.com.gh")
+    yahoo_reader = await make_subscriber(session, tokens, email="awa.sow@yahoo.fr")
+    fatou = await make_subscriber(session, tokens, email="fatou.ndiaye@hotmail.fr")
+    # Deliveries as the sender left them: 1042 is found through VERP, 1043 through the recorded
+    # Message-ID, 2071 through its Message-ID's keyed tag (outcome never recorded), and Fatou's
+    # report through the original To (delivery 2072 is gone).
+    session.add_all(
+        [
+            Delivery(
+                id=1042,
+                kind=DeliveryKind.confirmation,
+                subscriber_id=aminata.id,
+                status=DeliveryStatus.sent,
+            ),
+            Delivery(
+                id=1043,
+                kind=DeliveryKind.confirmation,
+                subscriber_id=kofi.id,
+                status=DeliveryStatus.sent,
+                message_id="<nl.1043.0ca3f39336@dzaleu.test>",
+            ),
+            Delivery(
+                id=2071,
+                kind=DeliveryKind.confirmation,
+                subscriber_id=yahoo_reader.id,
+                status=DeliveryStatus.sending,
+            ),
+            Delivery(id=3000, kind=DeliveryKind.confirmation, subscriber_id=fatou.id),
+        ]
+    )
+    await session.commit()
+    ids = [aminata.id, kofi.id, yahoo_reader.id, fatou.id]
+    maildir = make_maildir(
+        tmp_path / "bounces",
+        sorted(DATA.glob("*.eml")),
+        extra=[b"\x00\x01 garbage that is not mail"],
+    )
+
+    result = await run_cli(["bounces", "process", str(maildir)], cli_env(settings))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for column in ("processed", "hard", "soft", "complaints", "unmatched", "unreadable"):
+        assert column in out
+    numbers = [
+        [int(n) for n in line.replace("│", " ").split()]
+        for line in out.splitlines()
+        if line.startswith("│") and line.replace("│", " ").split()[0].isdigit()
+    ]
+    assert numbers == [[6, 1, 1, 2, 0, 2]]
+    assert "not a delivery status or feedback report (text/plain)" in out
+
+    statuses = [(await fresh(session, i)).status for i in ids]
+    # Kofi: one soft bounce, still subscribed.
+    assert statuses == ["bounced", "confirmed", "complained", "complained"]
+    queued = await session.get(Delivery, 3000)
+    assert queued is not None
+    assert queued.status == DeliveryStatus.skipped
+    sources = (await session.exec(select(BounceEvent.source).distinct())).all()
+    assert sources == ["mailbox"]
+    assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 4
+
+
+async def test_process_mbox_unmatched_without_verp(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    box = mailbox.mbox(tmp_path / "returned.mbox")
+    box.add((DATA / "postfix-hard-5.1.1.eml").read_bytes())
+    box.add((DATA / "postfix-delayed-4.4.1.eml").read_bytes())
+    box.flush()
+    box.close()
+    await make_subscriber(session, app.state.tokens, email="kofi.mensah@busylink.com.gh")
+    env = cli_env(settings, VERP="false")
+    result = await run_cli(["bounces", "process", str(tmp_path / "returned.mbox")], env)
+    assert result.exit_code == 0, result.output
+    assert "unmatched: returned.mbox#1" in result.stdout  # Aminata is not a subscriber here
+    assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 1
+
+
+async def test_process_refuses_a_path_that_is_no_mailbox(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "plain").mkdir()
+    result = await run_cli(["bounces", "process", str(tmp_path / "plain")], cli_env(settings))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert "not a Maildir" in result.stderr
+    shutil.rmtree(tmp_path / "plain")
+    missing = await run_cli(["bounces", "process", str(tmp_path / "nope")], cli_env(settings))
+    assert missing.exit_code == 1
+    assert "no such file or directory" in missing.stderr
