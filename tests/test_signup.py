@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mailbox
+from pathlib import Path
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -296,3 +299,23 @@ async def test_smtp_down_keeps_mail_queued(
     assert report.sent == 0
     [delivery] = (await session.exec(select(Delivery))).all()
     assert delivery.status == DeliveryStatus.queued
+
+
+async def test_embedded_default_writes_mail_to_a_maildir(database_url: str, tmp_path: Path) -> None:
+    """No SMTP_HOST: the confirmation email lands as a file in var/mail (here: tmp_path)."""
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(database_url, None, tmp_path, maildir_path=tmp_path / "var" / "mail")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            r = await c.post("/api/v1/subscriptions", json={"email": "local@example.org"})
+            assert r.status_code == 202
+        report = await drain_outbox(app)
+    assert report.sent == 1
+    box = mailbox.Maildir(tmp_path / "var" / "mail", create=False)
+    [message] = list(box)
+    assert message["To"] == "local@example.org"
+    assert "/confirm/" in message.as_string()

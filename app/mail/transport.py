@@ -170,8 +170,10 @@ class MaildirMailer:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._box = mailbox.Maildir(self.path, create=True)
+        # mailbox.Maildir(create=True) only makes tmp/new/cur when the folder itself is new.
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self._box = mailbox.Maildir(self.path, create=False)
         self.description = f"Maildir {self.path}"
 
     async def connect(self) -> Connection:
