@@ -20,7 +20,9 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.mail.compose import Recipient, compose_confirmation
+from app.digests.delivery import RenderCache, compose_digest_delivery
+from app.digests.service import finish_completed_digests
+from app.mail.compose import Recipient, compose_confirmation, list_id_header
 from app.mail.message import envelope_sender
 from app.mail.transport import Connection, Mailer, SendError
 from app.models import DeliveryKind, Subscriber, SubscriberStatus, utcnow
@@ -107,6 +109,7 @@ class Sender:
             await session.commit()
         report.skipped = len(skipped)
         await self._deliver(outgoing, report)
+        await _finish_completed_digests(self.sessionmaker)
         log.info(
             "batch done",
             extra={
@@ -141,6 +144,8 @@ class Sender:
         recipients = {row[0]: Recipient(*row) for row in rows}
         outgoing: list[Outgoing] = []
         skipped: list[int] = []
+        renders: RenderCache = {}  # one rendering per (digest, language) in this batch
+        list_id = list_id_header(self.settings)
         for delivery in claimed:
             recipient = recipients.get(delivery.subscriber_id or -1)
             if delivery.kind == DeliveryKind.confirmation:
@@ -157,6 +162,23 @@ class Sender:
                     self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
                 )
                 outgoing.append(Outgoing(delivery, recipient.email, message, message_id))
+            elif delivery.kind in (DeliveryKind.digest, DeliveryKind.test):
+                # A subscriber who is not (or no longer) confirmed is skipped.
+                composed = await compose_digest_delivery(
+                    session,
+                    settings=self.settings,
+                    tokens=self.tokens,
+                    delivery=delivery,
+                    recipient=recipient,
+                    renders=renders,
+                    list_id=list_id,
+                )
+                if composed is None:
+                    skipped.append(delivery.id)
+                    continue
+                outgoing.append(
+                    Outgoing(delivery, composed.to, composed.message, composed.message_id)
+                )
             else:
                 log.warning("delivery %s: kind %s not handled yet", delivery.id, delivery.kind)
                 skipped.append(delivery.id)
@@ -231,3 +253,9 @@ async def _mark_bounced(session: AsyncSession, subscriber_id: int | None, reply:
         .where(col(Subscriber.id) == subscriber_id)
         .values(status=SubscriberStatus.bounced, bounced_at=now, updated_at=now)
     )
+
+
+async def _finish_completed_digests(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session:
+        await finish_completed_digests(session)
+        await session.commit()

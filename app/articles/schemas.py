@@ -1,0 +1,87 @@
+"""Editor API shapes for articles and feed imports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.articles.sanitize import is_http_url
+
+
+def _http_url(value: str) -> str:
+    if not is_http_url(value):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # A date without a zone is taken as UTC, the zone every stored date is in.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+HttpUrlStr = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=2000), AfterValidator(_http_url)
+]
+Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class ArticleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+    url: HttpUrlStr = Field(description="The article's permalink: the key of create-or-update")
+    summary: str | None = Field(
+        default=None, max_length=5000, description="Plain text; cut to 500 characters"
+    )
+    content_html: str | None = Field(
+        default=None, max_length=500_000, description="Sanitised: no scripts, iframes, styles"
+    )
+    author: Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)] | None = None
+    categories: list[Category] = Field(default_factory=list, max_length=20)
+    published_at: Annotated[datetime | None, AfterValidator(_utc)] = None
+    image_url: HttpUrlStr | None = None
+
+
+class ArticlePublic(BaseModel):
+    id: int
+    url: str
+    guid: str | None
+    title: str
+    summary: str | None
+    author: str | None
+    categories: list[str]
+    image_url: str | None
+    published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ArticleDetail(ArticlePublic):
+    content_html: str | None
+
+
+class ArticleList(BaseModel):
+    items: list[ArticlePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class FeedImportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrlStr
+
+
+class FeedImportResult(BaseModel):
+    url: str
+    created: int
+    updated: int
+    unchanged: int
+    skipped: int
+    not_modified: bool
+    warning: str | None
