@@ -16,11 +16,11 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # A date without a zone is taken as UTC, the zone every stored date is in.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def to_utc(value: datetime | None) -> datetime | None:
+    # Stored in UTC (SQLite keeps no zone); a date without one is taken as UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 HttpUrlStr = Annotated[
@@ -42,7 +42,7 @@ class ArticleIn(BaseModel):
     )
     author: Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)] | None = None
     categories: list[Category] = Field(default_factory=list, max_length=20)
-    published_at: Annotated[datetime | None, AfterValidator(_utc)] = None
+    published_at: Annotated[datetime | None, AfterValidator(to_utc)] = None
     image_url: HttpUrlStr | None = None
 
 

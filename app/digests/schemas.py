@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from app.articles.schemas import to_utc
 from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
 from app.models import Language
 
@@ -14,12 +15,6 @@ from app.models import Language
 def _one_line(value: str | None) -> str | None:
     if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise ValueError("must be a single line without control characters")
-    return value
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -37,7 +32,7 @@ class DigestCreate(BaseModel):
         max_length=MAX_ARTICLES,
         description="These articles in this order; omit to take the articles not yet sent",
     )
-    since: Annotated[datetime | None, AfterValidator(_utc)] = Field(
+    since: Annotated[datetime | None, AfterValidator(to_utc)] = Field(
         default=None, description="Without article_ids: only articles published since then"
     )
     max_articles: int = Field(default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES)
