@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +323,17 @@ async def test_import_endpoint_errors(
 # --- The CLI -----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI points the root logger at the runner's stream, which closes after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_cli_import_feed(
     database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
