@@ -378,7 +378,8 @@ async def test_send_queues_each_confirmed_subscriber_once(
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "sending"
-    assert body["send_started_at"] is not None
+    assert body["send_started_at"].endswith("Z")  # always with the zone, on both databases
+    assert body["created_at"].endswith("Z")
     assert body["recipients"] == 3
     assert body["queued"] == 3
 

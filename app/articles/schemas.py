@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.articles.sanitize import is_http_url
+from app.models import as_utc
 
 
 def _http_url(value: str) -> str:
@@ -23,6 +24,8 @@ def to_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Answers always carry the zone: SQLite hands back naive datetimes, stored in UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 HttpUrlStr = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=2000), AfterValidator(_http_url)
 ]
@@ -55,9 +58,9 @@ class ArticlePublic(BaseModel):
     author: str | None
     categories: list[str]
     image_url: str | None
-    published_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
+    published_at: UtcDatetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ArticleDetail(ArticlePublic):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.articles.schemas import to_utc
+from app.articles.schemas import UtcDatetime, to_utc
 from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
 from app.models import Language
 
@@ -47,7 +47,7 @@ class DigestArticlePublic(BaseModel):
     author: str | None
     categories: list[str]
     image_url: str | None
-    published_at: datetime | None
+    published_at: UtcDatetime | None
 
 
 class DigestSummary(BaseModel):
@@ -55,10 +55,10 @@ class DigestSummary(BaseModel):
     status: str
     subject: str | None = Field(description="As set; null means each language's default")
     subjects: dict[str, str] = Field(description="The subject readers get, per language")
-    created_at: datetime
-    send_started_at: datetime | None
-    sent_at: datetime | None
-    cancelled_at: datetime | None
+    created_at: UtcDatetime
+    send_started_at: UtcDatetime | None
+    sent_at: UtcDatetime | None
+    cancelled_at: UtcDatetime | None
     paused_reason: str | None
     article_count: int
     recipients: int
