@@ -25,9 +25,7 @@ from app.worker.scheduler import poll_feed_once, poll_feeds_forever
 from tests.feed_server import FeedServer, Page
 
 DATA = Path(__file__).parent / "data"
-SAMPLE = Path("/work/shared/samples/wordpress-feed-fr.xml")
-if not SAMPLE.exists():  # the copy in the repository, wherever the shared folder is
-    SAMPLE = DATA / "wordpress-feed-fr.xml"
+SAMPLE = DATA / "wordpress-feed-fr.xml"  # a copy of the site's feed (shared/samples)
 
 
 def data(name: str) -> bytes:
