@@ -93,6 +93,7 @@ async def _run_worker(settings: Settings) -> None:
     from app.db import make_engine, make_sessionmaker
     from app.mail.transport import make_mailer
     from app.security import Tokens
+    from app.worker.scheduler import poll_feeds_forever
     from app.worker.sender import Sender
 
     engine = make_engine(settings.database_url)
@@ -103,9 +104,10 @@ async def _run_worker(settings: Settings) -> None:
     tokens = Tokens(
         settings.secret_key, confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400
     )
-    sender = Sender(settings, make_sessionmaker(engine), make_mailer(settings), tokens)
+    sessionmaker = make_sessionmaker(engine)
+    sender = Sender(settings, sessionmaker, make_mailer(settings), tokens)
     try:
-        await sender.run(stop)
+        await asyncio.gather(sender.run(stop), poll_feeds_forever(settings, sessionmaker, stop))
     finally:
         await engine.dispose()
     log.info("worker stopped")
@@ -389,6 +391,28 @@ def subscribers_export(
         with output.open("w", encoding="utf-8", newline="") as handle:
             count = asyncio.run(_export(settings, status, handle))
     typer.echo(f"exported {count} subscriber(s)", err=True)
+
+
+@cli.command("import-feed")
+def import_feed(
+    source: str = typer.Argument(..., help="The feed's http(s) URL, or a path to a feed file."),
+) -> None:
+    """Import an RSS/Atom feed: new articles are created, changed ones updated, none deleted."""
+    from app.articles import service
+    from app.articles.feeds import MalformedFeed
+
+    settings = load_settings()
+    try:
+        result = asyncio.run(
+            _in_transaction(settings, lambda s: service.import_feed_source(s, source=source))
+        )
+    except service.FeedUnreachable as exc:
+        fail(f"feed unreachable: {exc}")
+    except MalformedFeed as exc:
+        fail(f"malformed feed: {exc}")
+    if result.warning:
+        typer.echo(f"warning: {result.warning}", err=True)
+    typer.echo(f"imported {source}: {result.summary()}")
 
 
 def main() -> None:

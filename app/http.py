@@ -124,7 +124,9 @@ class SecurityHeaders:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"referrer-policy", b"no-referrer"))
-                if not docs:
+                # A response that sets its own policy (the digest preview) keeps it.
+                own_csp = any(name == b"content-security-policy" for name, _ in headers)
+                if not docs and not own_csp:
                     headers.append(
                         (
                             b"content-security-policy",

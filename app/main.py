@@ -13,9 +13,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from app.articles import routes as article_routes
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
+from app.digests import routes as digest_routes
 from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
@@ -24,6 +26,7 @@ from app.subscribers import routes as subscriber_routes
 from app.subscriptions import routes as subscription_routes
 from app.web.i18n import STRINGS, request_language
 from app.web.templates import render_page
+from app.worker.scheduler import poll_feeds_forever
 from app.worker.sender import Sender
 
 log = logging.getLogger("app")
@@ -46,15 +49,21 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             )
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
+        feed_task: asyncio.Task[None] | None = None
         if run_worker:
             sender = Sender(settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
             worker_task = asyncio.create_task(sender.run(stop), name="sender")
+            feed_task = asyncio.create_task(
+                poll_feeds_forever(settings, app.state.sessionmaker, stop), name="feed-poller"
+            )
         try:
             yield
         finally:
             stop.set()
             if worker_task is not None:
                 await worker_task
+            if feed_task is not None:
+                await feed_task
             await engine.dispose()
 
     app = FastAPI(
@@ -77,6 +86,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(subscription_routes.api)
     app.include_router(subscriber_routes.router)
     app.include_router(bounce_routes.router)
+    app.include_router(article_routes.router)
+    app.include_router(digest_routes.router)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )

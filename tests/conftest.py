@@ -165,3 +165,13 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def session(app: FastAPI) -> AsyncIterator[AsyncSession]:
     async with app.state.sessionmaker() as s:
         yield s
+
+
+@pytest.fixture
+async def editor_headers(session: AsyncSession) -> dict[str, str]:
+    """Authorization headers with a fresh editor API key."""
+    from app.editors import create_api_key
+
+    _, key = await create_api_key(session, name="tests")
+    await session.commit()
+    return {"Authorization": f"Bearer {key}"}

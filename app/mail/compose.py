@@ -6,13 +6,9 @@ import hashlib
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.mail.message import (
-    build_message,
-    format_address,
-    header_safe,
-    mail_from_domain,
-)
-from app.mail.render import render_email
+from app.mail.message import build_message, format_address, header_safe, mail_from_domain
+from app.mail.personalize import fill
+from app.mail.render import RenderedEmail, render_email
 from app.security import Tokens
 
 
@@ -67,3 +63,138 @@ def compose_confirmation(
         headers={"Auto-Submitted": "auto-generated"},
     )
     return msg.as_bytes(), message_id
+
+
+# --- Digests -----------------------------------------------------------------------------------
+
+SAMPLE_NAMES = {"fr": "Camille", "en": "Alex"}
+SAMPLE_EMAIL = "reader@example.org"
+
+
+def list_id_header(settings: Settings) -> str:
+    """RFC 2919 List-Id: LIST_ID, else newsletter.<domain of MAIL_FROM>."""
+    if settings.list_id and settings.list_id.strip():
+        value = settings.list_id.strip()
+        return value if "<" in value else f"<{value}>"
+    return f"<newsletter.{mail_from_domain(settings.mail_from)}>"
+
+
+def list_unsubscribe_header(settings: Settings, url: str) -> str:
+    """RFC 2369 List-Unsubscribe: the one-click URL first, then the mailto if configured."""
+    value = f"<{url}>"
+    if settings.unsubscribe_mailto:
+        address = settings.unsubscribe_mailto.strip().removeprefix("mailto:")
+        value += f", <mailto:{address}?subject=unsubscribe>"
+    return value
+
+
+def sample_unsubscribe_url(settings: Settings, tokens: Tokens) -> str:
+    """A well-formed link that names no subscriber: it opens the "invalid link" page and
+    unsubscribes nobody (subscriber ids start at 1)."""
+    return f"{settings.public_base}/unsubscribe/{tokens.unsubscribe_token(0, '0' * 16)}"
+
+
+def recipient_values(*, name: str | None, email: str, unsubscribe_url: str) -> dict[str, str]:
+    """What replaces each `personalize` placeholder for one reader."""
+    clean = header_safe(name or "", max_length=200)
+    return {
+        "name": clean,
+        "greeting_name": f" {clean}" if clean else "",
+        "unsubscribe_url": unsubscribe_url,
+        "email": email,
+    }
+
+
+def sample_values(settings: Settings, tokens: Tokens, *, language: str) -> dict[str, str]:
+    """The reader shown in previews and test copies."""
+    return recipient_values(
+        name=SAMPLE_NAMES.get(language, SAMPLE_NAMES["fr"]),
+        email=SAMPLE_EMAIL,
+        unsubscribe_url=sample_unsubscribe_url(settings, tokens),
+    )
+
+
+def fill_rendered(rendered: RenderedEmail, values: dict[str, str]) -> RenderedEmail:
+    return RenderedEmail(
+        subject=fill(rendered.subject, values, escape_html=False),
+        html=fill(rendered.html, values, escape_html=True),
+        text=fill(rendered.text, values, escape_html=False),
+    )
+
+
+def _list_message(
+    settings: Settings,
+    *,
+    filled: RenderedEmail,
+    to: str,
+    delivery_id: int,
+    list_id: str,
+    unsubscribe_url: str,
+    subject: str,
+) -> tuple[bytes, str]:
+    message_id = stable_message_id(settings, delivery_id)
+    msg = build_message(
+        mail_from=settings.mail_from,
+        to=to,
+        subject=subject,
+        text=filled.text,
+        html=filled.html,
+        message_id=message_id,
+        headers={
+            "List-Id": list_id,
+            "List-Unsubscribe": list_unsubscribe_header(settings, unsubscribe_url),
+            # RFC 8058: providers may POST this body to the URL above to unsubscribe in one click.
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Precedence": "bulk",  # tells auto-responders not to answer
+        },
+    )
+    return msg.as_bytes(), message_id
+
+
+def compose_digest(
+    settings: Settings,
+    tokens: Tokens,
+    *,
+    rendered: RenderedEmail,
+    delivery_id: int,
+    recipient: Recipient,
+    list_id: str,
+) -> tuple[bytes, str]:
+    """One subscriber's copy of a digest rendered once per language (see app/digests/render.py)."""
+    assert recipient.email is not None
+    url = unsubscribe_url(settings, tokens, recipient)
+    filled = fill_rendered(
+        rendered, recipient_values(name=recipient.name, email=recipient.email, unsubscribe_url=url)
+    )
+    return _list_message(
+        settings,
+        filled=filled,
+        to=format_address(recipient.name, recipient.email),
+        delivery_id=delivery_id,
+        list_id=list_id,
+        unsubscribe_url=url,
+        subject=filled.subject,
+    )
+
+
+def compose_test(
+    settings: Settings,
+    tokens: Tokens,
+    *,
+    rendered: RenderedEmail,
+    delivery_id: int,
+    to_address: str,
+    language: str,
+    list_id: str,
+) -> tuple[bytes, str]:
+    """A test copy: what a subscriber gets, for a sample reader, subject marked [TEST]."""
+    filled = fill_rendered(rendered, sample_values(settings, tokens, language=language))
+    return _list_message(
+        settings,
+        filled=filled,
+        to=to_address,
+        delivery_id=delivery_id,
+        list_id=list_id,
+        unsubscribe_url=sample_unsubscribe_url(settings, tokens),
+        subject=f"[TEST] {filled.subject}",
+    )

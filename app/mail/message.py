@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from html import escape as html_escape
 
@@ -16,6 +16,24 @@ from app.mail.personalize import split_placeholders
 from app.models import utcnow
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# Headers holding one long URL: folding them at 78 columns turns the URL into RFC 2047
+# encoded-words, which no mail provider reads as a link. They stay on one (legal, <998) line.
+_UNFOLDED_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post", "list-id"})
+
+
+class _MailPolicy(EmailPolicy):
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in _UNFOLDED_HEADERS:
+            return EmailPolicy.fold(self.clone(max_line_length=998), name, value)
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in _UNFOLDED_HEADERS:
+            return EmailPolicy.fold_binary(self.clone(max_line_length=998), name, value)
+        return super().fold_binary(name, value)
+
+
+MAIL_POLICY = _MailPolicy() + SMTP
 
 
 def header_safe(value: str, *, max_length: int = 900) -> str:
@@ -52,7 +70,7 @@ def build_message(
     message_id: str,
     headers: dict[str, str] | None = None,
 ) -> EmailMessage:
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = header_safe(mail_from)
     msg["To"] = to
     msg["Subject"] = header_safe(subject, max_length=300)

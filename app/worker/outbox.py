@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import Delivery, DeliveryStatus, Digest, DigestStatus, utcnow
+from app.models import Delivery, DeliveryKind, DeliveryStatus, Digest, DigestStatus, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,8 @@ def _claimable(now: datetime) -> sa.ColumnElement[bool]:
         ),
         or_(
             col(Delivery.digest_id).is_(None),
+            # Test copies go out whatever the digest's status (they are how a draft is checked).
+            col(Delivery.kind) == DeliveryKind.test,
             col(Delivery.digest_id).in_(sendable_digest),
         ),
     )

@@ -32,7 +32,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.bounces.service import apply_bounce
 from app.config import Settings
-from app.mail.compose import Recipient, compose_confirmation
+from app.digests.delivery import RenderCache, compose_digest_delivery
+from app.digests.service import finish_completed_digests
+from app.mail.compose import Recipient, compose_confirmation, list_id_header
 from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
 from app.mail.verp import verp_sender
@@ -244,6 +246,8 @@ class Sender:
         recipients = {row[0]: Recipient(*row) for row in rows}
         outgoing: list[Outgoing] = []
         skipped: list[int] = []
+        renders: RenderCache = {}  # one rendering per (digest, language) in this batch
+        list_id = list_id_header(self.settings)
         for delivery in claimed:
             recipient = recipients.get(delivery.subscriber_id or -1)
             sender = verp_sender(self.settings, delivery.id)
@@ -261,6 +265,23 @@ class Sender:
                     self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
                 )
                 outgoing.append(Outgoing(delivery, recipient.email, sender, message, message_id))
+            elif delivery.kind in (DeliveryKind.digest, DeliveryKind.test):
+                # A subscriber who is not (or no longer) confirmed is skipped.
+                composed = await compose_digest_delivery(
+                    session,
+                    settings=self.settings,
+                    tokens=self.tokens,
+                    delivery=delivery,
+                    recipient=recipient,
+                    renders=renders,
+                    list_id=list_id,
+                )
+                if composed is None:
+                    skipped.append(delivery.id)
+                    continue
+                outgoing.append(
+                    Outgoing(delivery, composed.to, sender, composed.message, composed.message_id)
+                )
             else:
                 log.warning("delivery %s: kind %s not handled yet", delivery.id, delivery.kind)
                 skipped.append(delivery.id)
@@ -289,6 +310,8 @@ class Sender:
             if unsent:
                 await self._release(unsent, reason=None)
                 report.released += len(unsent)
+        if any(c.digest_id for c in batch.claimed):
+            await _finish_completed_digests(self.sessionmaker)
         log.info(
             "batch sent",
             extra={
@@ -489,3 +512,9 @@ async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) ->
         .values(status=DigestStatus.paused, paused_reason=reason[:2000])
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+async def _finish_completed_digests(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session:
+        await finish_completed_digests(session)
+        await session.commit()

@@ -1,0 +1,1 @@
+"""Articles: feed import (RSS/Atom), sanitising, upsert and the editor API."""

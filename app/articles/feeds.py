@@ -1,0 +1,157 @@
+"""Parse RSS 2.0 / Atom with feedparser into plain entries. No database, no network."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import feedparser
+
+from app.articles.sanitize import is_http_url, plain_text, sanitize_html, summary_text
+
+MAX_CATEGORIES = 20
+_IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]+)"')
+
+
+class MalformedFeed(ValueError):
+    """Not an RSS or Atom feed we can read; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    url: str
+    title: str
+    guid: str | None = None
+    summary: str | None = None
+    content_html: str | None = None
+    author: str | None = None
+    categories: list[str] = field(default_factory=list)
+    image_url: str | None = None
+    published_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str | None
+    entries: list[FeedEntry]
+    skipped: int  # entries without a usable link or title
+    warning: str | None = None  # a problem feedparser recovered from
+
+
+def parse_feed(
+    data: bytes, *, url: str | None = None, content_type: str | None = None
+) -> ParsedFeed:
+    """Parse a feed document. The encoding comes from the HTTP header, the XML declaration or a
+    BOM (feedparser follows RFC 3023); relative links resolve against `url`."""
+    headers = {}
+    if url:
+        headers["content-location"] = url
+    if content_type:
+        headers["content-type"] = content_type
+    # A stream, never a str: feedparser would fetch a str that looks like a URL, or open a path.
+    parsed = feedparser.parse(io.BytesIO(data), response_headers=headers)
+    problem = parsed.get("bozo_exception")
+    entries: list[FeedEntry] = []
+    skipped = 0
+    for raw in parsed.entries:
+        entry = _entry(raw)
+        if entry is None:
+            skipped += 1
+        else:
+            entries.append(entry)
+    if not parsed.get("version") and not entries:
+        reason = f": {_reason(problem)}" if problem else ""
+        raise MalformedFeed(f"not an RSS or Atom feed{reason}")
+    if problem is not None and not entries:
+        raise MalformedFeed(f"the feed could not be read: {_reason(problem)}")
+    title = plain_text(parsed.feed.get("title")) or None
+    return ParsedFeed(
+        title=title,
+        entries=entries,
+        skipped=skipped,
+        warning=_reason(problem) if problem is not None else None,
+    )
+
+
+def _reason(problem: object) -> str:
+    text = str(problem).strip() or problem.__class__.__name__
+    return text[:500]
+
+
+def _entry(raw: Any) -> FeedEntry | None:
+    url = (raw.get("link") or "").strip()
+    guid = (raw.get("id") or "").strip() or None
+    if not is_http_url(url) and guid and raw.get("guidislink") and is_http_url(guid):
+        url = guid
+    title = plain_text(raw.get("title"))
+    if not is_http_url(url) or not title or len(url) > 2000:
+        return None
+    content_html = sanitize_html(_content(raw))
+    return FeedEntry(
+        url=url,
+        title=title[:1000],
+        guid=guid[:1000] if guid else None,
+        summary=summary_text(raw.get("summary"), content_html),
+        content_html=content_html,
+        author=(plain_text(raw.get("author")) or None) if raw.get("author") else None,
+        categories=_categories(raw),
+        image_url=_image(raw, content_html),
+        published_at=_date(raw.get("published_parsed") or raw.get("updated_parsed")),
+    )
+
+
+def _content(raw: Any) -> str | None:
+    # content:encoded (RSS) or <content> (Atom); prefer HTML over plain text.
+    contents = raw.get("content") or []
+    html_parts = [c for c in contents if "html" in (c.get("type") or "")]
+    chosen = (html_parts or contents)[:1]
+    if chosen:
+        value = chosen[0].get("value") or ""
+        return value if "html" in (chosen[0].get("type") or "") else _paragraph(value)
+    return None
+
+
+def _paragraph(text: str) -> str | None:
+    return f"<p>{html.escape(text)}</p>" if text.strip() else None
+
+
+def _categories(raw: Any) -> list[str]:
+    seen: dict[str, None] = {}
+    for tag in raw.get("tags") or []:
+        term = plain_text(tag.get("term") or tag.get("label") or "")[:100]
+        if term and term.casefold() not in {t.casefold() for t in seen}:
+            seen[term] = None
+    return list(seen)[:MAX_CATEGORIES]
+
+
+def _image(raw: Any, content_html: str | None) -> str | None:
+    candidates: list[str] = []
+    for media in (raw.get("media_thumbnail") or []) + (raw.get("media_content") or []):
+        if (media.get("medium") or "image") == "image" or "image" in (media.get("type") or ""):
+            candidates.append(media.get("url") or "")
+    for link in raw.get("links") or []:
+        if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
+            candidates.append(link.get("href") or "")
+    if content_html:
+        match = _IMG_SRC.search(content_html)
+        if match:
+            candidates.append(html.unescape(match.group(1)))
+    for candidate in candidates:
+        if is_http_url(candidate) and len(candidate) <= 2000:
+            return candidate
+    return None
+
+
+def _date(parsed: time.struct_time | None) -> datetime | None:
+    # feedparser normalises every date it understands to a UTC struct_time.
+    if not parsed:
+        return None
+    try:
+        return datetime(*parsed[:6], tzinfo=UTC)
+    except (TypeError, ValueError):
+        return None

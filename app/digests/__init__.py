@@ -1,0 +1,1 @@
+"""Digests: compose a draft from recent articles, render it, preview, test and send it."""

@@ -1,0 +1,236 @@
+"""Editor API: compose, read, preview, test and send digests (Bearer API key)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.deps import SessionDep, SettingsDep, TokensDep
+from app.digests import service
+from app.digests.render import digest_subject, preview_digest
+from app.digests.schemas import (
+    DigestArticlePublic,
+    DigestCreate,
+    DigestList,
+    DigestPublic,
+    DigestSummary,
+    TestSendAccepted,
+    TestSendIn,
+)
+from app.editors import EditorDep
+from app.models import Digest, DigestArticle, Language
+from app.subscriptions.service import InvalidEmail, normalize_email
+
+router = APIRouter(prefix="/api/v1/digests", tags=["digests"])
+
+AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, wrong or revoked API key"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such digest"}}
+# The preview is the email itself: its inline styles and remote images must show, nothing runs.
+PREVIEW_CSP = "default-src 'none'; img-src http: https: data:; style-src 'unsafe-inline'; sandbox"
+
+
+def _summary_fields(
+    digest: Digest, articles: list[DigestArticle], counts: service.DigestCounts
+) -> dict[str, object]:
+    assert digest.id is not None
+    return {
+        "id": digest.id,
+        "status": digest.status,
+        "subject": digest.subject,
+        "subjects": {lang.value: digest_subject(digest, articles, lang) for lang in Language},
+        "created_at": digest.created_at,
+        "send_started_at": digest.send_started_at,
+        "sent_at": digest.sent_at,
+        "cancelled_at": digest.cancelled_at,
+        "paused_reason": digest.paused_reason,
+        "article_count": len(articles),
+        "recipients": digest.recipients,
+        "queued": counts.queued,
+        "sending": counts.sending,
+        "sent": counts.sent,
+        "failed": counts.failed,
+        "skipped": counts.skipped,
+    }
+
+
+async def _public(session: AsyncSession, digest: Digest) -> DigestPublic:
+    assert digest.id is not None
+    articles = await service.digest_articles(session, digest_id=digest.id)
+    counts = (await service.delivery_counts(session, digest_ids=[digest.id]))[digest.id]
+    return DigestPublic.model_validate(
+        {
+            **_summary_fields(digest, articles, counts),
+            "articles": [
+                DigestArticlePublic.model_validate(a, from_attributes=True) for a in articles
+            ],
+        }
+    )
+
+
+async def _fresh_digest(session: AsyncSession, digest_id: int) -> Digest:
+    await service.finish_completed_digests(session)  # so a finished send reads as `sent`
+    try:
+        digest = await service.get_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    await session.refresh(digest)
+    return digest
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DigestPublic,
+    responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
+)
+async def create_digest(
+    body: DigestCreate, session: SessionDep, _editor: EditorDep
+) -> DigestPublic:
+    """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
+    try:
+        digest = await service.create_digest(
+            session,
+            subject=body.subject,
+            article_ids=body.article_ids,
+            since=body.since,
+            max_articles=body.max_articles,
+        )
+    except service.UnknownArticles as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "article_ids"),
+                    "msg": str(exc),
+                    "input": exc.ids,
+                }
+            ]
+        ) from exc
+    except service.NoNewArticles as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    return await _public(session, digest)
+
+
+@router.get("", response_model=DigestList, responses=AUTH)
+async def list_digests(
+    session: SessionDep,
+    _editor: EditorDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DigestList:
+    """Newest first."""
+    await service.finish_completed_digests(session)
+    digests, total = await service.list_digests(session, limit=limit, offset=offset)
+    ids = [d.id for d in digests if d.id is not None]
+    counts = await service.delivery_counts(session, digest_ids=ids)
+    items = []
+    for digest in digests:
+        assert digest.id is not None
+        await session.refresh(digest)
+        articles = await service.digest_articles(session, digest_id=digest.id)
+        items.append(
+            DigestSummary.model_validate(_summary_fields(digest, articles, counts[digest.id]))
+        )
+    return DigestList(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{digest_id}", response_model=DigestPublic, responses={**AUTH, **NOT_FOUND})
+async def get_digest(digest_id: int, session: SessionDep, _editor: EditorDep) -> DigestPublic:
+    """Status, articles and delivery counts (test copies not included)."""
+    return await _public(session, await _fresh_digest(session, digest_id))
+
+
+@router.get(
+    "/{digest_id}/preview",
+    response_class=HTMLResponse,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        200: {"content": {"text/html": {}, "text/plain": {}}, "description": "The email body"},
+    },
+)
+async def preview(
+    digest_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    tokens: TokensDep,
+    _editor: EditorDep,
+    lang: Language = Language.fr,
+    format: Literal["html", "text"] = "html",
+) -> Response:
+    """The email a subscriber gets, for a sample reader (its unsubscribe link unsubscribes
+    nobody)."""
+    await _fresh_digest(session, digest_id)
+    rendered = await preview_digest(
+        session, digest_id=digest_id, language=lang, settings=settings, tokens=tokens
+    )
+    if format == "text":
+        return PlainTextResponse(rendered.text)
+    return HTMLResponse(rendered.html, headers={"Content-Security-Policy": PREVIEW_CSP})
+
+
+@router.post(
+    "/{digest_id}/test",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TestSendAccepted,
+    responses={**AUTH, **NOT_FOUND, 422: {"description": "Invalid address"}},
+)
+async def send_test(
+    digest_id: int,
+    body: TestSendIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    _editor: EditorDep,
+) -> TestSendAccepted:
+    """Queue a test copy (subject marked [TEST]) to each address, whatever the digest's status."""
+    emails = []
+    for index, raw in enumerate(body.emails):
+        try:
+            emails.append(
+                normalize_email(raw, check_deliverability=settings.email_check_deliverability)
+            )
+        except InvalidEmail as exc:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", "emails", index),
+                        "msg": str(exc),
+                        "input": raw,
+                    }
+                ]
+            ) from exc
+    try:
+        queued = await service.queue_test_sends(
+            session, digest_id=digest_id, emails=emails, language=body.language
+        )
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    return TestSendAccepted(queued=queued)
+
+
+@router.post(
+    "/{digest_id}/send",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DigestPublic,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        409: {"description": "The digest is not a draft (its status is in the answer)"},
+    },
+)
+async def send(digest_id: int, session: SessionDep, _editor: EditorDep) -> Response | DigestPublic:
+    """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
+    try:
+        digest = await service.send_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.DigestNotDraft as exc:
+        return JSONResponse(
+            {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
+        )
+    return await _public(session, digest)

@@ -1,0 +1,93 @@
+"""Editor API shapes for digests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.articles.schemas import UtcDatetime, to_utc
+from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
+from app.models import Language
+
+
+def _one_line(value: str | None) -> str | None:
+    if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must be a single line without control characters")
+    return value
+
+
+class DigestCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Annotated[
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+        | None,
+        AfterValidator(_one_line),
+    ] = Field(default=None, description="Omit for the default subject in each reader's language")
+    article_ids: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ARTICLES,
+        description="These articles in this order; omit to take the articles not yet sent",
+    )
+    since: Annotated[datetime | None, AfterValidator(to_utc)] = Field(
+        default=None, description="Without article_ids: only articles published since then"
+    )
+    max_articles: int = Field(default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES)
+
+
+class DigestArticlePublic(BaseModel):
+    article_id: int | None
+    position: int
+    title: str
+    url: str
+    summary: str | None
+    author: str | None
+    categories: list[str]
+    image_url: str | None
+    published_at: UtcDatetime | None
+
+
+class DigestSummary(BaseModel):
+    id: int
+    status: str
+    subject: str | None = Field(description="As set; null means each language's default")
+    subjects: dict[str, str] = Field(description="The subject readers get, per language")
+    created_at: UtcDatetime
+    send_started_at: UtcDatetime | None
+    sent_at: UtcDatetime | None
+    cancelled_at: UtcDatetime | None
+    paused_reason: str | None
+    article_count: int
+    recipients: int
+    queued: int
+    sending: int
+    sent: int
+    failed: int
+    skipped: int
+
+
+class DigestPublic(DigestSummary):
+    articles: list[DigestArticlePublic]
+
+
+class DigestList(BaseModel):
+    items: list[DigestSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TestSendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    emails: list[Annotated[str, StringConstraints(max_length=320)]] = Field(
+        min_length=1, max_length=MAX_TEST_ADDRESSES
+    )
+    language: Language = Language.fr
+
+
+class TestSendAccepted(BaseModel):
+    queued: int

@@ -1,0 +1,294 @@
+"""Compose a digest (a frozen copy of recent articles), queue its send, follow its progress."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import (
+    Article,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Digest,
+    DigestArticle,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+
+DEFAULT_MAX_ARTICLES = 15
+MAX_ARTICLES = 50
+MAX_TEST_ADDRESSES = 10
+# A digest whose send has started: its articles have reached (some) readers already.
+STARTED_STATUSES = (DigestStatus.sending, DigestStatus.paused, DigestStatus.sent)
+COUNTED_STATUSES = tuple(s.value for s in DeliveryStatus)
+
+
+class NoNewArticles(ValueError):
+    pass
+
+
+class UnknownArticles(ValueError):
+    def __init__(self, ids: Sequence[int]) -> None:
+        super().__init__(f"unknown article ids: {', '.join(str(i) for i in ids)}")
+        self.ids = list(ids)
+
+
+class DigestNotFound(LookupError):
+    pass
+
+
+class DigestNotDraft(Exception):
+    """Send on a digest that is not a draft any more: nothing is added."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"the digest is {status}, not draft: nothing was queued")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class DigestCounts:
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+# --- Compose -----------------------------------------------------------------------------------
+
+
+async def _new_articles(
+    session: AsyncSession, *, since: datetime | None, limit: int
+) -> list[Article]:
+    """Articles not in any digest whose send has started, newest first."""
+    already_sent = (
+        select(DigestArticle.article_id)
+        .join(Digest, col(Digest.id) == col(DigestArticle.digest_id))
+        .where(col(Digest.status).in_(STARTED_STATUSES), col(DigestArticle.article_id).is_not(None))
+    )
+    newest = func.coalesce(col(Article.published_at), col(Article.created_at))
+    query = select(Article).where(col(Article.id).not_in(already_sent))
+    if since is not None:
+        query = query.where(newest >= since)
+    query = query.order_by(newest.desc(), col(Article.id).desc()).limit(limit)
+    return list((await session.exec(query)).all())
+
+
+async def _chosen_articles(session: AsyncSession, *, article_ids: Sequence[int]) -> list[Article]:
+    wanted = list(dict.fromkeys(article_ids))  # the editor's order, each once
+    found = {
+        a.id: a
+        for a in (await session.exec(select(Article).where(col(Article.id).in_(wanted)))).all()
+    }
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise UnknownArticles(missing)
+    return [found[i] for i in wanted]
+
+
+async def create_digest(
+    session: AsyncSession,
+    *,
+    subject: str | None = None,
+    article_ids: Sequence[int] | None = None,
+    since: datetime | None = None,
+    max_articles: int = DEFAULT_MAX_ARTICLES,
+) -> Digest:
+    """A draft digest with a frozen copy of its articles, so later edits do not change it.
+    `subject` None: each language gets its default subject at render time."""
+    if article_ids:
+        articles = await _chosen_articles(session, article_ids=article_ids)
+    else:
+        articles = await _new_articles(session, since=since, limit=max_articles)
+    if not articles:
+        raise NoNewArticles("no new articles: every article is already in a sent digest")
+    digest = Digest(subject=subject)
+    session.add(digest)
+    await session.flush()
+    assert digest.id is not None
+    for position, article in enumerate(articles):
+        session.add(
+            DigestArticle(
+                digest_id=digest.id,
+                article_id=article.id,
+                position=position,
+                title=article.title,
+                url=article.url,
+                summary=article.summary,
+                author=article.author,
+                categories=list(article.categories or []),
+                image_url=article.image_url,
+                published_at=article.published_at,
+            )
+        )
+    await session.flush()
+    return digest
+
+
+async def get_digest(session: AsyncSession, *, digest_id: int) -> Digest:
+    digest = await session.get(Digest, digest_id)
+    if digest is None:
+        raise DigestNotFound(f"no digest {digest_id}")
+    return digest
+
+
+async def digest_articles(session: AsyncSession, *, digest_id: int) -> list[DigestArticle]:
+    rows = await session.exec(
+        select(DigestArticle)
+        .where(DigestArticle.digest_id == digest_id)
+        .order_by(col(DigestArticle.position))
+    )
+    return list(rows.all())
+
+
+async def list_digests(
+    session: AsyncSession, *, limit: int, offset: int
+) -> tuple[list[Digest], int]:
+    rows = await session.exec(
+        select(Digest)
+        .order_by(col(Digest.created_at).desc(), col(Digest.id).desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    total = (await session.exec(select(func.count()).select_from(Digest))).one()
+    return list(rows.all()), int(total)
+
+
+# --- Send --------------------------------------------------------------------------------------
+
+
+async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
+    """Queue one delivery per confirmed subscriber, in the caller's transaction.
+
+    The conditional UPDATE is the lock: of two simultaneous calls, one moves the digest from
+    draft to sending, the other updates nothing and gets DigestNotDraft (PostgreSQL makes the
+    second wait on the row lock and re-check the WHERE; SQLite has one writer at a time). The
+    unique (digest_id, subscriber_id) constraint is the last guard: nobody gets two copies.
+    """
+    now = utcnow()
+    claimed = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
+        .values(status=DigestStatus.sending, send_started_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(claimed, "rowcount", 0) != 1:
+        digest = await get_digest(session, digest_id=digest_id)
+        await session.refresh(digest)
+        raise DigestNotDraft(digest.status)
+
+    # One INSERT ... SELECT: 100,000 subscribers stay one statement, not 100,000 round trips.
+    # Who confirms after this statement is not added.
+    recipients = sa.select(
+        sa.literal(DeliveryKind.digest.value),
+        col(Subscriber.id),
+        sa.literal(digest_id),
+        col(Subscriber.language),
+        sa.literal(DeliveryStatus.queued.value),
+        sa.literal(0),
+        sa.literal(now, sa.DateTime(timezone=True)),
+        sa.literal(now, sa.DateTime(timezone=True)),
+    ).where(
+        col(Subscriber.status) == SubscriberStatus.confirmed,
+        col(Subscriber.email).is_not(None),
+    )
+    await session.execute(
+        sa.insert(Delivery).from_select(
+            [
+                "kind",
+                "subscriber_id",
+                "digest_id",
+                "language",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+            ],
+            recipients,
+        )
+    )
+    count = (
+        await session.exec(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest)
+        )
+    ).one()
+    await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id)
+        .values(recipients=count)
+        .execution_options(synchronize_session=False)
+    )
+    digest = await get_digest(session, digest_id=digest_id)
+    await session.refresh(digest)
+    return digest
+
+
+async def queue_test_sends(
+    session: AsyncSession, *, digest_id: int, emails: Sequence[str], language: str
+) -> int:
+    """Test copies to any address (normalised by the caller), whatever the digest's status."""
+    await get_digest(session, digest_id=digest_id)
+    for email in dict.fromkeys(emails):
+        session.add(
+            Delivery(
+                kind=DeliveryKind.test, digest_id=digest_id, to_address=email, language=language
+            )
+        )
+    await session.flush()
+    return len(dict.fromkeys(emails))
+
+
+# --- Progress ----------------------------------------------------------------------------------
+
+
+async def finish_completed_digests(session: AsyncSession) -> int:
+    """Mark `sent` every sending digest with no delivery left queued or sending (one UPDATE);
+    returns how many. Test copies do not count."""
+    pending = (
+        select(Delivery.id)
+        .where(
+            col(Delivery.digest_id) == col(Digest.id),
+            col(Delivery.kind) == DeliveryKind.digest,
+            col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
+        )
+        .exists()
+    )
+    result = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.status) == DigestStatus.sending, ~pending)
+        .values(status=DigestStatus.sent, sent_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delivery_counts(
+    session: AsyncSession, *, digest_ids: Sequence[int]
+) -> dict[int, DigestCounts]:
+    """Deliveries per status for each digest, in one grouped query."""
+    if not digest_ids:
+        return {}
+    rows = (
+        await session.execute(
+            sa.select(col(Delivery.digest_id), col(Delivery.status), func.count())
+            .where(
+                col(Delivery.digest_id).in_(digest_ids), col(Delivery.kind) == DeliveryKind.digest
+            )
+            .group_by(col(Delivery.digest_id), col(Delivery.status))
+        )
+    ).all()
+    raw: dict[int, dict[str, int]] = {i: {} for i in digest_ids}
+    for digest_id, status, count in rows:
+        if status in COUNTED_STATUSES:
+            raw[digest_id][status] = count
+    return {i: DigestCounts(**values) for i, values in raw.items()}
