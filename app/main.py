@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from app import metrics
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             sender = Sender(settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
             worker_task = asyncio.create_task(sender.run(stop), name="sender")
         try:
-            yield
+            with metrics.recording_into(app.state.metrics):
+                yield
         finally:
             stop.set()
             if worker_task is not None:
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics.Metrics()
     app.state.tokens = Tokens(
         settings.secret_key,
         confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400,
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
+    app.include_router(metrics.router)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import metrics
 from app.config import Settings
 from app.mail.compose import Recipient, compose_confirmation
 from app.mail.message import envelope_sender
@@ -169,9 +170,11 @@ class Sender:
                 try:
                     if connection is None:
                         connection = await self.mailer.connect()
+                    send_started = time.perf_counter()
                     await connection.send(
                         item.message, sender=self.envelope_from, recipient=item.recipient
                     )
+                    metrics.observe_send(time.perf_counter() - send_started)
                 except SendError as exc:
                     if connection is not None and not exc.recipient:
                         await connection.close()
