@@ -88,10 +88,12 @@ class Metrics:
                     )
                 ).all()
             )
-        for status in DeliveryStatus:
-            self.deliveries.labels(status=status.value).set(deliveries.get(status.value, 0))
-        for status in SubscriberStatus:
-            self.subscribers.labels(status=status.value).set(subscribers.get(status.value, 0))
+        for delivery_status in DeliveryStatus:
+            value = deliveries.get(delivery_status.value, 0)
+            self.deliveries.labels(status=delivery_status.value).set(value)
+        for subscriber_status in SubscriberStatus:
+            value = subscribers.get(subscriber_status.value, 0)
+            self.subscribers.labels(status=subscriber_status.value).set(value)
         self.queue_depth.set(due)
 
     def render(self) -> bytes:
