@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
-from app import metrics
+from app import metrics, openapi
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
     app.include_router(metrics.router)
+    openapi.install(app)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )
