@@ -170,7 +170,8 @@ class MaildirMailer:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        # Only the parent: Maildir(create=True) makes tmp/new/cur only when it creates the folder.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._box = mailbox.Maildir(self.path, create=True)
         self.description = f"Maildir {self.path}"
 
