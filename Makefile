@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-signup browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Browser tests drive Debian's chromium (Playwright cannot download browsers here). Installed
+# only when missing; without root it is left to the tests (skip locally, fail when CI=true).
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else \
+	    echo "warning: /usr/bin/chromium is missing and we are not root: run 'sudo apt-get install chromium'"; \
+	  fi; }
+
+test: lint browser-deps
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/send_throughput.py
+
+# Signup flood on loopback (SQLite; add ARGS="--database-url postgresql://..." for PostgreSQL).
+bench-signup: $(STAMP)
+	$(BIN)/python bench/signup_flood.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.db var/mail

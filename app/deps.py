@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
@@ -42,3 +42,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 TokensDep = Annotated[Tokens, Depends(get_tokens)]
 ClientIpDep = Annotated[str, Depends(client_ip)]
+
+# Bounded integers from URLs: ids and offsets past a 32-bit database integer are a 422 naming
+# the parameter, not a driver overflow (SQLite raises OverflowError past 2**63).
+MAX_DB_INT = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="A database id")]
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="Rows to skip")]

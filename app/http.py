@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +39,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -54,8 +55,11 @@ class BodySizeLimit:
                 await _too_large(send, self.max_bytes)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    # An HTTPException, so that FastAPI's body parsing re-raises it instead of turning it into
+    # "400 error parsing the body", and Starlette's handler answers 413 if nothing else does.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body too large (limit {max_bytes} bytes)")
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from app import metrics, openapi
 from app.articles import routes as article_routes
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
@@ -57,7 +58,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
                 poll_feeds_forever(settings, app.state.sessionmaker, stop), name="feed-poller"
             )
         try:
-            yield
+            with metrics.recording_into(app.state.metrics):
+                yield
         finally:
             stop.set()
             if worker_task is not None:
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics.Metrics()
     app.state.tokens = Tokens(
         settings.secret_key,
         confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400,
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(bounce_routes.router)
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
+    app.include_router(metrics.router)
+    openapi.install(app)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )

@@ -17,7 +17,7 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
-from app.deps import SessionDep
+from app.deps import IdPath, OffsetQuery, SessionDep
 from app.editors import EditorDep
 from app.models import Article
 
@@ -71,7 +71,7 @@ async def list_articles(
     session: SessionDep,
     _editor: EditorDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
 ) -> ArticleList:
     """Newest first (publication date, else arrival)."""
     articles, total = await service.list_articles(session, limit=limit, offset=offset)
@@ -88,7 +88,7 @@ async def list_articles(
     response_model=ArticleDetail,
     responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
 )
-async def get_article(article_id: int, session: SessionDep, _editor: EditorDep) -> ArticleDetail:
+async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDep) -> ArticleDetail:
     article = await session.get(Article, article_id)
     if article is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no article {article_id}")

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import metrics
 from app.bounces.reports import Report, UnreadableReport, parse_report
 from app.config import Settings
 from app.mail.compose import stable_message_id
@@ -91,6 +92,7 @@ async def apply_bounce(
         )
     )
     await session.flush()
+    metrics.count_bounce(str(type))
 
     new_status: SubscriberStatus | None = None
     why = str(type)

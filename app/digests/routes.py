@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.deps import SessionDep, SettingsDep, TokensDep
+from app.deps import IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -120,7 +120,7 @@ async def list_digests(
     session: SessionDep,
     _editor: EditorDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
 ) -> DigestList:
     """Newest first."""
     await service.finish_completed_digests(session)
@@ -139,7 +139,7 @@ async def list_digests(
 
 
 @router.get("/{digest_id}", response_model=DigestPublic, responses={**AUTH, **NOT_FOUND})
-async def get_digest(digest_id: int, session: SessionDep, _editor: EditorDep) -> DigestPublic:
+async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
     """Status, articles and delivery counts (test copies not included)."""
     return await _public(session, await _fresh_digest(session, digest_id))
 
@@ -154,7 +154,7 @@ async def get_digest(digest_id: int, session: SessionDep, _editor: EditorDep) ->
     },
 )
 async def preview(
-    digest_id: int,
+    digest_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     tokens: TokensDep,
@@ -180,7 +180,7 @@ async def preview(
     responses={**AUTH, **NOT_FOUND, 422: {"description": "Invalid address"}},
 )
 async def send_test(
-    digest_id: int,
+    digest_id: IdPath,
     body: TestSendIn,
     session: SessionDep,
     settings: SettingsDep,
@@ -223,7 +223,9 @@ async def send_test(
         409: {"description": "The digest is not a draft (its status is in the answer)"},
     },
 )
-async def send(digest_id: int, session: SessionDep, _editor: EditorDep) -> Response | DigestPublic:
+async def send(
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
         digest = await service.send_digest(session, digest_id=digest_id)

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.articles.schemas import UtcDatetime, to_utc
+from app.deps import MAX_DB_INT
 from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
 from app.models import Language
 
@@ -26,7 +27,7 @@ class DigestCreate(BaseModel):
         | None,
         AfterValidator(_one_line),
     ] = Field(default=None, description="Omit for the default subject in each reader's language")
-    article_ids: list[int] | None = Field(
+    article_ids: list[Annotated[int, Field(ge=1, le=MAX_DB_INT)]] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_ARTICLES,

@@ -37,8 +37,11 @@ MAIL_POLICY = _MailPolicy() + SMTP
 
 
 def header_safe(value: str, *, max_length: int = 900) -> str:
-    """Collapse CR, LF and other control characters: no value can add or split a header."""
-    return _CONTROL.sub(" ", value).strip()[:max_length]
+    """Collapse CR, LF and other control characters: no value can add or split a header.
+
+    Also break RFC 2047 encoded-word openers: the email package decodes `=?utf-8?q?=0D=0A?=`
+    when a header is set and writes the decoded CR LF out raw, a header injection."""
+    return _CONTROL.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
 
 
 def mail_from_domain(mail_from: str) -> str:

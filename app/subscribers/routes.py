@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import AfterValidator, BaseModel
 
-from app.deps import SessionDep, TokensDep
+from app.deps import OffsetQuery, SessionDep, TokensDep
 from app.editors import EditorDep
 from app.models import SubscriberStatus, as_utc
 from app.subscribers import service
@@ -89,7 +89,7 @@ async def list_subscribers(
     status: SubscriberStatus | None = None,
     q: Annotated[str | None, Query(max_length=320, description="Part of an email or name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
 ) -> SubscriberList:
     """Newest first; erased subscribers are not listed."""
     page = await service.list_subscribers(session, status=status, q=q, limit=limit, offset=offset)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app import openapi
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.models import ConsentSource, Language
 from app.ratelimit import RateLimiter
@@ -26,6 +27,7 @@ async def signup_rate_limit(request: Request, ip: ClientIpDep) -> None:
 
 
 RateLimitDep = Depends(signup_rate_limit)
+INVALID_LINK: dict[int | str, dict[str, Any]] = {400: openapi.INVALID_LINK_PAGE}
 
 
 class SubscriptionCreate(BaseModel):
@@ -48,7 +50,7 @@ class SubscriptionAccepted(BaseModel):
     status_code=202,
     response_model=SubscriptionAccepted,
     dependencies=[RateLimitDep],
-    responses={422: {"description": "Invalid field"}, 429: {"description": "Too many requests"}},
+    responses={429: openapi.RATE_LIMITED_JSON},
 )
 async def create_subscription(
     body: SubscriptionCreate,
@@ -101,7 +103,12 @@ async def subscribe_form(request: Request, lang: str | None = None) -> HTMLRespo
     return render_page(request, "subscribe.html", lang=language, errors={}, values={})
 
 
-@pages.post("/subscribe", response_class=HTMLResponse, dependencies=[RateLimitDep])
+@pages.post(
+    "/subscribe",
+    response_class=HTMLResponse,
+    dependencies=[RateLimitDep],
+    responses={422: openapi.FORM_ERRORS, 429: openapi.RATE_LIMITED_PAGE},
+)
 async def subscribe_submit(
     request: Request,
     session: SessionDep,
@@ -167,7 +174,7 @@ def _invalid_link(request: Request, lang: str, exc: TokenError) -> HTMLResponse:
     )
 
 
-@pages.get("/confirm/{token}", response_class=HTMLResponse)
+@pages.get("/confirm/{token}", response_class=HTMLResponse, responses=INVALID_LINK)
 async def confirm(
     request: Request, token: str, session: SessionDep, tokens: TokensDep
 ) -> HTMLResponse:
@@ -183,7 +190,7 @@ async def confirm(
     )
 
 
-@pages.get("/unsubscribe/{token}", response_class=HTMLResponse)
+@pages.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=INVALID_LINK)
 async def unsubscribe_page(
     request: Request, token: str, session: SessionDep, tokens: TokensDep
 ) -> HTMLResponse:
@@ -197,7 +204,7 @@ async def unsubscribe_page(
     return render_page(request, "unsubscribe.html", lang=lang, token=token)
 
 
-@pages.post("/unsubscribe/{token}", response_class=HTMLResponse)
+@pages.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=INVALID_LINK)
 async def unsubscribe(
     request: Request, token: str, session: SessionDep, tokens: TokensDep
 ) -> HTMLResponse:
@@ -220,7 +227,7 @@ async def unsubscribe(
     )
 
 
-@pages.post("/resubscribe/{token}", response_class=HTMLResponse)
+@pages.post("/resubscribe/{token}", response_class=HTMLResponse, responses=INVALID_LINK)
 async def resubscribe(
     request: Request, token: str, session: SessionDep, tokens: TokensDep
 ) -> HTMLResponse:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import metrics
 from app.config import Settings
 from app.models import (
     ConsentSource,
@@ -104,6 +105,7 @@ async def signup(
     consent: Consent,
 ) -> Subscriber:
     """Start (or restart) double opt-in. The caller answers the same whatever happens here."""
+    metrics.count_signup(consent.source)
     email_hash = tokens.email_hash(email)
     now = utcnow()
     subscriber = (
@@ -180,6 +182,7 @@ async def confirm(session: AsyncSession, *, tokens: Tokens, token: str) -> Subsc
     session.add(subscriber)
     assert subscriber.id is not None
     session.add(_event(subscriber.id, "confirmed"))
+    metrics.count_confirmation()
     await session.flush()
     return subscriber
 
@@ -204,6 +207,7 @@ async def unsubscribe(
         subscriber.updated_at = now
         session.add(subscriber)
         session.add(_event(subscriber.id, "unsubscribed", how))
+        metrics.count_unsubscribe()
     # From this moment nothing more goes out, including what is already queued.
     await session.execute(
         sa.update(Delivery)

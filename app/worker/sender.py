@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import metrics
 from app.bounces.service import apply_bounce
 from app.config import Settings
 from app.digests.delivery import RenderCache, compose_digest_delivery
@@ -350,10 +351,12 @@ class Sender:
                         continue
                 if self.limiter is not None:
                     await self.limiter.acquire()
+                send_started = time.perf_counter()
                 try:
                     await connection.send(
                         item.message, sender=item.sender, recipient=item.recipient
                     )
+                    metrics.observe_send(time.perf_counter() - send_started)
                 except SendError as exc:
                     if not exc.recipient or not exc.permanent:
                         # The connection may be in any state after a fault: start afresh.

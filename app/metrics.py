@@ -1,0 +1,166 @@
+"""Prometheus metrics: event counters, SMTP send latency, and gauges read from the database at
+scrape time (the database, not any one process, knows the queue and the list).
+
+Each app owns a `Metrics` (its own CollectorRegistry, so test apps never share counters). The
+module-level functions (`count_signup`, `observe_send`...) record into the metrics of the app
+whose lifespan is running; code with no app around it (the standalone worker, a CLI command)
+records into a process-wide default that nobody scrapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
+
+from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+
+log = logging.getLogger("app.metrics")
+
+# SMTP answers take from a millisecond (local relay) to tens of seconds (greylisting, slow MX).
+SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.signups = Counter(
+            "signups", "Accepted signup requests (double opt-in started)", ["source"], registry=r
+        )
+        self.confirmations = Counter(
+            "confirmations", "Addresses that confirmed their subscription", registry=r
+        )
+        self.unsubscribes = Counter("unsubscribes", "Subscribers who unsubscribed", registry=r)
+        self.bounces = Counter("bounces", "Bounces and complaints recorded", ["type"], registry=r)
+        self.send_latency = Histogram(
+            "send_latency_seconds",
+            "Duration of one SMTP send (message accepted by the relay)",
+            buckets=SEND_BUCKETS,
+            registry=r,
+        )
+        self.deliveries = Gauge("deliveries", "Deliveries by status", ["status"], registry=r)
+        self.queue_depth = Gauge(
+            "queue_depth", "Queued deliveries due now (waiting for a worker)", registry=r
+        )
+        self.subscribers = Gauge("subscribers", "Subscribers by status", ["status"], registry=r)
+
+    async def refresh_from_database(self, engine: AsyncEngine) -> None:
+        """Set the gauges from the database; every known status appears, zero included."""
+        async with engine.connect() as conn:
+            deliveries = dict(
+                (
+                    await conn.execute(
+                        sa.select(col(Delivery.status), sa.func.count()).group_by(
+                            col(Delivery.status)
+                        )
+                    )
+                ).all()
+            )
+            due = (
+                await conn.execute(
+                    sa.select(sa.func.count()).where(
+                        col(Delivery.status) == DeliveryStatus.queued,
+                        col(Delivery.next_attempt_at) <= utcnow(),
+                    )
+                )
+            ).scalar_one()
+            subscribers = dict(
+                (
+                    await conn.execute(
+                        sa.select(col(Subscriber.status), sa.func.count()).group_by(
+                            col(Subscriber.status)
+                        )
+                    )
+                ).all()
+            )
+        for delivery_status in DeliveryStatus:
+            value = deliveries.get(delivery_status.value, 0)
+            self.deliveries.labels(status=delivery_status.value).set(value)
+        for subscriber_status in SubscriberStatus:
+            value = subscribers.get(subscriber_status.value, 0)
+            self.subscribers.labels(status=subscriber_status.value).set(value)
+        self.queue_depth.set(due)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_default = Metrics()
+_current: Metrics = _default
+
+
+@contextlib.contextmanager
+def recording_into(metrics: Metrics) -> Iterator[Metrics]:
+    """Make `metrics` the target of the module-level functions (an app's lifespan)."""
+    global _current
+    previous, _current = _current, metrics
+    try:
+        yield metrics
+    finally:
+        _current = previous
+
+
+def count_signup(source: str) -> None:
+    _current.signups.labels(source=source).inc()
+
+
+def count_confirmation() -> None:
+    _current.confirmations.inc()
+
+
+def count_unsubscribe() -> None:
+    _current.unsubscribes.inc()
+
+
+def count_bounce(bounce_type: str) -> None:
+    """For the bounce handling: `hard`, `soft` or `complaint`."""
+    _current.bounces.labels(type=bounce_type).inc()
+
+
+def observe_send(seconds: float) -> None:
+    """For the sender: the time one message took to be accepted over SMTP."""
+    _current.send_latency.observe(seconds)
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        503: {
+            "description": "The database is unreachable",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def metrics_endpoint(request: Request) -> Response:
+    """Counters, send latency, and deliveries / queue depth / subscribers from the database.
+    Expose it to your monitoring network only (the proxy should not route it publicly)."""
+    metrics: Metrics = request.app.state.metrics
+    try:
+        await metrics.refresh_from_database(request.app.state.engine)
+    except Exception as exc:  # stale gauges would lie: fail the scrape instead, never a 500
+        log.warning("metrics: database unavailable: %s", exc)
+        return PlainTextResponse("database unavailable\n", status_code=503)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

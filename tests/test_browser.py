@@ -1,0 +1,236 @@
+"""A reader's path in a real browser: headless Chromium (Debian's) driven by Playwright, against
+the app served by uvicorn with the sender running and a real SMTP server.
+
+Screenshots of each step go to test-artifacts/browser/. Without /usr/bin/chromium these tests
+skip locally and fail in CI (CI=true); `make test` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from app.config import ROOT
+from app.db import sync_url
+from app.main import create_app
+from app.models import SubscriberStatus
+from tests.conftest import make_settings
+from tests.factories import text_part
+from tests.live_server import LiveServer
+from tests.smtp_server import SmtpServer, free_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+TEXT = {
+    "fr": {
+        "form": "Inscription à la newsletter",
+        "submit": "Je m'inscris",
+        "check": "Vérifiez votre boîte de réception",
+        "confirmed": "Inscription confirmée",
+        "unsubscribe": "Se désinscrire",
+        "unsubscribe_button": "Me désinscrire",
+        "unsubscribed": "Vous êtes désinscrit",
+        "resubscribe_button": "Me réinscrire",
+        "resubscribed": "Vous êtes réinscrit",
+        "subject": "Confirmez",
+    },
+    "en": {
+        "form": "Subscribe to the newsletter",
+        "submit": "Subscribe",
+        "check": "Check your inbox",
+        "confirmed": "Subscription confirmed",
+        "unsubscribe": "Unsubscribe",
+        "unsubscribe_button": "Unsubscribe me",
+        "unsubscribed": "You are unsubscribed",
+        "resubscribe_button": "Subscribe again",
+        "resubscribed": "You are subscribed again",
+        "subject": "confirm",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing (apt-get install chromium; `make test` does it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def live_app(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[tuple[FastAPI, str]]:
+    """The app on a free loopback port, sender in-process, links in emails pointing at it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(database_url, smtp_server, tmp_path, public_url=url)
+    app = create_app(settings, run_worker=True)
+    with LiveServer(app, port=port):
+        yield app, url
+
+
+def wait_for_mail(smtp_server: SmtpServer, address: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        messages = smtp_server.messages_to(address)
+        if messages:
+            return messages[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no email to {address} within {timeout}s")
+
+
+def subscriber_row(database_url: str, email: str) -> tuple[int, str, str, str]:
+    engine = sa.create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT id, email_hash, status, language FROM subscriber WHERE email = :e"),
+                {"e": email},
+            ).one()
+    finally:
+        engine.dispose()
+    return int(row[0]), str(row[1]), str(row[2]), str(row[3])
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_reader_signs_up_confirms_and_unsubscribes(
+    browser: Any,
+    live_app: tuple[FastAPI, str],
+    smtp_server: SmtpServer,
+    database_url: str,
+    backend: str,
+    lang: str,
+) -> None:
+    app, url = live_app
+    t = TEXT[lang]
+    email = f"lecteur.{lang}@example.org"
+    shots = ARTIFACTS / f"{backend}-{lang}"
+    shots.mkdir(parents=True, exist_ok=True)
+
+    context = browser.new_context(locale="fr-FR", viewport={"width": 800, "height": 700})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on(
+        "response",
+        lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    try:
+        # 1. The form (French by default, the browser's locale; English with ?lang=en).
+        response = page.goto(f"{url}/subscribe" + ("?lang=en" if lang == "en" else ""))
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == t["form"]
+        assert page.locator("html").get_attribute("lang") == lang
+        # The stylesheet loaded under the CSP: the button has the site's colour.
+        button_colour = page.locator("button[type=submit]").evaluate(
+            "b => getComputedStyle(b).backgroundColor"
+        )
+        assert button_colour == "rgb(155, 28, 28)"
+        honeypot = page.locator("#website").bounding_box()
+        assert honeypot is None or honeypot["x"] + honeypot["width"] <= 0  # out of sight
+        page.get_by_label(re.compile("e-mail|email", re.IGNORECASE)).fill(email)
+        page.locator("#name").fill("Amélie <b>Poulain</b>")
+        page.screenshot(path=str(shots / "1-form.png"), full_page=True)
+        page.get_by_role("button", name=t["submit"]).click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == t["check"]
+        page.screenshot(path=str(shots / "2-check-inbox.png"), full_page=True)
+
+        # 2. The confirmation email, sent by the in-process worker through real SMTP.
+        message = wait_for_mail(smtp_server, email)
+        assert t["subject"] in message["Subject"]
+        text = text_part(message)
+        assert "Amélie <b>Poulain</b>" in text
+        link = re.search(rf"{re.escape(url)}/confirm/[A-Za-z0-9_.\-]+", text)
+        assert link, text
+
+        # 3. The link from the email: confirmed.
+        response = page.goto(link.group(0))
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == t["confirmed"]
+        assert page.locator("html").get_attribute("lang") == lang
+        page.screenshot(path=str(shots / "3-confirmed.png"), full_page=True)
+        subscriber_id, email_hash, status, language = subscriber_row(database_url, email)
+        assert status == SubscriberStatus.confirmed
+        assert language == lang
+
+        # 4. An unsubscribe link (as in a digest): a page that changes nothing, then the button.
+        token = app.state.tokens.unsubscribe_token(subscriber_id, email_hash)
+        response = page.goto(f"{url}/unsubscribe/{token}")
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == t["unsubscribe"]
+        assert subscriber_row(database_url, email)[2] == SubscriberStatus.confirmed
+        page.screenshot(path=str(shots / "4-unsubscribe.png"), full_page=True)
+        page.get_by_role("button", name=t["unsubscribe_button"]).click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == t["unsubscribed"]
+        resubscribe = page.get_by_role("button", name=t["resubscribe_button"])
+        assert resubscribe.is_visible()
+        page.screenshot(path=str(shots / "5-unsubscribed.png"), full_page=True)
+        assert subscriber_row(database_url, email)[2] == SubscriberStatus.unsubscribed
+
+        # 5. Changed their mind: the resubscribe offer works too.
+        resubscribe.click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == t["resubscribed"]
+        page.screenshot(path=str(shots / "6-resubscribed.png"), full_page=True)
+        assert subscriber_row(database_url, email)[2] == SubscriberStatus.confirmed
+        assert problems == []  # no CSP violation, no script error
+    finally:
+        context.close()
+
+
+def test_tampered_link_shows_the_error_page(
+    browser: Any, live_app: tuple[FastAPI, str], backend: str
+) -> None:
+    _, url = live_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(locale="en-GB")
+    try:
+        response = page.goto(f"{url}/unsubscribe/forged-token")
+        assert response is not None
+        assert response.status == 400
+        assert page.locator("h1").inner_text() == "Invalid or expired link"
+        page.screenshot(path=str(ARTIFACTS / f"{backend}-invalid-link.png"), full_page=True)
+        page.get_by_role("link", name="Sign up again").click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == "Subscribe to the newsletter"
+    finally:
+        page.close()
