@@ -19,7 +19,7 @@ from app.articles import service as articles
 from app.config import Settings
 from app.digests import service
 from app.digests.render import format_date, render_digest
-from app.mail.compose import Recipient, compose_digest, list_id_header
+from app.mail.compose import Recipient, compose_digest, digest_template, list_id_header
 from app.models import Delivery, DeliveryKind, DeliveryStatus, Subscriber, SubscriberStatus
 from app.security import Tokens
 from app.subscriptions.service import unsubscribe
@@ -300,10 +300,9 @@ async def test_rendered_once_filled_per_reader(
     raw, message_id = compose_digest(
         with_address,
         app.state.tokens,
-        rendered=rendered,
+        template=digest_template(with_address, rendered, list_id=list_id_header(with_address)),
         delivery_id=7,
         recipient=reader,
-        list_id=list_id_header(with_address),
     )
     import email
     import email.policy
@@ -531,10 +530,9 @@ async def test_mailto_and_list_id_settings(
     raw, _ = compose_digest(
         custom,
         app.state.tokens,
-        rendered=rendered,
+        template=digest_template(custom, rendered, list_id=list_id_header(custom)),
         delivery_id=1,
         recipient=reader,
-        list_id=list_id_header(custom),
     )
     head = raw.split(b"\r\n\r\n")[0].decode()
     assert "List-Id: <hebdo.dzaleu.test>\r\n" in head

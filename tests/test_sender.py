@@ -7,6 +7,7 @@ import email
 import email.policy
 from collections import Counter
 
+import pytest
 from fastapi import FastAPI
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -307,3 +308,27 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
     assert html_part.get_content().replace("\r\n", "\n") == fill(html, values, escape_html=True)
     assert text_part.get_content().replace("\r\n", "\n") == fill(text, values, escape_html=False)
     assert not message.defects
+
+
+async def test_one_delivery_that_cannot_be_composed_does_not_sink_the_batch(
+    app: FastAPI, session: AsyncSession, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.worker import sender as sender_module
+
+    real = sender_module.compose_confirmation
+
+    def flaky(settings, tokens, *, delivery_id, recipient):  # type: ignore[no-untyped-def]
+        if recipient.email == "reader1@example.org":
+            raise ValueError("template exploded")
+        return real(settings, tokens, delivery_id=delivery_id, recipient=recipient)
+
+    monkeypatch.setattr(sender_module, "compose_confirmation", flaky)
+    await queue_confirmations(session, app.state.tokens, 3)
+    report = await send_one_batch(app)
+    assert report.sent == 2
+    rows = {d.subscriber_id: d for d in await deliveries(session)}
+    broken = [d for d in rows.values() if d.status != DeliveryStatus.sent]
+    assert len(broken) == 1
+    assert broken[0].status == DeliveryStatus.queued
+    assert broken[0].attempts == 1
+    assert "template exploded" in (broken[0].last_error or "")

@@ -1,24 +1,55 @@
 """Turn a claimed digest or test delivery into a message, for the sender.
 
-Each (digest, language) is rendered once per batch (the `renders` cache the sender passes in);
-each copy is then that rendering with the reader's parts filled in.
+Each (digest, language) is rendered and MIME-encoded once (the sender's `RenderCache`); each
+copy is then that template with the reader's parts filled in (`MessageTemplate.render`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.digests.render import render_digest
-from app.mail.compose import Recipient, compose_digest, compose_test
+from app.mail.compose import Recipient, compose_digest, compose_test, digest_template
+from app.mail.message import MessageTemplate
 from app.mail.render import RenderedEmail, language_or_default
 from app.models import DeliveryKind, SubscriberStatus
 from app.security import Tokens
 from app.worker.outbox import Claimed
 
-RenderCache = dict[tuple[int, str], RenderedEmail]
+
+@dataclass(frozen=True, slots=True)
+class DigestRendering:
+    rendered: RenderedEmail  # with placeholders: for test copies (slow path, a handful)
+    template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
+
+
+class RenderCache:
+    """Renderings per (digest, language), kept across batches: a digest's articles are frozen
+    when it is composed, so a rendering stays valid for the whole send."""
+
+    def __init__(self, max_entries: int = 16) -> None:
+        self._entries: OrderedDict[tuple[int, str], DigestRendering] = OrderedDict()
+        self._max = max_entries
+
+    async def get(
+        self, session: AsyncSession, settings: Settings, digest_id: int, language: str, list_id: str
+    ) -> DigestRendering:
+        key = (digest_id, language_or_default(language))
+        entry = self._entries.get(key)
+        if entry is None:
+            rendered = await render_digest(
+                session, digest_id=digest_id, language=key[1], settings=settings
+            )
+            entry = DigestRendering(rendered, digest_template(settings, rendered, list_id=list_id))
+            self._entries[key] = entry
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +57,6 @@ class Composed:
     to: str
     message: bytes
     message_id: str
-
-
-async def _rendered(
-    session: AsyncSession, settings: Settings, renders: RenderCache, digest_id: int, language: str
-) -> RenderedEmail:
-    key = (digest_id, language_or_default(language))
-    if key not in renders:
-        renders[key] = await render_digest(
-            session, digest_id=digest_id, language=key[1], settings=settings
-        )
-    return renders[key]
 
 
 async def compose_digest_delivery(
@@ -57,11 +77,11 @@ async def compose_digest_delivery(
         if not delivery.to_address:
             return None
         language = language_or_default(delivery.language)
-        rendered = await _rendered(session, settings, renders, delivery.digest_id, language)
+        rendering = await renders.get(session, settings, delivery.digest_id, language, list_id)
         message, message_id = compose_test(
             settings,
             tokens,
-            rendered=rendered,
+            rendered=rendering.rendered,
             delivery_id=delivery.id,
             to_address=delivery.to_address,
             language=language,
@@ -76,13 +96,12 @@ async def compose_digest_delivery(
     ):
         return None
     language = delivery.language or recipient.language
-    rendered = await _rendered(session, settings, renders, delivery.digest_id, language)
+    rendering = await renders.get(session, settings, delivery.digest_id, language, list_id)
     message, message_id = compose_digest(
         settings,
         tokens,
-        rendered=rendered,
+        template=rendering.template,
         delivery_id=delivery.id,
         recipient=recipient,
-        list_id=list_id,
     )
     return Composed(recipient.email, message, message_id)

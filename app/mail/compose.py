@@ -6,7 +6,13 @@ import hashlib
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.mail.message import build_message, format_address, header_safe, mail_from_domain
+from app.mail.message import (
+    MessageTemplate,
+    build_message,
+    format_address,
+    header_safe,
+    mail_from_domain,
+)
 from app.mail.personalize import fill
 from app.mail.render import RenderedEmail, render_email
 from app.security import Tokens
@@ -141,40 +147,54 @@ def _list_message(
         html=filled.html,
         message_id=message_id,
         headers={
-            "List-Id": list_id,
             "List-Unsubscribe": list_unsubscribe_header(settings, unsubscribe_url),
-            # RFC 8058: providers may POST this body to the URL above to unsubscribe in one click.
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            "Precedence": "bulk",  # tells auto-responders not to answer
+            **_list_headers(settings, list_id),
         },
     )
     return msg.as_bytes(), message_id
+
+
+def _list_headers(settings: Settings, list_id: str) -> dict[str, str]:
+    return {
+        "List-Id": list_id,
+        # RFC 8058: providers may POST this body to List-Unsubscribe to unsubscribe in one click.
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "Precedence": "bulk",  # tells auto-responders not to answer
+    }
+
+
+def digest_template(
+    settings: Settings, rendered: RenderedEmail, *, list_id: str
+) -> MessageTemplate:
+    """The digest in one language, encoded once; `compose_digest` makes each reader's copy."""
+    return MessageTemplate(
+        mail_from=settings.mail_from,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        headers=_list_headers(settings, list_id),
+    )
 
 
 def compose_digest(
     settings: Settings,
     tokens: Tokens,
     *,
-    rendered: RenderedEmail,
+    template: MessageTemplate,
     delivery_id: int,
     recipient: Recipient,
-    list_id: str,
 ) -> tuple[bytes, str]:
-    """One subscriber's copy of a digest rendered once per language (see app/digests/render.py)."""
+    """One subscriber's copy: their name, unsubscribe link, Message-ID; nothing re-rendered."""
     assert recipient.email is not None
     url = unsubscribe_url(settings, tokens, recipient)
-    filled = fill_rendered(
-        rendered, recipient_values(name=recipient.name, email=recipient.email, unsubscribe_url=url)
-    )
-    return _list_message(
-        settings,
-        filled=filled,
+    message_id = stable_message_id(settings, delivery_id)
+    message = template.render(
         to=format_address(recipient.name, recipient.email),
-        delivery_id=delivery_id,
-        list_id=list_id,
-        unsubscribe_url=url,
-        subject=filled.subject,
+        message_id=message_id,
+        values=recipient_values(name=recipient.name, email=recipient.email, unsubscribe_url=url),
+        headers={"List-Unsubscribe": list_unsubscribe_header(settings, url)},
     )
+    return message, message_id
 
 
 def compose_test(

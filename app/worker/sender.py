@@ -159,6 +159,7 @@ class Sender:
         self._relay_failures = 0
         self._stopping = asyncio.Event()
         self._paused_digests: set[int] = set()
+        self._renders = RenderCache()
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -218,19 +219,22 @@ class Sender:
         if not claimed:
             return _Batch([], [], [])
         async with self.sessionmaker() as session:
-            outgoing, skipped = await self._compose(session, claimed)
+            outgoing, skipped, broken = await self._compose(session, claimed)
             if self.signer is not None and outgoing:
                 # RSA in pure Python: off the event loop so the lanes keep talking SMTP.
                 await asyncio.to_thread(_sign_all, self.signer, outgoing)
             await outbox.mark_skipped(
                 session, worker_id=self.worker_id, ids=skipped, reason="subscriber not eligible"
             )
+            for delivery, reason in broken:
+                # Retried with backoff like a temporary SMTP error, failed after the last attempt.
+                await self._retry_or_fail(session, delivery, reason)
             await session.commit()
         return _Batch(claimed, outgoing, skipped)
 
     async def _compose(
         self, session: AsyncSession, claimed: Sequence[Claimed]
-    ) -> tuple[list[Outgoing], list[int]]:
+    ) -> tuple[list[Outgoing], list[int], list[tuple[Claimed, str]]]:
         subscriber_ids = {c.subscriber_id for c in claimed if c.subscriber_id is not None}
         rows = (
             await session.execute(
@@ -247,46 +251,58 @@ class Sender:
         recipients = {row[0]: Recipient(*row) for row in rows}
         outgoing: list[Outgoing] = []
         skipped: list[int] = []
-        renders: RenderCache = {}  # one rendering per (digest, language) in this batch
+        broken: list[tuple[Claimed, str]] = []
         list_id = list_id_header(self.settings)
         for delivery in claimed:
             recipient = recipients.get(delivery.subscriber_id or -1)
-            sender = verp_sender(self.settings, delivery.id)
-            if delivery.kind == DeliveryKind.confirmation:
-                # Only a reader still waiting to confirm gets the link; one who confirmed,
-                # left or bounced meanwhile gets nothing.
-                if (
-                    recipient is None
-                    or recipient.email is None
-                    or recipient.status != SubscriberStatus.pending
-                ):
-                    skipped.append(delivery.id)
-                    continue
-                message, message_id = compose_confirmation(
-                    self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
-                )
-                outgoing.append(Outgoing(delivery, recipient.email, sender, message, message_id))
-            elif delivery.kind in (DeliveryKind.digest, DeliveryKind.test):
-                # A subscriber who is not (or no longer) confirmed is skipped.
-                composed = await compose_digest_delivery(
-                    session,
-                    settings=self.settings,
-                    tokens=self.tokens,
-                    delivery=delivery,
-                    recipient=recipient,
-                    renders=renders,
-                    list_id=list_id,
-                )
-                if composed is None:
-                    skipped.append(delivery.id)
-                    continue
-                outgoing.append(
-                    Outgoing(delivery, composed.to, sender, composed.message, composed.message_id)
-                )
-            else:
-                log.warning("delivery %s: kind %s not handled yet", delivery.id, delivery.kind)
+            try:
+                item = await self._compose_one(session, delivery, recipient, list_id)
+            except Exception as exc:  # one bad delivery must not sink the batch
+                log.exception("delivery %s could not be composed", delivery.id)
+                broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
+                continue
+            if item is None:
                 skipped.append(delivery.id)
-        return outgoing, skipped
+            else:
+                outgoing.append(item)
+        return outgoing, skipped, broken
+
+    async def _compose_one(
+        self,
+        session: AsyncSession,
+        delivery: Claimed,
+        recipient: Recipient | None,
+        list_id: str,
+    ) -> Outgoing | None:
+        """The message for one delivery, or None when its reader is no longer eligible."""
+        sender = verp_sender(self.settings, delivery.id)
+        if delivery.kind == DeliveryKind.confirmation:
+            # Only a reader still waiting to confirm gets the link; one who confirmed,
+            # left or bounced meanwhile gets nothing.
+            if recipient is None or recipient.email is None:
+                return None
+            if recipient.status != SubscriberStatus.pending:
+                return None
+            message, message_id = compose_confirmation(
+                self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
+            )
+            return Outgoing(delivery, recipient.email, sender, message, message_id)
+        if delivery.kind in (DeliveryKind.digest, DeliveryKind.test):
+            # A subscriber who is not (or no longer) confirmed is skipped.
+            composed = await compose_digest_delivery(
+                session,
+                settings=self.settings,
+                tokens=self.tokens,
+                delivery=delivery,
+                recipient=recipient,
+                renders=self._renders,
+                list_id=list_id,
+            )
+            if composed is None:
+                return None
+            return Outgoing(delivery, composed.to, sender, composed.message, composed.message_id)
+        log.warning("delivery %s: unknown kind %r, skipped", delivery.id, delivery.kind)
+        return None
 
     # --- Deliver ----------------------------------------------------------------------------
 
@@ -411,7 +427,6 @@ class Sender:
         if exc.permanent and not exc.recipient:
             await self._setup_error(item, exc, report)
             return
-        attempts = item.delivery.attempts + 1
         async with self.sessionmaker() as session:
             if exc.permanent:
                 # 5xx on the recipient (550 no such user...): a hard bounce, never retried.
@@ -420,26 +435,34 @@ class Sender:
                 )
                 await mark_bounced(session, item.delivery.subscriber_id, exc.reply)
                 report.failed += 1
-            elif attempts >= self.settings.send_max_attempts:
-                await outbox.mark_failed(
-                    session, worker_id=self.worker_id, delivery_id=item.delivery.id, reply=exc.reply
-                )
-                report.failed += 1
-            else:
-                delay = outbox.backoff_seconds(
-                    attempts,
-                    base=self.settings.send_retry_base_seconds,
-                    cap=self.settings.send_retry_max_seconds,
-                )
-                await outbox.mark_retry(
-                    session,
-                    worker_id=self.worker_id,
-                    delivery_id=item.delivery.id,
-                    reply=exc.reply,
-                    retry_at=utcnow() + timedelta(seconds=delay),
-                )
+            elif await self._retry_or_fail(session, item.delivery, exc.reply):
                 report.retried += 1
+            else:
+                report.failed += 1
             await session.commit()
+
+    async def _retry_or_fail(self, session: AsyncSession, delivery: Claimed, reply: str) -> bool:
+        """Back to the queue after a jittered backoff (True), or failed for good once
+        SEND_MAX_ATTEMPTS is reached (False), with the last reply kept."""
+        attempts = delivery.attempts + 1
+        if attempts >= self.settings.send_max_attempts:
+            await outbox.mark_failed(
+                session, worker_id=self.worker_id, delivery_id=delivery.id, reply=reply
+            )
+            return False
+        delay = outbox.backoff_seconds(
+            attempts,
+            base=self.settings.send_retry_base_seconds,
+            cap=self.settings.send_retry_max_seconds,
+        )
+        await outbox.mark_retry(
+            session,
+            worker_id=self.worker_id,
+            delivery_id=delivery.id,
+            reply=reply,
+            retry_at=utcnow() + timedelta(seconds=delay),
+        )
+        return True
 
     async def _setup_error(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         """A permanent error that blames our setup (credentials, sender, relay policy): the
