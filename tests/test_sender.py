@@ -332,3 +332,28 @@ async def test_one_delivery_that_cannot_be_composed_does_not_sink_the_batch(
     assert broken[0].status == DeliveryStatus.queued
     assert broken[0].attempts == 1
     assert "template exploded" in (broken[0].last_error or "")
+
+
+def test_prepare_data_stuffs_dots_and_fixes_line_ends() -> None:
+    from app.mail.transport import prepare_data
+
+    assert prepare_data(b"a\r\nb\r\n") == b"a\r\nb\r\n.\r\n"
+    assert (
+        prepare_data(b".start\r\nx\r\n.\r\n..two\r\n") == b"..start\r\nx\r\n..\r\n...two\r\n.\r\n"
+    )
+    assert prepare_data(b"bare\nlf\rcr") == b"bare\r\nlf\r\ncr\r\n.\r\n"
+
+
+async def test_a_line_starting_with_a_dot_arrives_intact(
+    app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    """Dot-stuffing on the wire, un-stuffed by the server: the reader sees the text as written."""
+    from app.mail.transport import SmtpMailer
+
+    mailer = SmtpMailer(app.state.settings)
+    connection = await mailer.connect()
+    body = b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n"
+    await connection.send(body, sender="n@dzaleu.test", recipient="reader@example.org")
+    await connection.close()
+    [received] = smtp_server.received
+    assert received.data.replace(b"\r\n", b"\n").endswith(b".leading dot\n..two\n.\nend\n")

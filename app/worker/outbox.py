@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import col, or_, select
+from sqlmodel import SQLModel, col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Delivery, DeliveryKind, DeliveryStatus, Digest, DigestStatus, utcnow
@@ -108,24 +108,33 @@ def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
     )
 
 
-async def mark_sent(
-    session: AsyncSession, *, worker_id: str, sent: Sequence[tuple[int, str]]
-) -> None:
-    """Record accepted messages: (delivery id, Message-ID)."""
-    if not sent:
+async def set_message_ids(session: AsyncSession, *, pairs: Sequence[tuple[int, str]]) -> None:
+    """Store each claimed delivery's stable Message-ID (one executemany per batch), so a bounce
+    or a resend can be matched to its delivery."""
+    if not pairs:
         return
-    now = utcnow()
+    table = SQLModel.metadata.tables["delivery"]  # Core: not the ORM bulk-by-primary-key path
+    await session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("delivery_id"))
+        .values(message_id=sa.bindparam("mid")),
+        [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+    )
+
+
+async def mark_sent(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> None:
+    """Record accepted messages. The statement's shape never changes (an expanding IN), so it is
+    compiled once and cached: this runs every few messages on the hot path."""
+    if not ids:
+        return
     await session.execute(
         sa.update(Delivery)
-        .where(_held_by(worker_id, [i for i, _ in sent]))
+        .where(_held_by(worker_id, ids))
         .values(
             status=DeliveryStatus.sent,
-            sent_at=now,
+            sent_at=utcnow(),
             lease_until=None,
             attempts=Delivery.attempts + 1,
-            message_id=sa.case(
-                {i: mid for i, mid in sent}, value=Delivery.id, else_=Delivery.message_id
-            ),
         )
         .execution_options(synchronize_session=False)
     )
@@ -162,7 +171,7 @@ async def mark_failed(
 
 def backoff_seconds(attempts: int, *, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: spreads retries so a recovering relay is not stampeded."""
-    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    ceiling = min(cap, base * (2 ** min(30, max(0, attempts - 1))))
     return random.uniform(ceiling / 2, ceiling)
 
 

@@ -107,14 +107,14 @@ class Recorder:
         self.sessionmaker = sessionmaker
         self.worker_id = worker_id
         self.report = report
-        self._sent: list[tuple[int, str]] = []
+        self._sent: list[int] = []
         self._oldest = 0.0
         self._lock = asyncio.Lock()
 
     async def sent(self, item: Outgoing) -> None:
         if not self._sent:
             self._oldest = time.monotonic()
-        self._sent.append((item.delivery.id, item.message_id))
+        self._sent.append(item.delivery.id)
         self.report.sent += 1
         if len(self._sent) >= RECORD_GROUP or time.monotonic() - self._oldest >= RECORD_DELAY:
             await self.flush()
@@ -125,7 +125,7 @@ class Recorder:
                 return
             sent, self._sent = self._sent, []
             async with self.sessionmaker() as session:
-                await outbox.mark_sent(session, worker_id=self.worker_id, sent=sent)
+                await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
                 await session.commit()
 
     async def periodic(self, stop: asyncio.Event) -> None:
@@ -225,6 +225,14 @@ class Sender:
                 await asyncio.to_thread(_sign_all, self.signer, outgoing)
             await outbox.mark_skipped(
                 session, worker_id=self.worker_id, ids=skipped, reason="subscriber not eligible"
+            )
+            await outbox.set_message_ids(
+                session,
+                pairs=[
+                    (o.delivery.id, o.message_id)
+                    for o in outgoing
+                    if o.delivery.message_id != o.message_id
+                ],
             )
             for delivery, reason in broken:
                 # Retried with backoff like a temporary SMTP error, failed after the last attempt.

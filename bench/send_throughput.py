@@ -1,0 +1,438 @@
+"""Send throughput and worker memory, measured against Postfix's smtp-sink on loopback.
+
+Workload: N confirmed subscribers on PostgreSQL, one digest of 15 articles built from
+../shared/samples/wordpress-feed-fr.xml (its 5 items and 10 variants of them), sent by real
+`newsletter worker` processes to `smtp-sink`. Anchor, in the same run: Postfix's `smtp-source`
+sending as many messages of the same size to the same sink (`-d -s 8`).
+
+Figures: messages/s with 1 and with 2 workers, their ratio to smtp-source, and the peak RSS
+(VmHWM) of a worker at 10,000 and at 100,000 subscribers (with --memory).
+
+    python bench/send_throughput.py                     # 20,000 subscribers, 1 and 2 workers
+    python bench/send_throughput.py --subscribers 100000
+    python bench/send_throughput.py --memory            # peak RSS at 10k and 100k
+
+Not a test: it prints figures. Loopback only; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import migrations  # noqa: E402
+from app.articles.feeds import parse_feed  # noqa: E402
+from app.articles.service import upsert_articles  # noqa: E402
+from app.db import make_engine, make_sessionmaker  # noqa: E402
+from app.digests.service import create_digest, send_digest  # noqa: E402
+from app.models import Delivery, Digest, Subscriber, utcnow  # noqa: E402
+from app.security import Tokens  # noqa: E402
+
+SAMPLE = ROOT.parent / "shared" / "samples" / "wordpress-feed-fr.xml"
+SECRET = "bench-secret-key-0123456789abcdef"
+MAIL_FROM = "Dzaleu <newsletter@dzaleu.test>"
+TIME_LIMIT = 900.0  # seconds: no single phase runs longer
+STALL_LIMIT = 60.0  # seconds without a single message recorded: give up
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def ensure_postfix_tools() -> None:
+    if shutil.which("smtp-sink") and shutil.which("smtp-source"):
+        return
+    log("installing Debian's postfix for smtp-sink and smtp-source")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sink:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls) -> Sink:
+        port = free_port()
+        process = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return cls(port, process)
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("smtp-sink did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+# --- The database -------------------------------------------------------------------------
+
+
+def admin_url(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"nl_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    url = make_url(server_url).set(drivername="postgresql", database=name)
+    database_url = url.render_as_string(False)
+    migrations.upgrade(database_url)
+    return database_url
+
+
+def drop_database(server_url: str, database_url: str) -> None:
+    name = make_url(database_url).database
+    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+async def load_workload(database_url: str, subscribers: int) -> int:
+    """The subscribers, 15 articles and a digest queued to everyone; the digest's id."""
+    engine = make_engine(database_url)
+    sessionmaker = make_sessionmaker(engine)
+    tokens = Tokens(SECRET, confirm_max_age_seconds=86400)
+    parsed = parse_feed(SAMPLE.read_bytes(), url="https://www.dzaleu.com/feed/")
+    entries = list(parsed.entries)
+    for round_ in (1, 2):  # the sample's 5 items and 10 variants of them: 15 articles
+        entries += [
+            replace(
+                entry,
+                guid=f"{entry.guid or entry.url}#v{round_}",
+                url=f"{entry.url}?v={round_}",
+                title=f"{entry.title} ({round_ + 1})",
+            )
+            for entry in parsed.entries
+        ]
+    async with sessionmaker() as session:
+        await upsert_articles(session, entries=entries[:15])
+        await session.commit()
+    now = utcnow()
+    chunk = 10_000
+    for start in range(0, subscribers, chunk):
+        rows = []
+        for i in range(start, min(subscribers, start + chunk)):
+            email = f"reader{i}@bench.example.org"
+            rows.append(
+                {
+                    "email": email,
+                    "email_hash": tokens.email_hash(email),
+                    "name": f"Lecteur {i}" if i % 3 else None,
+                    "language": "en" if i % 5 == 0 else "fr",
+                    "status": "confirmed",
+                    "created_at": now,
+                    "updated_at": now,
+                    "confirmed_at": now,
+                }
+            )
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(Subscriber), rows)
+    async with sessionmaker() as session:
+        digest = await create_digest(session, max_articles=15)
+        assert digest.id is not None
+        await send_digest(session, digest_id=digest.id)
+        await session.commit()
+        digest_id = digest.id
+    await engine.dispose()
+    return digest_id
+
+
+async def reset_send(database_url: str, digest_id: int) -> None:
+    engine = make_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(Delivery)
+            .where(Delivery.digest_id == digest_id)  # type: ignore[arg-type]
+            .values(
+                status="queued",
+                attempts=0,
+                sent_at=None,
+                lease_until=None,
+                leased_by=None,
+                next_attempt_at=utcnow() - timedelta(seconds=1),
+                last_error=None,
+            )
+        )
+        await conn.execute(
+            sa.update(Digest).where(Digest.id == digest_id).values(status="sending")  # type: ignore[arg-type]
+        )
+    await engine.dispose()
+
+
+async def sent_count(database_url: str, digest_id: int) -> tuple[int, int]:
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT count(*) FILTER (WHERE status = 'sent'),"
+                    " count(*) FILTER (WHERE status IN ('failed', 'skipped'))"
+                    " FROM delivery WHERE digest_id = :d"
+                ),
+                {"d": digest_id},
+            )
+        ).one()
+    await engine.dispose()
+    return int(row[0]), int(row[1])
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Run:
+    workers: int
+    messages: int
+    seconds: float
+    rate: float
+    peak_rss_mb: float
+
+
+def run_workers(
+    database_url: str, digest_id: int, total: int, sink: Sink, workers: int, concurrency: int
+) -> Run:
+    asyncio.run(reset_send(database_url, digest_id))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SEND_", "DKIM_"))},
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": SECRET,
+        "MAIL_FROM": MAIL_FROM,
+        "PUBLIC_URL": "https://www.dzaleu.com/newsletter",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(sink.port),
+        "SEND_CONCURRENCY": str(concurrency),
+        "SEND_BATCH_SIZE": "500",
+        "SMTP_MESSAGES_PER_CONNECTION": "1000",
+        "WORKER_POLL_SECONDS": "0.2",
+        "LOG_LEVEL": "WARNING",
+        "APP_ENV": "development",
+    }
+    command = [str(Path(sys.executable).parent / "newsletter"), "worker"]
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(workers)
+    ]
+    peak = 0.0
+    done = 0
+    last_progress = time.monotonic()
+    try:
+        while time.monotonic() - started < TIME_LIMIT:
+            time.sleep(0.25)
+            peak = max([peak, *(peak_rss_mb(p.pid) for p in processes)])
+            sent, other = asyncio.run(sent_count(database_url, digest_id))
+            if sent + other > done:
+                last_progress = time.monotonic()
+            done = sent + other
+            if done >= total:
+                break
+            if time.monotonic() - last_progress > STALL_LIMIT:
+                raise RuntimeError(f"no progress for {STALL_LIMIT:.0f}s at {done:,}/{total:,}")
+            if any(p.poll() is not None for p in processes):
+                err = b"".join(
+                    p.stderr.read() for p in processes if p.stderr and p.poll() is not None
+                )
+                raise RuntimeError(f"a worker exited: {err.decode(errors='replace')[-2000:]}")
+        seconds = time.monotonic() - started
+    finally:
+        for p in processes:
+            peak = max(peak, peak_rss_mb(p.pid))
+            p.terminate()
+        for p in processes:
+            p.wait(timeout=30)
+    return Run(workers, done, seconds, done / seconds, peak)
+
+
+def message_size(database_url: str, digest_id: int) -> int:
+    """The size of one real copy, composed the way the worker does."""
+
+    async def compose() -> int:
+        from app.config import Settings
+        from app.digests.delivery import RenderCache
+        from app.mail.compose import Recipient, compose_digest, list_id_header
+
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=database_url,
+            secret_key=SECRET,
+            mail_from=MAIL_FROM,
+            public_url="https://www.dzaleu.com/newsletter",
+        )
+        engine = make_engine(database_url)
+        async with make_sessionmaker(engine)() as session:
+            rendering = await RenderCache().get(
+                session, settings, digest_id, "fr", list_id_header(settings)
+            )
+        await engine.dispose()
+        tokens = Tokens(SECRET, confirm_max_age_seconds=86400)
+        recipient = Recipient(
+            1, "reader1@bench.example.org", "Lecteur 1", "fr", "confirmed", "a" * 64
+        )
+        message, _ = compose_digest(
+            settings, tokens, template=rendering.template, delivery_id=1, recipient=recipient
+        )
+        return len(message)
+
+    return asyncio.run(compose())
+
+
+def run_smtp_source(sink: Sink, messages: int, size: int) -> Run:
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-d",
+            "-s",
+            "8",
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "newsletter@dzaleu.test",
+            "-t",
+            "reader@bench.example.org",
+            f"127.0.0.1:{sink.port}",
+        ],
+        check=True,
+        timeout=TIME_LIMIT,
+    )
+    seconds = time.monotonic() - started
+    return Run(0, messages, seconds, messages / seconds, 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=8, help="SEND_CONCURRENCY per worker")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL server where the benchmark may create and drop a database",
+    )
+    parser.add_argument("--memory", action="store_true", help="peak RSS at 10,000 and 100,000")
+    args = parser.parse_args()
+    if not 1 <= args.subscribers <= 1_000_000:
+        parser.error("--subscribers must be between 1 and 1,000,000")
+    ensure_postfix_tools()
+    sink = Sink.start()
+    try:
+        if args.memory:
+            memory(args, sink)
+        else:
+            throughput(args, sink)
+    finally:
+        sink.stop()
+
+
+def throughput(args: argparse.Namespace, sink: Sink) -> None:
+    database_url = fresh_database(args.database_url)
+    try:
+        log(f"loading {args.subscribers:,} subscribers and a 15-article digest")
+        digest_id = asyncio.run(load_workload(database_url, args.subscribers))
+        size = message_size(database_url, digest_id)
+        log(f"one copy is {size / 1024:.1f} KiB")
+        anchor = run_smtp_source(sink, args.subscribers, size)
+        log(f"smtp-source: {anchor.rate:,.0f} msg/s")
+        runs = []
+        for workers in (1, 2):
+            run = run_workers(
+                database_url, digest_id, args.subscribers, sink, workers, args.concurrency
+            )
+            runs.append(run)
+            log(f"{workers} worker(s): {run.rate:,.0f} msg/s, peak RSS {run.peak_rss_mb:.0f} MB")
+    finally:
+        drop_database(args.database_url, database_url)
+    print()
+    print(
+        f"send throughput: {args.subscribers:,} messages of {size / 1024:.1f} KiB to smtp-sink on loopback"
+    )
+    print(f"{'sender':<24}{'msg/s':>10}{'seconds':>10}{'vs smtp-source':>16}{'peak RSS':>12}")
+    print(
+        f"{'smtp-source -d -s 8':<24}{anchor.rate:>10,.0f}{anchor.seconds:>10.1f}{1:>16.2f}{'-':>12}"
+    )
+    for run in runs:
+        label = f"newsletter x{run.workers} (c={args.concurrency})"
+        print(
+            f"{label:<24}{run.rate:>10,.0f}{run.seconds:>10.1f}"
+            f"{run.rate / anchor.rate:>16.2f}{run.peak_rss_mb:>10.0f}MB"
+        )
+    target = 0.35 * anchor.rate
+    verdict = "meets" if runs[-1].rate >= target else "misses"
+    print(f"target: 2 workers >= 0.35 x smtp-source = {target:,.0f} msg/s -> {verdict}")
+
+
+def memory(args: argparse.Namespace, sink: Sink) -> None:
+    peaks = {}
+    for subscribers in (10_000, 100_000):
+        database_url = fresh_database(args.database_url)
+        try:
+            log(f"memory run: {subscribers:,} subscribers")
+            digest_id = asyncio.run(load_workload(database_url, subscribers))
+            run = run_workers(database_url, digest_id, subscribers, sink, 1, args.concurrency)
+            peaks[subscribers] = run
+            log(f"{subscribers:,}: peak RSS {run.peak_rss_mb:.1f} MB, {run.rate:,.0f} msg/s")
+        finally:
+            drop_database(args.database_url, database_url)
+    small, large = peaks[10_000].peak_rss_mb, peaks[100_000].peak_rss_mb
+    growth = (large - small) / small if small else 0.0
+    print()
+    print("worker peak RSS (VmHWM), one worker")
+    for subscribers, run in peaks.items():
+        print(
+            f"  {subscribers:>7,} subscribers: {run.peak_rss_mb:6.1f} MB  ({run.rate:,.0f} msg/s)"
+        )
+    print(f"  growth 10k -> 100k: {growth:+.1%}")
+    ok = large < 150 and abs(growth) <= 0.20
+    print(f"target: under 150 MB and within 20% -> {'meets' if ok else 'misses'}")
+
+
+if __name__ == "__main__":
+    main()
