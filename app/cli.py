@@ -451,7 +451,6 @@ def _bar_fields(digest: Digest, progress: DigestProgress) -> dict[str, Any]:
     return {
         "total": max(digest.recipients, 1),
         "completed": counts.sent + counts.failed + counts.skipped,
-        "digest": digest.id,
         "status": digest.status,
         "rate": _format_rate(progress.rate_per_second),
         "eta": _format_eta(progress.eta_seconds),
@@ -462,7 +461,7 @@ def _bar_fields(digest: Digest, progress: DigestProgress) -> dict[str, Any]:
 
 
 async def _follow(settings: Settings, digest_id: int, interval: float) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     from app.db import make_engine, make_sessionmaker
 
@@ -472,10 +471,9 @@ async def _follow(settings: Settings, digest_id: int, interval: float) -> None:
         digest, progress = await _read_status(sessionmaker, digest_id)
         # Rate and ETA are the database's (every worker counts), not this process's guess.
         with Progress(
-            TextColumn("digest {task.fields[digest]} [bold]{task.fields[status]}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("[bold]{task.fields[status]}[/]"),
+            BarColumn(bar_width=20),
+            TaskProgressColumn(),
             TextColumn("{task.fields[rate]}"),
             TextColumn("ETA {task.fields[eta]}"),
             TextColumn(

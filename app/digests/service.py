@@ -20,6 +20,7 @@ from app.models import (
     DigestStatus,
     Subscriber,
     SubscriberStatus,
+    as_utc,
     utcnow,
 )
 
@@ -80,7 +81,8 @@ class DigestCounts:
 @dataclass(frozen=True, slots=True)
 class DigestProgress:
     counts: DigestCounts
-    # Messages per second over the last RATE_WINDOW_SECONDS; None when none went out then.
+    # Messages per second over the last RATE_WINDOW_SECONDS (or since the send started, when
+    # that is sooner); None when none went out then.
     rate_per_second: float | None
     # Seconds until queued + sending are done at that rate; None without a rate, with nothing
     # left, or when the digest is not sending (a paused send has no end in sight).
@@ -331,6 +333,7 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
         .values(next_attempt_at=now)
         .execution_options(synchronize_session=False)
     )
+    await finish_completed_digests(session)  # the rows a worker held may have been the last
     return await _reloaded(session, digest_id)
 
 
@@ -415,7 +418,8 @@ async def digest_progress(
     ids = [d.id for d in digests if d.id is not None]
     if not ids:
         return {}
-    since = (now or utcnow()) - timedelta(seconds=RATE_WINDOW_SECONDS)
+    now = now or utcnow()
+    since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
     rows = (
         await session.execute(
             sa.select(
@@ -436,14 +440,22 @@ async def digest_progress(
         if status == DeliveryStatus.sent:
             recent[digest_id] = sent_recently
     return {
-        d.id: _progress(d, DigestCounts(**raw[d.id]), recent[d.id])
+        d.id: _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
         for d in digests
         if d.id is not None
     }
 
 
-def _progress(digest: Digest, counts: DigestCounts, sent_recently: int) -> DigestProgress:
-    rate = sent_recently / RATE_WINDOW_SECONDS if sent_recently else None
+def _progress(
+    digest: Digest, counts: DigestCounts, sent_recently: int, *, now: datetime
+) -> DigestProgress:
+    # In a send's first minute the window is the time since it started: dividing by 60 then
+    # would show a fraction of the real rate and an ETA many times too long.
+    window = float(RATE_WINDOW_SECONDS)
+    if digest.send_started_at is not None:
+        elapsed = (now - as_utc(digest.send_started_at)).total_seconds()
+        window = min(window, max(1.0, elapsed))
+    rate = sent_recently / window if sent_recently else None
     remaining = counts.queued + counts.sending
     eta = None
     if rate and remaining and digest.status == DigestStatus.sending:
