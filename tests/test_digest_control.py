@@ -19,7 +19,14 @@ from app.articles import service as articles
 from app.config import Settings
 from app.digests import service as digests
 from app.models import Delivery, DeliveryKind, DeliveryStatus, as_utc
-from tests.factories import cli_env, drain_outbox, make_subscriber, run_cli, send_one_batch
+from tests.factories import (
+    cli_env,
+    drain_outbox,
+    make_sender,
+    make_subscriber,
+    run_cli,
+    send_one_batch,
+)
 from tests.smtp_server import SmtpServer
 
 SAMPLE = Path(__file__).parent / "data" / "wordpress-feed-fr.xml"
@@ -380,3 +387,29 @@ async def test_broken_setup_pauses_the_digest_then_resume_sends_each_once(
     assert set(received.values()) == {1}
     done = await read(client, digest_id, editor_headers)
     assert (done["status"], done["sent"], done["failed"]) == ("sent", 6, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the sender keeps a digest it paused in Sender._paused_digests for its whole life: "
+    "after a resume, that same worker claims and releases the digest's rows without sending",
+)
+async def test_the_worker_that_paused_a_digest_sends_it_after_resume(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    app.state.settings.send_pause_after_permanent_errors = 3
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=4)
+    smtp_server.faults.mail_from = "553 5.7.1 Sender address rejected"
+    worker = make_sender(app)  # one long-lived worker, as `newsletter worker` runs
+    await worker.run_batch()
+    assert (await read(client, digest_id, editor_headers))["status"] == "paused"
+
+    smtp_server.faults.mail_from = None
+    await control(client, digest_id, "resume", editor_headers)
+    for _ in range(3):
+        await worker.run_batch()
+    assert (await read(client, digest_id, editor_headers))["sent"] == 4
