@@ -21,6 +21,10 @@ from app.config import Settings
 from app.models import Language, SubscriberStatus
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from app.digests.service import DigestProgress
+    from app.models import Digest
     from app.security import Tokens
     from app.subscribers.csvfile import ImportResult, ImportRow
 
@@ -391,6 +395,170 @@ def subscribers_export(
         with output.open("w", encoding="utf-8", newline="") as handle:
             count = asyncio.run(_export(settings, status, handle))
     typer.echo(f"exported {count} subscriber(s)", err=True)
+
+
+# --- digests ------------------------------------------------------------------------------------
+
+digests_cli = typer.Typer(help="Digests: list them, follow a send.", no_args_is_help=True)
+cli.add_typer(digests_cli, name="digests")
+# A digest in one of these is not moving any more: --follow stops there.
+SETTLED_STATUSES = ("sent", "cancelled", "paused")
+
+
+def _format_rate(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s"
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _status_lines(digest: Digest, progress: DigestProgress) -> list[str]:
+    counts = progress.counts
+    subject = f" {digest.subject!r}" if digest.subject else ""
+    lines = [
+        f"digest {digest.id}{subject}: {digest.status}",
+        f"recipients {digest.recipients}: queued {counts.queued}, sending {counts.sending}, "
+        f"sent {counts.sent}, failed {counts.failed}, skipped {counts.skipped}",
+        f"progress {progress.progress:.1%}, rate {_format_rate(progress.rate_per_second)}, "
+        f"ETA {_format_eta(progress.eta_seconds)}",
+    ]
+    if digest.status == "paused" and digest.paused_reason:
+        lines.append(f"paused: {digest.paused_reason}")
+    return lines
+
+
+async def _read_status(
+    sessionmaker: async_sessionmaker[AsyncSession], digest_id: int
+) -> tuple[Digest, DigestProgress]:
+    from app.digests import service
+
+    # One short transaction per look: finishing a completed send is a write.
+    async with sessionmaker() as session:
+        result = await service.digest_with_progress(session, digest_id=digest_id)
+        await session.commit()
+        return result
+
+
+def _bar_fields(digest: Digest, progress: DigestProgress) -> dict[str, Any]:
+    counts = progress.counts
+    return {
+        "total": max(digest.recipients, 1),
+        "completed": counts.sent + counts.failed + counts.skipped,
+        "status": digest.status,
+        "rate": _format_rate(progress.rate_per_second),
+        "eta": _format_eta(progress.eta_seconds),
+        "sent": counts.sent,
+        "failed": counts.failed,
+        "skipped": counts.skipped,
+    }
+
+
+async def _follow(settings: Settings, digest_id: int, interval: float) -> None:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        digest, progress = await _read_status(sessionmaker, digest_id)
+        # Rate and ETA are the database's (every worker counts), not this process's guess.
+        with Progress(
+            TextColumn("[bold]{task.fields[status]}[/]"),
+            BarColumn(bar_width=20),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn(
+                "sent {task.fields[sent]} failed {task.fields[failed]} "
+                "skipped {task.fields[skipped]}"
+            ),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("sending", **_bar_fields(digest, progress))
+            while True:
+                bar.update(task, **_bar_fields(digest, progress))
+                if digest.status in SETTLED_STATUSES:
+                    break
+                await asyncio.sleep(interval)
+                digest, progress = await _read_status(sessionmaker, digest_id)
+    finally:
+        await engine.dispose()
+    for line in _status_lines(digest, progress):
+        typer.echo(line)
+
+
+@digests_cli.command("status")
+def digests_status(
+    digest_id: int = typer.Argument(..., help="The digest's id."),
+    follow: bool = typer.Option(
+        False, "--follow", help="Live progress until the send is sent, cancelled or paused."
+    ),
+    interval: float = typer.Option(1.0, min=0.05, help="Seconds between two looks (--follow)."),
+) -> None:
+    """Status, counts per delivery status, rate and ETA of a digest."""
+    from app.digests import service
+
+    settings = load_settings()
+    try:
+        if follow:
+            run_async(_follow(settings, digest_id, interval))
+            return
+        digest, progress = asyncio.run(
+            _in_transaction(
+                settings, lambda s: service.digest_with_progress(s, digest_id=digest_id)
+            )
+        )
+    except service.DigestNotFound as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    for line in _status_lines(digest, progress):
+        typer.echo(line)
+
+
+@digests_cli.command("list")
+def digests_list(
+    limit: int = typer.Option(20, min=1, max=100, help="How many, newest first."),
+) -> None:
+    """The newest digests with their status and progress."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.digests import service
+
+    settings = load_settings()
+    rows, total = asyncio.run(
+        _in_transaction(
+            settings, lambda s: service.list_digests_with_progress(s, limit=limit, offset=0)
+        )
+    )
+    table = Table(title=f"Digests ({len(rows)} of {total})")
+    for column in ("id", "status", "recipients", "sent", "failed", "skipped", "left"):
+        table.add_column(column, justify="right" if column != "status" else "left")
+    table.add_column("progress", justify="right")
+    table.add_column("subject")
+    for digest, progress in rows:
+        counts = progress.counts
+        table.add_row(
+            str(digest.id),
+            digest.status,
+            str(digest.recipients),
+            str(counts.sent),
+            str(counts.failed),
+            str(counts.skipped),
+            str(counts.queued + counts.sending),
+            f"{progress.progress:.0%}",
+            digest.subject or "(default)",
+        )
+    Console().print(table)
 
 
 @cli.command("import-feed")

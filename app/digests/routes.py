@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -34,9 +35,10 @@ PREVIEW_CSP = "default-src 'none'; img-src http: https: data:; style-src 'unsafe
 
 
 def _summary_fields(
-    digest: Digest, articles: list[DigestArticle], counts: service.DigestCounts
+    digest: Digest, articles: list[DigestArticle], progress: service.DigestProgress
 ) -> dict[str, object]:
     assert digest.id is not None
+    counts = progress.counts
     return {
         "id": digest.id,
         "status": digest.status,
@@ -54,16 +56,22 @@ def _summary_fields(
         "sent": counts.sent,
         "failed": counts.failed,
         "skipped": counts.skipped,
+        "rate_per_second": progress.rate_per_second,
+        "eta_seconds": progress.eta_seconds,
+        "progress": progress.progress,
     }
 
 
-async def _public(session: AsyncSession, digest: Digest) -> DigestPublic:
+async def _public(
+    session: AsyncSession, digest: Digest, progress: service.DigestProgress | None = None
+) -> DigestPublic:
     assert digest.id is not None
     articles = await service.digest_articles(session, digest_id=digest.id)
-    counts = (await service.delivery_counts(session, digest_ids=[digest.id]))[digest.id]
+    if progress is None:
+        progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
     return DigestPublic.model_validate(
         {
-            **_summary_fields(digest, articles, counts),
+            **_summary_fields(digest, articles, progress),
             "articles": [
                 DigestArticlePublic.model_validate(a, from_attributes=True) for a in articles
             ],
@@ -71,14 +79,13 @@ async def _public(session: AsyncSession, digest: Digest) -> DigestPublic:
     )
 
 
-async def _fresh_digest(session: AsyncSession, digest_id: int) -> Digest:
-    await service.finish_completed_digests(session)  # so a finished send reads as `sent`
+async def _fresh_digest(
+    session: AsyncSession, digest_id: int
+) -> tuple[Digest, service.DigestProgress]:
     try:
-        digest = await service.get_digest(session, digest_id=digest_id)
+        return await service.digest_with_progress(session, digest_id=digest_id)
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
-    await session.refresh(digest)
-    return digest
 
 
 @router.post(
@@ -123,25 +130,19 @@ async def list_digests(
     offset: OffsetQuery = 0,
 ) -> DigestList:
     """Newest first."""
-    await service.finish_completed_digests(session)
-    digests, total = await service.list_digests(session, limit=limit, offset=offset)
-    ids = [d.id for d in digests if d.id is not None]
-    counts = await service.delivery_counts(session, digest_ids=ids)
+    rows, total = await service.list_digests_with_progress(session, limit=limit, offset=offset)
     items = []
-    for digest in digests:
+    for digest, progress in rows:
         assert digest.id is not None
-        await session.refresh(digest)
         articles = await service.digest_articles(session, digest_id=digest.id)
-        items.append(
-            DigestSummary.model_validate(_summary_fields(digest, articles, counts[digest.id]))
-        )
+        items.append(DigestSummary.model_validate(_summary_fields(digest, articles, progress)))
     return DigestList(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{digest_id}", response_model=DigestPublic, responses={**AUTH, **NOT_FOUND})
 async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
-    """Status, articles and delivery counts (test copies not included)."""
-    return await _public(session, await _fresh_digest(session, digest_id))
+    """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
+    return await _public(session, *await _fresh_digest(session, digest_id))
 
 
 @router.get(
@@ -164,7 +165,7 @@ async def preview(
 ) -> Response:
     """The email a subscriber gets, for a sample reader (its unsubscribe link unsubscribes
     nobody)."""
-    await _fresh_digest(session, digest_id)
+    await _fresh_digest(session, digest_id)  # 404 for an unknown digest
     rendered = await preview_digest(
         session, digest_id=digest_id, language=lang, settings=settings, tokens=tokens
     )
@@ -236,3 +237,50 @@ async def send(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
     return await _public(session, digest)
+
+
+CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH,
+    **NOT_FOUND,
+    409: {"description": "The digest's status does not allow it (its status is in the answer)"},
+}
+
+
+async def _control(
+    session: AsyncSession,
+    digest_id: int,
+    change: Callable[..., Awaitable[Digest]],
+) -> Response | DigestPublic:
+    try:
+        digest = await change(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.DigestStatusConflict as exc:
+        return JSONResponse(
+            {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
+        )
+    return await _public(session, digest)
+
+
+@router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
+async def pause(
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+) -> Response | DigestPublic:
+    """Stop a send (`sending` -> `paused`): queued copies wait; the ones a worker holds finish."""
+    return await _control(session, digest_id, service.pause_send)
+
+
+@router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
+async def resume(
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+) -> Response | DigestPublic:
+    """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
+    return await _control(session, digest_id, service.resume_send)
+
+
+@router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
+async def cancel(
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+) -> Response | DigestPublic:
+    """Stop a draft or a send for good: every copy not yet sent is skipped."""
+    return await _control(session, digest_id, service.cancel_send)

@@ -68,6 +68,17 @@ class DigestSummary(BaseModel):
     sent: int
     failed: int
     skipped: int
+    rate_per_second: float | None = Field(
+        description="Messages sent per second over the last minute; null if none were"
+    )
+    eta_seconds: float | None = Field(
+        description="Seconds left at that rate while sending; null without a rate or work left"
+    )
+    progress: float = Field(
+        ge=0,
+        le=1,
+        description="Share of recipients decided: (sent + failed + skipped) / recipients",
+    )
 
 
 class DigestPublic(DigestSummary):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import col, func, select
+from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import (
@@ -20,6 +20,7 @@ from app.models import (
     DigestStatus,
     Subscriber,
     SubscriberStatus,
+    as_utc,
     utcnow,
 )
 
@@ -29,6 +30,11 @@ MAX_TEST_ADDRESSES = 10
 # A digest whose send has started: its articles have reached (some) readers already.
 STARTED_STATUSES = (DigestStatus.sending, DigestStatus.paused, DigestStatus.sent)
 COUNTED_STATUSES = tuple(s.value for s in DeliveryStatus)
+# The statuses in which a send can still be stopped for good.
+CANCELLABLE_STATUSES = (DigestStatus.draft, DigestStatus.sending, DigestStatus.paused)
+EDITOR_PAUSE_REASON = "paused by an editor"
+CANCELLED_REASON = "digest cancelled"
+RATE_WINDOW_SECONDS = 60
 
 
 class NoNewArticles(ValueError):
@@ -53,6 +59,16 @@ class DigestNotDraft(Exception):
         self.status = status
 
 
+class DigestStatusConflict(Exception):
+    """Pause, resume or cancel asked of a digest whose status does not allow it."""
+
+    def __init__(self, action: str, status: str, allowed: Sequence[str]) -> None:
+        super().__init__(
+            f"cannot {action} a digest that is {status} (only when {' or '.join(allowed)})"
+        )
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class DigestCounts:
     queued: int = 0
@@ -60,6 +76,18 @@ class DigestCounts:
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DigestProgress:
+    counts: DigestCounts
+    # Messages per second over the last RATE_WINDOW_SECONDS (or since the send started, when
+    # that is sooner); None when none went out then.
+    rate_per_second: float | None
+    # Seconds until queued + sending are done at that rate; None without a rate, with nothing
+    # left, or when the digest is not sending (a paused send has no end in sight).
+    eta_seconds: float | None
+    progress: float  # decided (sent, failed, skipped) / recipients, 0..1
 
 
 # --- Compose -----------------------------------------------------------------------------------
@@ -157,6 +185,8 @@ async def list_digests(
         .order_by(col(Digest.created_at).desc(), col(Digest.id).desc())
         .limit(limit)
         .offset(offset)
+        # Rows changed by an UPDATE in this transaction read as they now are.
+        .execution_options(populate_existing=True)
     )
     total = (await session.exec(select(func.count()).select_from(Digest))).one()
     return list(rows.all()), int(total)
@@ -248,6 +278,113 @@ async def queue_test_sends(
     return len(dict.fromkeys(emails))
 
 
+# --- Control -----------------------------------------------------------------------------------
+# Each change is one conditional UPDATE on the digest row: of two racing calls (two editors, an
+# editor and a worker pausing a broken setup) exactly one wins, the other sees the new status.
+
+
+async def _conflict(
+    session: AsyncSession, *, digest_id: int, action: str, allowed: Sequence[str]
+) -> DigestStatusConflict:
+    digest = await get_digest(session, digest_id=digest_id)  # DigestNotFound first
+    await session.refresh(digest)
+    return DigestStatusConflict(action, digest.status, allowed)
+
+
+async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) -> bool:
+    """`sending` -> `paused` with the reason; False when the digest was not sending. The sender
+    claims only deliveries of `sending` digests, so queued rows simply wait."""
+    result = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.sending)
+        .values(status=DigestStatus.paused, paused_reason=reason[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def pause_send(session: AsyncSession, *, digest_id: int) -> Digest:
+    """An editor's pause: rows a worker already holds finish or go back to the queue."""
+    if not await pause_digest(session, digest_id=digest_id, reason=EDITOR_PAUSE_REASON):
+        raise await _conflict(session, digest_id=digest_id, action="pause", allowed=["sending"])
+    return await _reloaded(session, digest_id)
+
+
+async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
+    """`paused` -> `sending`. Rows the sender put back with a backoff (broken setup) are made
+    due now, so sending restarts at once rather than after the last backoff."""
+    now = utcnow()
+    result = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.paused)
+        .values(status=DigestStatus.sending, paused_reason=None)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        raise await _conflict(session, digest_id=digest_id, action="resume", allowed=["paused"])
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.digest_id) == digest_id,
+            col(Delivery.kind) == DeliveryKind.digest,
+            col(Delivery.status) == DeliveryStatus.queued,
+            col(Delivery.next_attempt_at) > now,
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await finish_completed_digests(session)  # the rows a worker held may have been the last
+    return await _reloaded(session, digest_id)
+
+
+async def cancel_send(session: AsyncSession, *, digest_id: int) -> Digest:
+    """`draft`, `sending` or `paused` -> `cancelled`; every delivery still waiting is skipped,
+    in the same transaction. Rows a worker holds right now finish (at most one batch)."""
+    now = utcnow()
+    result = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status).in_(CANCELLABLE_STATUSES))
+        .values(status=DigestStatus.cancelled, cancelled_at=now, paused_reason=None)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        raise await _conflict(
+            session,
+            digest_id=digest_id,
+            action="cancel",
+            allowed=[s.value for s in CANCELLABLE_STATUSES],
+        )
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.digest_id) == digest_id,
+            col(Delivery.kind) == DeliveryKind.digest,
+            or_(
+                col(Delivery.status) == DeliveryStatus.queued,
+                # A dead worker's rows: nobody would take them over for a cancelled digest.
+                sa.and_(
+                    col(Delivery.status) == DeliveryStatus.sending,
+                    col(Delivery.lease_until) < now,
+                ),
+            ),
+        )
+        .values(
+            status=DeliveryStatus.skipped,
+            lease_until=None,
+            leased_by=None,
+            last_error=CANCELLED_REASON,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return await _reloaded(session, digest_id)
+
+
+async def _reloaded(session: AsyncSession, digest_id: int) -> Digest:
+    digest = await get_digest(session, digest_id=digest_id)
+    await session.refresh(digest)
+    return digest
+
+
 # --- Progress ----------------------------------------------------------------------------------
 
 
@@ -272,23 +409,78 @@ async def finish_completed_digests(session: AsyncSession) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def delivery_counts(
-    session: AsyncSession, *, digest_ids: Sequence[int]
-) -> dict[int, DigestCounts]:
-    """Deliveries per status for each digest, in one grouped query."""
-    if not digest_ids:
+async def digest_progress(
+    session: AsyncSession, *, digests: Sequence[Digest], now: datetime | None = None
+) -> dict[int, DigestProgress]:
+    """Counts per delivery status, rate, ETA and progress of each digest, from one grouped
+    query (test copies do not count). The rate reads `sent_at` over the last minute, so every
+    worker's messages count, whichever process asks."""
+    ids = [d.id for d in digests if d.id is not None]
+    if not ids:
         return {}
+    now = now or utcnow()
+    since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
     rows = (
         await session.execute(
-            sa.select(col(Delivery.digest_id), col(Delivery.status), func.count())
-            .where(
-                col(Delivery.digest_id).in_(digest_ids), col(Delivery.kind) == DeliveryKind.digest
+            sa.select(
+                col(Delivery.digest_id),
+                col(Delivery.status),
+                func.count(),
+                func.count().filter(col(Delivery.sent_at) >= since),
             )
+            .where(col(Delivery.digest_id).in_(ids), col(Delivery.kind) == DeliveryKind.digest)
             .group_by(col(Delivery.digest_id), col(Delivery.status))
         )
     ).all()
-    raw: dict[int, dict[str, int]] = {i: {} for i in digest_ids}
-    for digest_id, status, count in rows:
+    raw: dict[int, dict[str, int]] = {i: {} for i in ids}
+    recent: dict[int, int] = dict.fromkeys(ids, 0)
+    for digest_id, status, count, sent_recently in rows:
         if status in COUNTED_STATUSES:
             raw[digest_id][status] = count
-    return {i: DigestCounts(**values) for i, values in raw.items()}
+        if status == DeliveryStatus.sent:
+            recent[digest_id] = sent_recently
+    return {
+        d.id: _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
+        for d in digests
+        if d.id is not None
+    }
+
+
+def _progress(
+    digest: Digest, counts: DigestCounts, sent_recently: int, *, now: datetime
+) -> DigestProgress:
+    # In a send's first minute the window is the time since it started: dividing by 60 then
+    # would show a fraction of the real rate and an ETA many times too long.
+    window = float(RATE_WINDOW_SECONDS)
+    if digest.send_started_at is not None:
+        elapsed = (now - as_utc(digest.send_started_at)).total_seconds()
+        window = min(window, max(1.0, elapsed))
+    rate = sent_recently / window if sent_recently else None
+    remaining = counts.queued + counts.sending
+    eta = None
+    if rate and remaining and digest.status == DigestStatus.sending:
+        eta = remaining / rate
+    decided = counts.sent + counts.failed + counts.skipped
+    if digest.recipients:
+        progress = min(1.0, decided / digest.recipients)
+    else:
+        progress = 1.0 if digest.status == DigestStatus.sent else 0.0
+    return DigestProgress(counts=counts, rate_per_second=rate, eta_seconds=eta, progress=progress)
+
+
+async def digest_with_progress(
+    session: AsyncSession, *, digest_id: int
+) -> tuple[Digest, DigestProgress]:
+    """The digest as it stands now (a finished send reads as `sent`) and its progress."""
+    await finish_completed_digests(session)
+    digest = await _reloaded(session, digest_id)
+    return digest, (await digest_progress(session, digests=[digest]))[digest_id]
+
+
+async def list_digests_with_progress(
+    session: AsyncSession, *, limit: int, offset: int
+) -> tuple[list[tuple[Digest, DigestProgress]], int]:
+    await finish_completed_digests(session)
+    digests, total = await list_digests(session, limit=limit, offset=offset)
+    progress = await digest_progress(session, digests=digests)
+    return [(d, progress[d.id]) for d in digests if d.id is not None], total

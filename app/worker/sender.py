@@ -34,7 +34,7 @@ from app import metrics
 from app.bounces.service import apply_bounce
 from app.config import Settings
 from app.digests.delivery import RenderCache, compose_digest_delivery
-from app.digests.service import finish_completed_digests
+from app.digests.service import finish_completed_digests, pause_digest
 from app.mail.compose import Recipient, compose_confirmation, list_id_header
 from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
@@ -42,8 +42,6 @@ from app.mail.verp import verp_sender
 from app.models import (
     BounceType,
     DeliveryKind,
-    Digest,
-    DigestStatus,
     Subscriber,
     SubscriberStatus,
     utcnow,
@@ -537,15 +535,6 @@ async def mark_bounced(session: AsyncSession, subscriber_id: int | None, reply: 
         await apply_bounce(
             session, subscriber=subscriber, type=BounceType.hard, reason=reply, source="smtp"
         )
-
-
-async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) -> bool:
-    result = await session.execute(
-        sa.update(Digest)
-        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.sending)
-        .values(status=DigestStatus.paused, paused_reason=reason[:2000])
-    )
-    return bool(getattr(result, "rowcount", 0))
 
 
 async def _finish_completed_digests(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
