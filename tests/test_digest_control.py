@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from datetime import timedelta
@@ -389,11 +390,6 @@ async def test_broken_setup_pauses_the_digest_then_resume_sends_each_once(
     assert (done["status"], done["sent"], done["failed"]) == ("sent", 6, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sender keeps a digest it paused in Sender._paused_digests for its whole life: "
-    "after a resume, that same worker claims and releases the digest's rows without sending",
-)
 async def test_the_worker_that_paused_a_digest_sends_it_after_resume(
     app: FastAPI,
     client: httpx.AsyncClient,
@@ -413,3 +409,50 @@ async def test_the_worker_that_paused_a_digest_sends_it_after_resume(
     for _ in range(3):
         await worker.run_batch()
     assert (await read(client, digest_id, editor_headers))["sent"] == 4
+
+
+async def _run_until(predicate: Any, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+async def test_pause_or_cancel_stops_the_messages_a_worker_already_holds(
+    action: str,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    app.state.settings.send_batch_size = 200  # the whole send is in the worker's hands at once
+    app.state.settings.send_concurrency = 2
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=60)
+    smtp_server.faults.delay_seconds = 0.05  # ~40 messages/s: slow enough to stop half-way
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_sender(app).run(stop))
+    try:
+        assert await _run_until(lambda: copies(smtp_server).total() >= 5, 10)
+        assert (await control(client, digest_id, action, editor_headers)).status_code == 200
+        at_stop = copies(smtp_server).total()
+        await asyncio.sleep(1.5)
+        # At most the messages on the wire and half a second's worth got out after the click.
+        assert copies(smtp_server).total() <= at_stop + 2 + 25
+        assert copies(smtp_server).total() < 60
+        if action == "pause":
+            assert (await control(client, digest_id, "resume", editor_headers)).status_code == 200
+            assert await _run_until(lambda: len(copies(smtp_server)) == 60, 20)
+    finally:
+        stop.set()
+        await task
+    received = copies(smtp_server)
+    assert set(received.values()) == {1}
+    rows = await digest_deliveries(session, digest_id)
+    if action == "cancel":
+        assert {d.status for d in rows} <= {DeliveryStatus.sent, DeliveryStatus.skipped}
+        assert sum(d.status == DeliveryStatus.sent for d in rows) == received.total()
+    else:
+        assert {d.status for d in rows} == {DeliveryStatus.sent}

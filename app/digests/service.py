@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -484,3 +484,13 @@ async def list_digests_with_progress(
     digests, total = await list_digests(session, limit=limit, offset=offset)
     progress = await digest_progress(session, digests=digests)
     return [(d, progress[d.id]) for d in digests if d.id is not None], total
+
+
+async def halted_digests(session: AsyncSession, *, digest_ids: Iterable[int]) -> set[int]:
+    """Of these digests, those no longer `sending` (paused, cancelled)."""
+    rows = await session.exec(
+        select(Digest.id).where(
+            col(Digest.id).in_(list(digest_ids)), col(Digest.status) != DigestStatus.sending
+        )
+    )
+    return {digest_id for digest_id in rows.all() if digest_id is not None}

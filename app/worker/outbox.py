@@ -226,3 +226,15 @@ async def release(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    # Rows of a digest cancelled while they were in hand will never be sent: say so.
+    cancelled = select(Digest.id).where(Digest.status == DigestStatus.cancelled)
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.id).in_(ids),
+            col(Delivery.status) == DeliveryStatus.queued,
+            col(Delivery.digest_id).in_(cancelled),
+        )
+        .values(status=DeliveryStatus.skipped, last_error="digest cancelled")
+        .execution_options(synchronize_session=False)
+    )

@@ -34,7 +34,7 @@ from app import metrics
 from app.bounces.service import apply_bounce
 from app.config import Settings
 from app.digests.delivery import RenderCache, compose_digest_delivery
-from app.digests.service import finish_completed_digests, pause_digest
+from app.digests.service import finish_completed_digests, halted_digests, pause_digest
 from app.mail.compose import Recipient, compose_confirmation, list_id_header
 from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
@@ -54,6 +54,7 @@ log = logging.getLogger("app.worker")
 
 RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
 RECORD_DELAY = 0.05  # seconds: and never older than this
+DIGEST_WATCH_SECONDS = 0.5  # how soon a pause or cancel stops the messages already in hand
 
 
 @dataclass(slots=True)
@@ -156,7 +157,10 @@ class Sender:
         self._relay_down_until = 0.0
         self._relay_failures = 0
         self._stopping = asyncio.Event()
-        self._paused_digests: set[int] = set()
+        # Digests this worker paused (broken setup), with when: their rows already in hand are
+        # released, not sent. Only the database can resume them: a claim that started after
+        # the pause and still returns rows of the digest proves it is `sending` again.
+        self._paused_digests: dict[int, float] = {}
         self._renders = RenderCache()
 
     # --- The loop ---------------------------------------------------------------------------
@@ -206,6 +210,7 @@ class Sender:
     # --- Claim and compose ------------------------------------------------------------------
 
     async def _claim_and_compose(self) -> _Batch:
+        claim_started = time.monotonic()
         async with self.sessionmaker() as session:
             claimed = await outbox.claim_batch(
                 session,
@@ -216,6 +221,9 @@ class Sender:
             await session.commit()
         if not claimed:
             return _Batch([], [], [])
+        for digest_id in {c.digest_id for c in claimed if c.digest_id is not None}:
+            if self._paused_digests.get(digest_id, claim_started) < claim_started:
+                del self._paused_digests[digest_id]  # resumed since this worker paused it
         async with self.sessionmaker() as session:
             outgoing, skipped, broken = await self._compose(session, claimed)
             if self.signer is not None and outgoing:
@@ -321,6 +329,8 @@ class Sender:
         lanes = min(self.settings.send_concurrency, len(pending))
         flushing = asyncio.Event()
         ticker = asyncio.create_task(recorder.periodic(flushing))
+        digest_ids = {c.digest_id for c in batch.claimed if c.digest_id is not None}
+        watcher = asyncio.create_task(self._watch_digests(digest_ids, flushing))
         try:
             await asyncio.gather(
                 *(self._lane(pending, recorder, report, unsent) for _ in range(lanes))
@@ -328,6 +338,7 @@ class Sender:
         finally:
             flushing.set()
             await ticker
+            await watcher
             await recorder.flush()
             unsent.extend(item.delivery.id for item in pending)
             if unsent:
@@ -351,6 +362,23 @@ class Sender:
             },
         )
         return report
+
+    async def _watch_digests(self, digest_ids: set[int], done: asyncio.Event) -> None:
+        """An editor's pause or cancel also stops the rows this worker already holds: they are
+        released (a cancelled digest's become skipped) instead of sent."""
+        if not digest_ids:
+            return
+        while not done.is_set():
+            await _sleep_unless(done, DIGEST_WATCH_SECONDS)
+            try:
+                async with self.sessionmaker() as session:
+                    halted = await halted_digests(session, digest_ids=digest_ids)
+            except Exception:  # a database blip: the next look, or the lease, covers it
+                log.warning("could not check the digests' status", exc_info=True)
+                continue
+            now = time.monotonic()
+            for digest_id in halted:
+                self._paused_digests.setdefault(digest_id, now)
 
     async def _lane(
         self, pending: deque[Outgoing], recorder: Recorder, report: BatchReport, unsent: list[int]
@@ -492,7 +520,7 @@ class Sender:
             async with self.sessionmaker() as session:
                 paused = await pause_digest(session, digest_id=digest_id, reason=reason)
                 await session.commit()
-            self._paused_digests.add(digest_id)
+            self._paused_digests[digest_id] = time.monotonic()
             if paused:
                 log.error("digest %s paused: %s", digest_id, reason)
 
