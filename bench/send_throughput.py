@@ -192,21 +192,34 @@ async def reset_send(database_url: str, digest_id: int) -> None:
     await engine.dispose()
 
 
-async def sent_count(database_url: str, digest_id: int) -> tuple[int, int]:
-    engine = make_engine(database_url, pool_size=1, max_overflow=0)
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.text(
-                    "SELECT count(*) FILTER (WHERE status = 'sent'),"
-                    " count(*) FILTER (WHERE status IN ('failed', 'skipped'))"
-                    " FROM delivery WHERE digest_id = :d"
-                ),
-                {"d": digest_id},
-            )
-        ).one()
-    await engine.dispose()
-    return int(row[0]), int(row[1])
+class Progress:
+    """One plain connection, polled twice a second: the measuring must not eat the CPU."""
+
+    def __init__(self, database_url: str, digest_id: int) -> None:
+        self._conn = psycopg.connect(admin_url(database_url), autocommit=True)
+        self._digest_id = digest_id
+
+    def decided(self) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM delivery WHERE digest_id = %s"
+            " AND status IN ('sent', 'failed', 'skipped')",
+            (self._digest_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def sustained_rate(self) -> float:
+        """Messages/s between the first and the last recorded send (no process start-up)."""
+        row = self._conn.execute(
+            "SELECT count(*), extract(epoch FROM max(sent_at) - min(sent_at))"
+            " FROM delivery WHERE digest_id = %s AND status = 'sent'",
+            (self._digest_id,),
+        ).fetchone()
+        if not row or not row[1]:
+            return 0.0
+        return float(row[0]) / float(row[1])
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 # --- Runs -----------------------------------------------------------------------------------
@@ -229,6 +242,7 @@ class Run:
     seconds: float
     rate: float
     peak_rss_mb: float
+    sustained: float = 0.0
 
 
 def run_workers(
@@ -259,14 +273,15 @@ def run_workers(
     peak = 0.0
     done = 0
     last_progress = time.monotonic()
+    progress = Progress(database_url, digest_id)
     try:
         while time.monotonic() - started < TIME_LIMIT:
-            time.sleep(0.25)
+            time.sleep(0.5)
             peak = max([peak, *(peak_rss_mb(p.pid) for p in processes)])
-            sent, other = asyncio.run(sent_count(database_url, digest_id))
-            if sent + other > done:
+            decided = progress.decided()
+            if decided > done:
                 last_progress = time.monotonic()
-            done = sent + other
+            done = decided
             if done >= total:
                 break
             if time.monotonic() - last_progress > STALL_LIMIT:
@@ -277,13 +292,15 @@ def run_workers(
                 )
                 raise RuntimeError(f"a worker exited: {err.decode(errors='replace')[-2000:]}")
         seconds = time.monotonic() - started
+        sustained = progress.sustained_rate()
     finally:
+        progress.close()
         for p in processes:
             peak = max(peak, peak_rss_mb(p.pid))
             p.terminate()
         for p in processes:
             p.wait(timeout=30)
-    return Run(workers, done, seconds, done / seconds, peak)
+    return Run(workers, done, seconds, done / seconds, peak, sustained)
 
 
 def message_size(database_url: str, digest_id: int) -> int:
@@ -394,15 +411,20 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
     print(
         f"send throughput: {args.subscribers:,} messages of {size / 1024:.1f} KiB to smtp-sink on loopback"
     )
-    print(f"{'sender':<24}{'msg/s':>10}{'seconds':>10}{'vs smtp-source':>16}{'peak RSS':>12}")
+    print("msg/s: wall clock from process start; sustained: first to last recorded send")
     print(
-        f"{'smtp-source -d -s 8':<24}{anchor.rate:>10,.0f}{anchor.seconds:>10.1f}{1:>16.2f}{'-':>12}"
+        f"{'sender':<24}{'msg/s':>9}{'sustained':>11}{'seconds':>9}"
+        f"{'vs smtp-source':>16}{'peak RSS':>10}"
+    )
+    print(
+        f"{'smtp-source -d -s 8':<24}{anchor.rate:>9,.0f}{'':>11}{anchor.seconds:>9.1f}"
+        f"{1:>16.2f}{'-':>10}"
     )
     for run in runs:
         label = f"newsletter x{run.workers} (c={args.concurrency})"
         print(
-            f"{label:<24}{run.rate:>10,.0f}{run.seconds:>10.1f}"
-            f"{run.rate / anchor.rate:>16.2f}{run.peak_rss_mb:>10.0f}MB"
+            f"{label:<24}{run.rate:>9,.0f}{run.sustained:>11,.0f}{run.seconds:>9.1f}"
+            f"{run.rate / anchor.rate:>16.2f}{run.peak_rss_mb:>8.0f}MB"
         )
     target = 0.35 * anchor.rate
     verdict = "meets" if runs[-1].rate >= target else "misses"

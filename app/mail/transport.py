@@ -76,7 +76,8 @@ def prepare_data(message: bytes) -> bytes:
 
     Messages built here already use CRLF and rarely have a line starting with ".", so two cheap
     scans replace the two full regex passes a generic client makes over every message."""
-    if b"\n" in message.replace(b"\r\n", b"") or b"\r" in message.replace(b"\r\n", b""):
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:  # a bare CR or LF somewhere
         message = LINE_ENDINGS_REGEX.sub(b"\r\n", message)
     if message.startswith(b".") or b"\n." in message:
         message = PERIOD_REGEX.sub(b"..", message)

@@ -98,6 +98,10 @@ async def claim_batch(
     return claimed
 
 
+def _delivery_table() -> sa.Table:
+    return SQLModel.metadata.tables["delivery"]
+
+
 def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
     # Only the worker whose lease it is may record an outcome: after a takeover the old
     # holder's late answer must not overwrite the new one's.
@@ -113,7 +117,7 @@ async def set_message_ids(session: AsyncSession, *, pairs: Sequence[tuple[int, s
     or a resend can be matched to its delivery."""
     if not pairs:
         return
-    table = SQLModel.metadata.tables["delivery"]  # Core: not the ORM bulk-by-primary-key path
+    table = _delivery_table()  # Core: not the ORM bulk-by-primary-key path
     await session.execute(
         sa.update(table)
         .where(table.c.id == sa.bindparam("delivery_id"))
@@ -127,16 +131,20 @@ async def mark_sent(session: AsyncSession, *, worker_id: str, ids: Sequence[int]
     compiled once and cached: this runs every few messages on the hot path."""
     if not ids:
         return
+    table = _delivery_table()  # Core, not ORM: this is the hot path's only write
     await session.execute(
-        sa.update(Delivery)
-        .where(_held_by(worker_id, ids))
+        sa.update(table)
+        .where(
+            table.c.id.in_(ids),
+            table.c.leased_by == worker_id,
+            table.c.status == DeliveryStatus.sending.value,
+        )
         .values(
-            status=DeliveryStatus.sent,
+            status=DeliveryStatus.sent.value,
             sent_at=utcnow(),
             lease_until=None,
-            attempts=Delivery.attempts + 1,
+            attempts=table.c.attempts + 1,
         )
-        .execution_options(synchronize_session=False)
     )
 
 
