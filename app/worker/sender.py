@@ -98,7 +98,11 @@ def default_worker_id() -> str:
 
 
 class Recorder:
-    """Buffers outcomes and writes them in one short transaction per small group."""
+    """Buffers outcomes; one flusher task writes them in a short transaction per small group.
+
+    Lanes only append and, when a group is full, wake the flusher: they never wait on the
+    database, so an SMTP connection is never idle while a commit is in flight.
+    """
 
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str, report: BatchReport
@@ -107,31 +111,41 @@ class Recorder:
         self.worker_id = worker_id
         self.report = report
         self._sent: list[int] = []
-        self._oldest = 0.0
+        self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    async def sent(self, item: Outgoing) -> None:
-        if not self._sent:
-            self._oldest = time.monotonic()
+    def sent(self, item: Outgoing) -> None:
         self._sent.append(item.delivery.id)
         self.report.sent += 1
-        if len(self._sent) >= RECORD_GROUP or time.monotonic() - self._oldest >= RECORD_DELAY:
-            await self.flush()
+        if len(self._sent) >= RECORD_GROUP:
+            self._full.set()
 
     async def flush(self) -> None:
         async with self._lock:
             if not self._sent:
                 return
             sent, self._sent = self._sent, []
-            async with self.sessionmaker() as session:
-                await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
-                await session.commit()
+            self._full.clear()
+            try:
+                async with self.sessionmaker() as session:
+                    await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
+                    await session.commit()
+            except BaseException:
+                self._sent[:0] = sent  # not recorded yet: keep them for the next flush
+                raise
 
-    async def periodic(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush whenever a group is full, and at least every RECORD_DELAY, until `stop`."""
         while not stop.is_set():
-            await asyncio.sleep(RECORD_DELAY)
-            if self._sent and time.monotonic() - self._oldest >= RECORD_DELAY:
+            try:
+                await asyncio.wait_for(self._full.wait(), timeout=RECORD_DELAY)
+            except TimeoutError:
+                pass
+            try:
                 await self.flush()
+            except Exception:  # kept for the next flush; the lease covers a longer outage
+                log.warning("could not record sent messages yet", exc_info=True)
+                await asyncio.sleep(RECORD_DELAY)
 
 
 class Sender:
@@ -328,7 +342,7 @@ class Sender:
         unsent: list[int] = []
         lanes = min(self.settings.send_concurrency, len(pending))
         flushing = asyncio.Event()
-        ticker = asyncio.create_task(recorder.periodic(flushing))
+        ticker = asyncio.create_task(recorder.run(flushing))
         digest_ids = {c.digest_id for c in batch.claimed if c.digest_id is not None}
         watcher = asyncio.create_task(self._watch_digests(digest_ids, flushing))
         try:
@@ -417,7 +431,7 @@ class Sender:
                 self._setup_errors = 0
                 self._relay_failures = 0
                 used += 1
-                await recorder.sent(item)
+                recorder.sent(item)
                 if used >= self.settings.smtp_messages_per_connection:
                     await connection.close()
                     connection = None
