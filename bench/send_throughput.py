@@ -366,7 +366,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--subscribers", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=8, help="SEND_CONCURRENCY per worker")
+    parser.add_argument("--concurrency", type=int, default=16, help="SEND_CONCURRENCY per worker")
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
