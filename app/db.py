@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -56,13 +57,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def ensure_sqlite_folder(database_url: str) -> None:
+    """A fresh checkout has no var/: create the SQLite file's folder before anything opens it."""
+    url = _url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            from pathlib import Path
-
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_folder(database_url)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -6,6 +6,7 @@ from alembic.config import Config
 
 from alembic import command
 from app.config import ROOT
+from app.db import ensure_sqlite_folder
 
 
 def alembic_config(database_url: str) -> Config:
@@ -17,4 +18,5 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    ensure_sqlite_folder(database_url)
     command.upgrade(alembic_config(database_url), revision)

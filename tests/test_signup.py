@@ -319,3 +319,12 @@ async def test_embedded_default_writes_mail_to_a_maildir(database_url: str, tmp_
     [message] = list(box)
     assert message["To"] == "local@example.org"
     assert "/confirm/" in message.as_string()
+
+
+def test_migrate_creates_the_sqlite_folder(tmp_path: Path) -> None:
+    """`make run` on a fresh checkout: var/ does not exist yet."""
+    from app import migrations
+
+    database = tmp_path / "fresh" / "var" / "newsletter.db"
+    migrations.upgrade(f"sqlite:///{database}")
+    assert database.exists()
