@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     confirmation_min_interval_minutes: int = Field(default=10, ge=0)
     confirmation_max_per_day: int = Field(default=5, ge=1)
     rate_limit_signup: str = "10/minute;100/hour"
+    # Accepted signups are answered no sooner than this, whatever the address's status, so the
+    # response time does not tell a new address from a subscribed one.
+    signup_min_answer_ms: int = Field(default=250, ge=0, le=5000)
     rate_limit_storage_uri: str = "memory://"
     trust_forwarded_for: bool = False
     max_request_bytes: int = Field(default=1_000_000, ge=1024)

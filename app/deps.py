@@ -34,7 +34,9 @@ def client_ip(request: Request) -> str:
     if settings.trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
+            # The rightmost entry is the one our proxy wrote; anything left of it came from the
+            # client and could be made up to dodge the rate limit or forge the consent record.
+            return forwarded.split(",")[-1].strip()[:64] or "unknown"
     return request.client.host if request.client else "unknown"
 
 

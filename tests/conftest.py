@@ -130,6 +130,7 @@ def make_settings(
         "mail_from": "Dzaleu <newsletter@dzaleu.test>",
         "maildir_path": tmp_path / "maildir",
         "rate_limit_signup": "1000/minute",
+        "signup_min_answer_ms": 0,  # tests/test_signup.py checks the floor on its own
         "send_retry_base_seconds": 0.05,
         "send_retry_max_seconds": 0.2,
         "worker_poll_seconds": 0.05,

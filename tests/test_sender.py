@@ -73,10 +73,10 @@ async def test_relay_denied_is_not_a_bounce(
     smtp_server.faults.rcpt["reader0@example.org"] = "554 5.7.1 Relay access denied"
     report = await send_one_batch(app)
     assert report.failed == 0
-    assert report.released == 1
+    assert report.retried == 1
     [row] = await deliveries(session)
     assert row.status == DeliveryStatus.queued
-    assert row.attempts == 0
+    assert row.attempts == 1  # counted against this delivery: it cannot be retried forever
     subscriber = await session.get(Subscriber, row.subscriber_id)
     assert subscriber is not None
     assert subscriber.status == SubscriberStatus.pending
@@ -357,3 +357,80 @@ async def test_a_line_starting_with_a_dot_arrives_intact(
     await connection.close()
     [received] = smtp_server.received
     assert received.data.replace(b"\r\n", b"\n").endswith(b".leading dot\n..two\n.\nend\n")
+
+
+async def test_a_policy_refusal_of_one_recipient_ends_failed_without_a_bounce(
+    app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    app.state.settings.send_max_attempts = 3
+    await queue_confirmations(session, app.state.tokens, 2)
+    smtp_server.faults.rcpt["reader0@example.org"] = "550 5.7.1 Access denied, banned sender"
+    for _ in range(60):
+        await drain_outbox(app)
+        if (await deliveries(session))[0].status == DeliveryStatus.failed:
+            break
+        await asyncio.sleep(0.05)
+    blocked, other = await deliveries(session)
+    assert blocked.status == DeliveryStatus.failed
+    assert blocked.attempts == 3
+    assert "5.7.1" in (blocked.last_error or "")
+    assert other.status == DeliveryStatus.sent
+    subscriber = await session.get(Subscriber, blocked.subscriber_id)
+    assert subscriber is not None
+    assert subscriber.status == SubscriberStatus.pending  # our reputation, not their mailbox
+
+
+async def test_a_batch_slower_than_its_lease_is_not_sent_twice(
+    app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    """Leases are renewed while a batch is on the wire: a slow send is never taken over."""
+    settings = app.state.settings
+    settings.send_lease_seconds = 1
+    settings.send_batch_size = 10
+    # 10 messages at 4/s (a burst of 4, then one every 0.25 s) take ~1.5 s: the next batch,
+    # claimed while this one is on the wire, outlives its lease before its turn comes.
+    settings.send_rate_per_second = 4
+    await queue_confirmations(session, app.state.tokens, 20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_sender(app).run(stop))
+    for _ in range(300):
+        await asyncio.sleep(0.05)
+        if len(received_counts(smtp_server)) == 20:
+            break
+    await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    counts = received_counts(smtp_server)
+    assert len(counts) == 20
+    assert set(counts.values()) == {1}
+
+
+async def test_a_reader_who_leaves_while_the_worker_holds_their_copy_does_not_get_it(
+    app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    from app.worker import outbox
+
+    settings = app.state.settings
+    settings.send_concurrency = 1
+    ids = await queue_confirmations(session, app.state.tokens, 30)
+    smtp_server.faults.delay_seconds = 0.05  # the batch takes ~1.5 s
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_sender(app).run(stop))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if received_counts(smtp_server).total() >= 3:
+            break
+    # The last reader leaves (as unsubscribe, a bounce or an erasure do) while the worker holds
+    # the copy.
+    await outbox.skip_subscriber_deliveries(session, subscriber_id=ids[-1], why="unsubscribed")
+    await session.commit()
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if received_counts(smtp_server).total() >= 29:
+            break
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    counts = received_counts(smtp_server)
+    assert "reader29@example.org" not in counts
+    assert len(counts) == 29

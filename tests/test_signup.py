@@ -328,3 +328,44 @@ def test_migrate_creates_the_sqlite_folder(tmp_path: Path) -> None:
     database = tmp_path / "fresh" / "var" / "newsletter.db"
     migrations.upgrade(f"sqlite:///{database}")
     assert database.exists()
+
+
+async def test_answer_time_does_not_reveal_a_subscribed_address(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    import time
+
+    app.state.settings.signup_min_answer_ms = 200
+    await make_subscriber(session, app.state.tokens, email="known@example.org")
+    timings = {}
+    for email in ("known@example.org", "fresh@example.org"):
+        started = time.perf_counter()
+        r = await client.post("/api/v1/subscriptions", json={"email": email})
+        timings[email] = time.perf_counter() - started
+        assert r.status_code == 202
+        started = time.perf_counter()
+        r = await client.post("/subscribe", data={"email": email})
+        timings[email + " form"] = time.perf_counter() - started
+    assert min(timings.values()) >= 0.2
+    assert max(timings.values()) - min(timings.values()) < 0.1
+
+
+async def test_forwarded_for_uses_the_entry_our_proxy_wrote(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    from app.ratelimit import RateLimiter
+
+    app.state.settings.trust_forwarded_for = True
+    app.state.signup_limiter = RateLimiter("2/minute", "memory://")
+    codes = []
+    for i in range(4):  # the client makes up a new leftmost address each time
+        r = await client.post(
+            "/api/v1/subscriptions",
+            json={"email": f"x{i}@example.org"},
+            headers={"x-forwarded-for": f"10.0.0.{i}, 198.51.100.9"},
+        )
+        codes.append(r.status_code)
+    assert codes == [202, 202, 429, 429]
+    subscriber = (await session.exec(select(Subscriber))).first()
+    assert subscriber is not None
+    assert subscriber.consent_ip == "198.51.100.9"

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -25,7 +24,6 @@ from app.models import (
     BounceEvent,
     BounceType,
     Delivery,
-    DeliveryStatus,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
@@ -33,6 +31,7 @@ from app.models import (
 )
 from app.security import Tokens
 from app.subscriptions.service import InvalidEmail, normalize_email
+from app.worker import outbox
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=30)
@@ -50,20 +49,6 @@ class BounceOutcome:
     subscriber_id: int
     status: str
     changed: bool  # the status changed because of this event
-
-
-async def skip_queued_deliveries(session: AsyncSession, *, subscriber_id: int, why: str) -> None:
-    """Nothing queued for this subscriber goes out any more (rows the sender holds are
-    re-checked by the sender itself before it sends)."""
-    await session.execute(
-        sa.update(Delivery)
-        .where(
-            col(Delivery.subscriber_id) == subscriber_id,
-            col(Delivery.status) == DeliveryStatus.queued,
-        )
-        .values(status=DeliveryStatus.skipped, last_error=why)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def apply_bounce(
@@ -132,7 +117,9 @@ async def apply_bounce(
             created_at=now,
         )
     )
-    await skip_queued_deliveries(session, subscriber_id=subscriber.id, why=str(new_status))
+    await outbox.skip_subscriber_deliveries(
+        session, subscriber_id=subscriber.id, why=str(new_status)
+    )
     await session.flush()
     return BounceOutcome(subscriber.id, new_status, changed=True)
 

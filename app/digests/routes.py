@@ -266,7 +266,8 @@ async def _control(
 async def pause(
     digest_id: IdPath, session: SessionDep, _editor: EditorDep
 ) -> Response | DigestPublic:
-    """Stop a send (`sending` -> `paused`): queued copies wait; the ones a worker holds finish."""
+    """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
+    they hold within half a second (only messages already on the wire still go out)."""
     return await _control(session, digest_id, service.pause_send)
 
 

@@ -304,7 +304,8 @@ async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) ->
 
 
 async def pause_send(session: AsyncSession, *, digest_id: int) -> Digest:
-    """An editor's pause: rows a worker already holds finish or go back to the queue."""
+    """An editor's pause: rows a worker already holds go back to the queue within half a second
+    (the worker checks its digests while a batch is on the wire)."""
     if not await pause_digest(session, digest_id=digest_id, reason=EDITOR_PAUSE_REASON):
         raise await _conflict(session, digest_id=digest_id, action="pause", allowed=["sending"])
     return await _reloaded(session, digest_id)
@@ -339,7 +340,8 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
 
 async def cancel_send(session: AsyncSession, *, digest_id: int) -> Digest:
     """`draft`, `sending` or `paused` -> `cancelled`; every delivery still waiting is skipped,
-    in the same transaction. Rows a worker holds right now finish (at most one batch)."""
+    in the same transaction. Rows a worker holds right now are skipped as it lets go of them,
+    within half a second; only messages already on the wire still go out."""
     now = utcnow()
     result = await session.execute(
         sa.update(Digest)

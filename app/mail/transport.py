@@ -31,12 +31,21 @@ class SendError(Exception):
     `recipient`: the recipient's mailbox is at fault (a hard bounce), not our setup.
     """
 
-    def __init__(self, reply: str, *, code: int | None, permanent: bool, recipient: bool) -> None:
+    def __init__(
+        self,
+        reply: str,
+        *,
+        code: int | None,
+        permanent: bool,
+        recipient: bool,
+        stage: str = "session",
+    ) -> None:
         super().__init__(reply)
         self.reply = reply[:2000]
         self.code = code
         self.permanent = permanent
         self.recipient = recipient
+        self.stage = stage  # connect | mail | rcpt | data | session
 
 
 class Connection(Protocol):
@@ -67,8 +76,8 @@ def classify_rcpt_reply(code: int, message: str) -> SendError:
         setup_fault = bool(enhanced and enhanced.group(2) in ("3", "4", "7")) or (
             "relay" in message.lower() or "authentication" in message.lower()
         )
-        return SendError(reply, code=code, permanent=True, recipient=not setup_fault)
-    return SendError(reply, code=code, permanent=False, recipient=True)
+        return SendError(reply, code=code, permanent=True, recipient=not setup_fault, stage="rcpt")
+    return SendError(reply, code=code, permanent=False, recipient=True, stage="rcpt")
 
 
 def prepare_data(message: bytes) -> bytes:

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.bounces.service import skip_queued_deliveries
 from app.models import (
     BounceEvent,
     Delivery,
@@ -21,6 +20,7 @@ from app.models import (
 )
 from app.security import Tokens
 from app.subscriptions.service import InvalidEmail, normalize_email
+from app.worker import outbox
 
 # Events whose detail may quote the address or a provider's reply naming it.
 _EVENTS_WITH_FREE_TEXT = ("hard_bounce", "soft_bounce", "complaint", "bounced", "complained")
@@ -166,7 +166,7 @@ async def erase_subscriber(
         .values(to_address=None, last_error=None)
         .execution_options(synchronize_session=False)
     )
-    await skip_queued_deliveries(session, subscriber_id=subscriber.id, why="erased")
+    await outbox.skip_subscriber_deliveries(session, subscriber_id=subscriber.id, why="erased")
     session.add(
         SubscriberEvent(subscriber_id=subscriber.id, event="erased", detail=f"was {previous}")
     )

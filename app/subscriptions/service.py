@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
@@ -18,7 +17,6 @@ from app.models import (
     ConsentSource,
     Delivery,
     DeliveryKind,
-    DeliveryStatus,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
@@ -26,6 +24,7 @@ from app.models import (
     utcnow,
 )
 from app.security import TokenError, Tokens
+from app.worker import outbox
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -208,15 +207,9 @@ async def unsubscribe(
         session.add(subscriber)
         session.add(_event(subscriber.id, "unsubscribed", how))
         metrics.count_unsubscribe()
-    # From this moment nothing more goes out, including what is already queued.
-    await session.execute(
-        sa.update(Delivery)
-        .where(
-            col(Delivery.subscriber_id) == subscriber.id,
-            col(Delivery.status) == DeliveryStatus.queued,
-        )
-        .values(status=DeliveryStatus.skipped, last_error="unsubscribed")
-        .execution_options(synchronize_session=False)
+    # From this moment nothing more goes out, including what is queued or in a worker's hands.
+    await outbox.skip_subscriber_deliveries(
+        session, subscriber_id=subscriber.id, why="unsubscribed"
     )
     await session.flush()
     return subscriber

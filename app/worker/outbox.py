@@ -246,3 +246,46 @@ async def release(
         .values(status=DeliveryStatus.skipped, last_error="digest cancelled")
         .execution_options(synchronize_session=False)
     )
+
+
+async def renew_leases(session: AsyncSession, *, worker_id: str, lease_seconds: int) -> None:
+    """Extend every lease this worker holds: rows still being sent are never taken over."""
+    await session.execute(
+        sa.update(Delivery)
+        .where(col(Delivery.leased_by) == worker_id, col(Delivery.status) == DeliveryStatus.sending)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def no_longer_held(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> set[int]:
+    """Of these claimed rows, those this worker must not send any more: skipped meanwhile
+    (unsubscribe, bounce, erasure, cancel) or taken over after an expired lease."""
+    if not ids:
+        return set()
+    rows = await session.exec(
+        select(Delivery.id).where(
+            col(Delivery.id).in_(ids),
+            or_(
+                col(Delivery.status) != DeliveryStatus.sending, col(Delivery.leased_by) != worker_id
+            ),
+        )
+    )
+    return {i for i in rows.all() if i is not None}
+
+
+async def skip_subscriber_deliveries(
+    session: AsyncSession, *, subscriber_id: int, why: str
+) -> None:
+    """Nothing more goes out to this subscriber (unsubscribe, bounce, erasure): queued rows, and
+    rows a worker holds, which it checks twice a second and drops; only a message already on
+    the wire can still leave."""
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.subscriber_id) == subscriber_id,
+            col(Delivery.status).in_([DeliveryStatus.queued, DeliveryStatus.sending]),
+        )
+        .values(status=DeliveryStatus.skipped, last_error=why[:2000], lease_until=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -101,22 +101,20 @@ class Recorder:
     """Buffers outcomes; one flusher task writes them in a short transaction per small group.
 
     Lanes only append and, when a group is full, wake the flusher: they never wait on the
-    database, so an SMTP connection is never idle while a commit is in flight.
+    database, so an SMTP connection is never idle while a commit is in flight. One recorder
+    lives as long as its worker: what a failed commit could not record is kept for the next.
     """
 
-    def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str, report: BatchReport
-    ) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str) -> None:
         self.sessionmaker = sessionmaker
         self.worker_id = worker_id
-        self.report = report
         self._sent: list[int] = []
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    def sent(self, item: Outgoing) -> None:
+    def sent(self, item: Outgoing, report: BatchReport) -> None:
         self._sent.append(item.delivery.id)
-        self.report.sent += 1
+        report.sent += 1
         if len(self._sent) >= RECORD_GROUP:
             self._full.set()
 
@@ -176,6 +174,9 @@ class Sender:
         # the pause and still returns rows of the digest proves it is `sending` again.
         self._paused_digests: dict[int, float] = {}
         self._renders = RenderCache()
+        self._recorder = Recorder(sessionmaker, self.worker_id)
+        # Held rows that are no longer ours to send (the reader left, a bounce, a takeover).
+        self._revoked: set[int] = set()
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -211,6 +212,10 @@ class Sender:
                 except Exception:
                     log.exception("could not release the prefetched batch; its lease will expire")
             await self._close_idle()
+            try:
+                await self._recorder.flush()
+            except Exception:
+                log.exception("could not record the last sent messages; they may be resent")
             log.info("worker %s stopped", self.worker_id)
 
     async def run_batch(self) -> BatchReport:
@@ -337,27 +342,33 @@ class Sender:
     async def _deliver(self, batch: _Batch) -> BatchReport:
         started = time.perf_counter()
         report = BatchReport(claimed=len(batch.claimed), skipped=len(batch.skipped))
-        recorder = Recorder(self.sessionmaker, self.worker_id, report)
+        recorder = self._recorder
         pending = deque(batch.outgoing)
         unsent: list[int] = []
         lanes = min(self.settings.send_concurrency, len(pending))
-        flushing = asyncio.Event()
-        ticker = asyncio.create_task(recorder.run(flushing))
-        digest_ids = {c.digest_id for c in batch.claimed if c.digest_id is not None}
-        watcher = asyncio.create_task(self._watch_digests(digest_ids, flushing))
+        done = asyncio.Event()
+        ticker = asyncio.create_task(recorder.run(done))
+        watcher = asyncio.create_task(self._watch(batch, done))
         try:
             await asyncio.gather(
                 *(self._lane(pending, recorder, report, unsent) for _ in range(lanes))
             )
         finally:
-            flushing.set()
+            done.set()
             await ticker
             await watcher
-            await recorder.flush()
+            try:
+                await recorder.flush()
+            except Exception:  # kept by the recorder; the next batch's flusher tries again
+                log.warning("could not record this batch's sent messages yet", exc_info=True)
             unsent.extend(item.delivery.id for item in pending)
             if unsent:
-                await self._release(unsent, reason=None)
-                report.released += len(unsent)
+                try:
+                    await self._release(unsent, reason=None)
+                    report.released += len(unsent)
+                except Exception:  # their lease runs out and another claim takes them
+                    log.warning("could not give unsent messages back", exc_info=True)
+            self._revoked.difference_update(c.id for c in batch.claimed)
         if any(c.digest_id for c in batch.claimed):
             await _finish_completed_digests(self.sessionmaker)
         log.info(
@@ -377,18 +388,36 @@ class Sender:
         )
         return report
 
-    async def _watch_digests(self, digest_ids: set[int], done: asyncio.Event) -> None:
-        """An editor's pause or cancel also stops the rows this worker already holds: they are
-        released (a cancelled digest's become skipped) instead of sent."""
-        if not digest_ids:
-            return
+    async def _watch(self, batch: _Batch, done: asyncio.Event) -> None:
+        """While a batch is on the wire, twice a second: an editor's pause or cancel stops the
+        rows this worker holds (released; a cancelled digest's become skipped), and rows that
+        stopped being ours (the reader left or bounced) are dropped. Every third of a lease,
+        the leases of everything this worker holds (the prefetched batch too) are renewed, so
+        a slow batch is never taken over while it is still being sent."""
+        digest_ids = {c.digest_id for c in batch.claimed if c.digest_id is not None}
+        held = [o.delivery.id for o in batch.outgoing]
+        renew_every = max(DIGEST_WATCH_SECONDS, self.settings.send_lease_seconds / 3)
+        renewed = time.monotonic()
         while not done.is_set():
             await _sleep_unless(done, DIGEST_WATCH_SECONDS)
+            if done.is_set():
+                return
             try:
                 async with self.sessionmaker() as session:
                     halted = await halted_digests(session, digest_ids=digest_ids)
-            except Exception:  # a database blip: the next look, or the lease, covers it
-                log.warning("could not check the digests' status", exc_info=True)
+                    self._revoked.update(
+                        await outbox.no_longer_held(session, worker_id=self.worker_id, ids=held)
+                    )
+                    if time.monotonic() - renewed >= renew_every:
+                        await outbox.renew_leases(
+                            session,
+                            worker_id=self.worker_id,
+                            lease_seconds=self.settings.send_lease_seconds,
+                        )
+                        await session.commit()
+                        renewed = time.monotonic()
+            except Exception:  # a database blip: the next look covers it
+                log.warning("could not check the batch's status", exc_info=True)
                 continue
             now = time.monotonic()
             for digest_id in halted:
@@ -404,6 +433,8 @@ class Sender:
                 if self._stopping.is_set() or time.monotonic() < self._relay_down_until:
                     return  # what is left in `pending` is released by _deliver
                 item = pending.popleft()
+                if item.delivery.id in self._revoked:
+                    continue  # skipped meanwhile (unsubscribe, bounce, erasure): not ours now
                 if item.delivery.digest_id in self._paused_digests:
                     unsent.append(item.delivery.id)
                     continue
@@ -431,7 +462,7 @@ class Sender:
                 self._setup_errors = 0
                 self._relay_failures = 0
                 used += 1
-                recorder.sent(item)
+                recorder.sent(item, report)
                 if used >= self.settings.smtp_messages_per_connection:
                     await connection.close()
                     connection = None
@@ -472,10 +503,22 @@ class Sender:
 
     async def _send_failed(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         report.errors.append(exc.reply)
-        if exc.permanent and not exc.recipient:
+        if exc.permanent and not exc.recipient and exc.stage != "rcpt":
             await self._setup_error(item, exc, report)
             return
         async with self.sessionmaker() as session:
+            if exc.permanent and not exc.recipient:
+                # A policy refusal of one recipient (5.7.x): maybe that domain blocks us, maybe
+                # our relay refuses everyone. Counted against this delivery (failed after the
+                # last attempt, never a bounce) and toward pausing the digest.
+                if await self._retry_or_fail(session, item.delivery, exc.reply):
+                    report.retried += 1
+                else:
+                    report.failed += 1
+                await session.commit()
+                self._setup_errors += 1
+                await self._pause_if_setup_broken(item, exc)
+                return
             if exc.permanent:
                 # 5xx on the recipient (550 no such user...): a hard bounce, never retried.
                 await outbox.mark_failed(
@@ -525,6 +568,10 @@ class Sender:
             [item.delivery.id], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
         )
         report.released += 1
+        await self._pause_if_setup_broken(item, exc)
+
+    async def _pause_if_setup_broken(self, item: Outgoing, exc: SendError) -> None:
+        """Past SEND_PAUSE_AFTER_PERMANENT_ERRORS in a row, the digest is paused with the reason."""
         digest_id = item.delivery.digest_id
         if self._setup_errors >= self.settings.send_pause_after_permanent_errors and digest_id:
             reason = (
