@@ -41,7 +41,9 @@ def client_ip(request: Request) -> str:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the commit happens before the response is sent, so a client never gets a
+# success for data that then failed to commit, and no lock outlives the handler.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 TokensDep = Annotated[Tokens, Depends(get_tokens)]
 ClientIpDep = Annotated[str, Depends(client_ip)]
 

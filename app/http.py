@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -97,6 +99,34 @@ class ScopedCORS:
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class MinimumAnswerTime:
+    """Successful signups are answered no sooner than `seconds` after the request arrived.
+
+    A new address costs an insert and an outbox row, a subscribed one almost nothing: without a
+    floor, response time would tell them apart. The wait happens here, after the handler and
+    its transaction are done, so no database lock is held while it lasts."""
+
+    def __init__(self, app: ASGIApp, *, paths: Sequence[str], seconds: Callable[[], float]) -> None:
+        self.app = app
+        self.paths = tuple(paths)
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+
+        async def delayed_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 300:
+                remaining = self.seconds() - (time.monotonic() - started)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+            await send(message)
+
+        await self.app(scope, receive, delayed_send)
 
 
 class SecurityHeaders:

@@ -19,7 +19,7 @@ from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.digests import routes as digest_routes
-from app.http import BodySizeLimit, ScopedCORS, SecurityHeaders
+from app.http import BodySizeLimit, MinimumAnswerTime, ScopedCORS, SecurityHeaders
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
@@ -133,5 +133,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
     app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)
+    app.add_middleware(
+        MinimumAnswerTime,
+        paths=("/subscribe", "/api/v1/subscriptions"),
+        seconds=lambda: app.state.settings.signup_min_answer_ms / 1000,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -11,7 +9,6 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import openapi
-from app.config import Settings
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.models import ConsentSource, Language
 from app.ratelimit import RateLimiter
@@ -22,14 +19,6 @@ from app.web.templates import render_page
 
 pages = APIRouter(tags=["public pages"], include_in_schema=True)
 api = APIRouter(prefix="/api/v1", tags=["public"])
-
-
-async def _answer_no_sooner(settings: Settings, started: float) -> None:
-    """Pad the answer to SIGNUP_MIN_ANSWER_MS: a new address costs an insert and an outbox row,
-    a subscribed one nothing, and that difference must not show."""
-    remaining = settings.signup_min_answer_ms / 1000 - (time.perf_counter() - started)
-    if remaining > 0:
-        await asyncio.sleep(remaining)
 
 
 async def signup_rate_limit(request: Request, ip: ClientIpDep) -> None:
@@ -73,7 +62,6 @@ async def create_subscription(
 ) -> SubscriptionAccepted:
     """Start double opt-in. The answer is the same whether the address is new, pending or
     already confirmed: this endpoint never tells who is subscribed."""
-    started = time.perf_counter()
     try:
         email = service.normalize_email(
             body.email, check_deliverability=settings.email_check_deliverability
@@ -92,9 +80,7 @@ async def create_subscription(
             ]
         ) from exc
     if body.website:
-        # A bot filled the honeypot: look successful, store nothing.
-        await _answer_no_sooner(settings, started)
-        return SubscriptionAccepted()
+        return SubscriptionAccepted()  # a bot filled the honeypot: look successful, store nothing
     await service.signup(
         session,
         settings=settings,
@@ -108,7 +94,6 @@ async def create_subscription(
             language=body.language,
         ),
     )
-    await _answer_no_sooner(settings, started)
     return SubscriptionAccepted()
 
 
@@ -135,7 +120,6 @@ async def subscribe_submit(
     language: Annotated[str, Form(max_length=20)] = "",
     website: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
-    started = time.perf_counter()
     lang = request_language(request, language)
     t = STRINGS[lang]
     errors: dict[str, str] = {}
@@ -171,7 +155,6 @@ async def subscribe_submit(
                 language=lang,
             ),
         )
-    await _answer_no_sooner(settings, started)
     return render_page(
         request, "message.html", lang=lang, title=t["check_title"], body=t["check_body"]
     )
