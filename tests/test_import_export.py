@@ -188,6 +188,22 @@ async def test_export_streams_csv_without_erased(
     assert confirmed[0]["name"] == "Amélie Koné"
 
 
+async def test_import_reports_addresses_needing_smtputf8_by_line(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    path = tmp_path / "accents.csv"
+    path.write_text(
+        "email,name\njosé@exemple.fr,José\njose@exémple.fr,Jose\nçava@exemple.fr,\n",
+        encoding="utf-8",
+    )
+    parsed = read_import_file(path, tokens=app.state.tokens)
+    assert parsed.errors == [
+        (2, "invalid email 'josé@exemple.fr': this address needs SMTPUTF8, which is not supported"),
+        (4, "invalid email 'çava@exemple.fr': this address needs SMTPUTF8, which is not supported"),
+    ]
+    assert [row.email for row in parsed.rows] == ["jose@xn--exmple-cva.fr"]
+
+
 async def test_export_defuses_formulas_and_import_reads_them_back(
     app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
 ) -> None:

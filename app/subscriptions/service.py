@@ -35,17 +35,35 @@ class InvalidEmail(ValueError):
 
 
 def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
-    """Validate syntax (and DNS if asked); return the lower-cased form used for uniqueness."""
+    """Validate syntax (and DNS if asked); return the lower-cased ASCII form used for uniqueness
+    and sending (an internationalised domain becomes punycode, `xn--...`).
+
+    A non-ASCII local part (`josé@...`) is refused: it can only be delivered with SMTPUTF8
+    (RFC 6531), which the sender does not speak, so accepting it would queue undeliverable mail.
+    """
     raw = raw.strip()
     if not raw:
         raise InvalidEmail("enter an email address")
     if len(raw) > 320 or _CONTROL.search(raw):
         raise InvalidEmail("this email address is not valid")
     try:
-        result = validate_email(raw, check_deliverability=check_deliverability)
+        result = validate_email(
+            raw, check_deliverability=check_deliverability, allow_smtputf8=False
+        )
     except EmailNotValidError as exc:
+        if not raw.rpartition("@")[0].isascii() and _valid_with_smtputf8(raw):
+            raise InvalidEmail("this address needs SMTPUTF8, which is not supported") from exc
         raise InvalidEmail(str(exc)) from exc
-    return result.normalized.lower()
+    assert result.ascii_email is not None  # always set when SMTPUTF8 is not allowed
+    return result.ascii_email.lower()
+
+
+def _valid_with_smtputf8(raw: str) -> bool:
+    try:
+        validate_email(raw, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
 
 
 def clean_name(raw: str | None) -> str | None:
