@@ -33,7 +33,7 @@ from app.models import (
     utcnow,
 )
 from app.security import Tokens
-from app.subscriptions.service import InvalidEmail, normalize_email
+from app.subscriptions.service import subscriber_by_email
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=30)
@@ -156,23 +156,6 @@ async def apply_bounce(
     return BounceOutcome(subscriber.id, new_status, changed=True)
 
 
-async def _by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
-    try:
-        normalized = normalize_email(email)
-    except InvalidEmail:
-        return None
-    subscriber = (
-        await session.exec(
-            select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(normalized))
-        )
-    ).first()
-    # An erased subscriber is already suppressed; storing a fresh reason would store personal
-    # data again, so they are treated like an unknown address.
-    if subscriber is None or subscriber.erased_at is not None:
-        return None
-    return subscriber
-
-
 async def report_bounce(
     session: AsyncSession,
     *,
@@ -183,7 +166,11 @@ async def report_bounce(
     source: str,
 ) -> BounceOutcome | None:
     """A bounce reported by address (API, webhook). Unknown addresses: None, nothing stored."""
-    subscriber = await _by_email(session, tokens=tokens, email=email)
+    # An erased subscriber is already suppressed; storing a fresh reason would store personal
+    # data again, so they are treated like an unknown address.
+    subscriber = await subscriber_by_email(
+        session, tokens=tokens, email=email, include_erased=False
+    )
     if subscriber is None:
         return None
     outcome = await apply_bounce(
@@ -231,7 +218,9 @@ async def match_report(
             if subscriber is not None:
                 return subscriber
     for address in report.recipients:
-        subscriber = await _by_email(session, tokens=tokens, email=address)
+        subscriber = await subscriber_by_email(
+            session, tokens=tokens, email=address, include_erased=False
+        )
         if subscriber is not None:
             return subscriber
     return None

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
 from app.config import Settings
+from app.mail.message import CONTROL_CHARACTERS
 from app.models import (
     ConsentSource,
     Delivery,
@@ -26,8 +26,6 @@ from app.models import (
     utcnow,
 )
 from app.security import TokenError, Tokens
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class InvalidEmail(ValueError):
@@ -44,7 +42,7 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
     raw = raw.strip()
     if not raw:
         raise InvalidEmail("enter an email address")
-    if len(raw) > 320 or _CONTROL.search(raw):
+    if len(raw) > 320 or CONTROL_CHARACTERS.search(raw):
         raise InvalidEmail("this email address is not valid")
     try:
         result = validate_email(
@@ -70,7 +68,7 @@ def clean_name(raw: str | None) -> str | None:
     """Names reach headers and bodies: control characters (CR/LF...) become spaces."""
     if raw is None:
         return None
-    name = " ".join(_CONTROL.sub(" ", raw).split())
+    name = " ".join(CONTROL_CHARACTERS.sub(" ", raw).split())
     return name[:200] or None
 
 
@@ -86,12 +84,26 @@ class Consent:
     language: str
 
 
-async def find_by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
-    """`email` must already be normalised."""
-    result = await session.exec(
-        select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(email))
-    )
-    return result.first()
+async def _by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
+    return (
+        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
+    ).first()
+
+
+async def subscriber_by_email(
+    session: AsyncSession, *, tokens: Tokens, email: str, include_erased: bool
+) -> Subscriber | None:
+    """The subscriber with this address (as typed: it is normalised here), found through the
+    keyed hash, so an erased subscriber is found too when `include_erased`. None for an unknown
+    or invalid address."""
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail:
+        return None
+    subscriber = await _by_hash(session, tokens.email_hash(normalized))
+    if subscriber is not None and subscriber.erased_at is not None and not include_erased:
+        return None
+    return subscriber
 
 
 async def _confirmation_allowed(
@@ -126,9 +138,7 @@ async def signup(
     metrics.count_signup(consent.source)
     email_hash = tokens.email_hash(email)
     now = utcnow()
-    subscriber = (
-        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
-    ).first()
+    subscriber = await _by_hash(session, email_hash)
     if subscriber is None:
         candidate = Subscriber(email=email, email_hash=email_hash, name=name)
         try:
@@ -139,9 +149,8 @@ async def signup(
             subscriber = candidate
             new = True
         except IntegrityError:
-            subscriber = (
-                await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
-            ).one()
+            subscriber = await _by_hash(session, email_hash)
+            assert subscriber is not None  # the row that won the race
             new = False
     else:
         new = False
@@ -254,10 +263,3 @@ async def resubscribe(session: AsyncSession, *, tokens: Tokens, token: str) -> S
         session.add(_event(subscriber.id, "resubscribed"))
         await session.flush()
     return subscriber
-
-
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = (
-        await session.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status))
-    ).all()
-    return {status: count for status, count in rows}
