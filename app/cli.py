@@ -193,9 +193,14 @@ def _tokens(settings: Settings) -> Tokens:
 @bounces_cli.command("process")
 def bounces_process(
     path: Path = typer.Argument(..., help="A Maildir (with cur/ and new/) or an mbox file."),
+    all_messages: bool = typer.Option(
+        False, "--all", help="Also read Maildir messages already marked seen."
+    ),
 ) -> None:
     """Read returned mail (RFC 3464 bounces, RFC 5965 ARF complaints) and apply it: hard ->
-    bounced, complaint -> complained, soft counted. Unreadable reports are listed, not errors."""
+    bounced, complaint -> complained, soft counted. Unreadable reports are listed, not errors.
+    Safe to run from cron: Maildir messages are marked seen once read, and a report is never
+    applied twice."""
     from rich.console import Console
     from rich.table import Table
 
@@ -204,7 +209,7 @@ def bounces_process(
     settings = load_settings()
     tokens = _tokens(settings)
     try:
-        messages = list(reports.read_messages(path))
+        messages = list(reports.read_messages(path, include_seen=all_messages))
     except (ValueError, OSError) as exc:
         fail(str(exc))
     summary = asyncio.run(
@@ -215,10 +220,16 @@ def bounces_process(
             ),
         )
     )
+    # Only once committed: a run that fails leaves its messages unseen for the next one.
+    try:
+        reports.mark_seen(path, [name for name, _ in messages])
+    except OSError as exc:
+        fail(f"applied, but could not mark the messages seen: {exc}")
     console = Console()
     table = Table(title="Returned mail")
     for column in ("processed", "hard", "soft", "complaints", "unmatched", "unreadable"):
         table.add_column(column, justify="right")
+    table.add_column("already processed", justify="right")
     table.add_row(
         *(
             str(n)
@@ -229,10 +240,16 @@ def bounces_process(
                 summary.complaints,
                 len(summary.unmatched),
                 len(summary.unreadable),
+                summary.already_processed,
             )
         )
     )
     console.print(table)
+    if summary.already_processed:
+        console.print(
+            f"{summary.already_processed} report(s) already processed, not applied again",
+            soft_wrap=True,
+        )
     # One line per message, never wrapped: easy to grep.
     console.print(f"{summary.suppressed} subscriber(s) newly suppressed", soft_wrap=True)
     for name in summary.unmatched:

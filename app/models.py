@@ -239,4 +239,7 @@ class BounceEvent(SQLModel, table=True):
     type: str = Field(max_length=16)
     reason: str | None = Field(default=None, max_length=2000)
     source: str = Field(default="api", max_length=16)
+    # Returned mail only: the report's Message-ID or SHA-256 (app.bounces.reports.report_id);
+    # unique, so that reading the same mailbox again never applies a report twice.
+    report_id: str | None = Field(default=None, max_length=200, unique=True, index=True)
     created_at: datetime = _ts(default_factory=utcnow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import mailbox
 import shutil
 from datetime import timedelta
@@ -318,7 +319,7 @@ async def test_process_maildir_of_returned_mail(
         for line in out.splitlines()
         if line.startswith("│") and line.replace("│", " ").split()[0].isdigit()
     ]
-    assert numbers == [[6, 1, 1, 2, 0, 2]]
+    assert numbers == [[6, 1, 1, 2, 0, 2, 0]]
     assert "not a delivery status or feedback report (text/plain)" in out
 
     statuses = [(await fresh(session, i)).status for i in ids]
@@ -346,6 +347,102 @@ async def test_process_mbox_unmatched_without_verp(
     assert result.exit_code == 0, result.output
     assert "unmatched: returned.mbox#1" in result.stdout  # Aminata is not a subscriber here
     assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 1
+
+
+def summary_numbers(out: str) -> list[int]:
+    """The numbers row of the summary table: processed, hard, soft, complaints, unmatched,
+    unreadable, already processed."""
+    [row] = [
+        [int(n) for n in line.replace("│", " ").split()]
+        for line in out.splitlines()
+        if line.startswith("│") and line.replace("│", " ").split()[0].isdigit()
+    ]
+    return row
+
+
+def test_report_id_is_the_message_id_else_a_hash_of_the_bytes() -> None:
+    raw = (DATA / "postfix-delayed-4.4.1.eml").read_bytes()
+    assert parse_report(raw).report_id == "<4XnS1b6WvLz1xCq.1762857137@mx1.dzaleu.test>"
+    anonymous = raw.replace(b"Message-Id: <4XnS1b6WvLz1xCq.1762857137@mx1.dzaleu.test>\n", b"")
+    assert anonymous != raw
+    report_id = parse_report(anonymous).report_id
+    assert report_id == "sha256:" + hashlib.sha256(anonymous).hexdigest()
+    assert parse_report(anonymous).report_id == report_id
+
+
+async def soft_bounces(session: AsyncSession) -> int:
+    await session.rollback()
+    return (
+        await session.exec(select(func.count()).where(col(BounceEvent.type) == BounceType.soft))
+    ).one()
+
+
+async def test_processing_a_maildir_again_applies_nothing_twice(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    # From cron, every few minutes: one "delayed" warning must stay one soft bounce, not become
+    # the third that bounces a good reader.
+    kofi = await make_subscriber(session, app.state.tokens, email="kofi.mensah@busylink.com.gh")
+    kofi_id = kofi.id
+    maildir = make_maildir(tmp_path / "bounces", [DATA / "postfix-delayed-4.4.1.eml"])
+    command = ["bounces", "process", str(maildir)]
+
+    first = await run_cli(command, cli_env(settings))
+    assert first.exit_code == 0, first.output
+    assert summary_numbers(first.stdout) == [1, 0, 1, 0, 0, 0, 0]
+    assert list((maildir / "new").iterdir()) == []
+    [seen] = (maildir / "cur").iterdir()
+    assert seen.name.endswith(":2,S")
+    assert (
+        mailbox.Maildir(maildir, create=False).get_message(seen.name.split(":")[0]).get_flags()
+        == "S"
+    )
+    assert seen.read_bytes() == (DATA / "postfix-delayed-4.4.1.eml").read_bytes()
+
+    second = await run_cli(command, cli_env(settings))
+    assert second.exit_code == 0, second.output
+    assert summary_numbers(second.stdout) == [0, 0, 0, 0, 0, 0, 0]  # seen: not read again
+
+    everything = await run_cli([*command, "--all"], cli_env(settings))
+    assert everything.exit_code == 0, everything.output
+    assert summary_numbers(everything.stdout) == [1, 0, 0, 0, 0, 0, 1]
+    assert "1 report(s) already processed, not applied again" in everything.stdout
+
+    assert await soft_bounces(session) == 1
+    assert (await fresh(session, kofi_id)).status == SubscriberStatus.confirmed
+    assert [p.name for p in (maildir / "cur").iterdir()] == [seen.name]
+
+
+async def test_processing_an_mbox_again_applies_nothing_twice(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    kofi = await make_subscriber(session, app.state.tokens, email="kofi.mensah@busylink.com.gh")
+    kofi_id = kofi.id
+    delayed = (DATA / "postfix-delayed-4.4.1.eml").read_bytes()
+    anonymous = delayed.replace(b"Message-Id: <4XnS1b6WvLz1xCq.1762857137@mx1.dzaleu.test>\n", b"")
+    box = mailbox.mbox(tmp_path / "returned.mbox")
+    box.add(delayed)
+    box.add(delayed)  # the same report twice in one mailbox
+    box.add(anonymous)  # no Message-ID: known by the SHA-256 of its bytes
+    box.flush()
+    box.close()
+    command = ["bounces", "process", str(tmp_path / "returned.mbox")]
+
+    first = await run_cli(command, cli_env(settings))
+    assert first.exit_code == 0, first.output
+    assert summary_numbers(first.stdout) == [3, 0, 2, 0, 0, 0, 1]
+    for _ in range(2):
+        again = await run_cli(command, cli_env(settings))
+        assert again.exit_code == 0, again.output
+        assert summary_numbers(again.stdout) == [3, 0, 0, 0, 0, 0, 3]
+
+    assert await soft_bounces(session) == 2  # two distinct reports, each once
+    assert (await fresh(session, kofi_id)).status == SubscriberStatus.confirmed
+    ids = (await session.exec(select(BounceEvent.report_id))).all()
+    assert sorted(i or "" for i in ids) == [
+        "<4XnS1b6WvLz1xCq.1762857137@mx1.dzaleu.test>",
+        "sha256:" + hashlib.sha256(anonymous).hexdigest(),
+    ]
 
 
 async def test_process_refuses_a_path_that_is_no_mailbox(

@@ -14,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.models import Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
+from app.subscribers.csvfile import read_import_file
 from tests.factories import cli_env, drain_outbox, make_subscriber, run_cli
 from tests.smtp_server import SmtpServer
 
@@ -185,6 +186,54 @@ async def test_export_streams_csv_without_erased(
     confirmed = list(csv.DictReader(out.open(encoding="utf-8")))
     assert [r["email"] for r in confirmed] == ["amelie.kone@example.org", "reader@example.com"]
     assert confirmed[0]["name"] == "Amélie Koné"
+
+
+async def test_import_reports_addresses_needing_smtputf8_by_line(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    path = tmp_path / "accents.csv"
+    path.write_text(
+        "email,name\njosé@exemple.fr,José\njose@exémple.fr,Jose\nçava@exemple.fr,\n",
+        encoding="utf-8",
+    )
+    parsed = read_import_file(path, tokens=app.state.tokens)
+    assert parsed.errors == [
+        (2, "invalid email 'josé@exemple.fr': this address needs SMTPUTF8, which is not supported"),
+        (4, "invalid email 'çava@exemple.fr': this address needs SMTPUTF8, which is not supported"),
+    ]
+    assert [row.email for row in parsed.rows] == ["jose@xn--exmple-cva.fr"]
+
+
+async def test_export_defuses_formulas_and_import_reads_them_back(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    # Names come from the public form: a spreadsheet must not run one as a formula.
+    evil = '=HYPERLINK("http://evil","x")'
+    await make_subscriber(session, app.state.tokens, email="awa.sow@example.sn", name=evil)
+    await make_subscriber(session, app.state.tokens, email="-tiret@example.org", name="'@quoted")
+    await make_subscriber(session, app.state.tokens, email="plain@example.org", name="Marc-Antoine")
+
+    out = tmp_path / "export.csv"
+    result = await run_cli(["subscribers", "export", "--output", str(out)], cli_env(settings))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [(r["email"], r["name"]) for r in rows] == [
+        ("awa.sow@example.sn", "'" + evil),
+        ("'-tiret@example.org", "''@quoted"),
+        ("plain@example.org", "Marc-Antoine"),
+    ]
+    for row in rows:
+        for cell in row.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+
+    # What export wrote imports as what was stored.
+    parsed = read_import_file(out, tokens=app.state.tokens)
+    assert parsed.errors == []
+    assert [(r.email, r.name) for r in parsed.rows] == [
+        ("awa.sow@example.sn", evil),
+        ("-tiret@example.org", "'@quoted"),
+        ("plain@example.org", "Marc-Antoine"),
+    ]
 
 
 @pytest.mark.slow

@@ -116,6 +116,42 @@ async def test_bad_email_json_names_the_field(client: httpx.AsyncClient, bad: st
     assert response.json()["detail"][0]["loc"][-1] == "email"
 
 
+async def test_address_needing_smtputf8_is_refused_clearly(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    # An accented local part can only be delivered with SMTPUTF8, which the sender lacks.
+    response = await client.post("/api/v1/subscriptions", json={"email": "josé@exemple.fr"})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == "email"
+    assert error["msg"] == "this address needs SMTPUTF8, which is not supported"
+    form = await client.post("/subscribe", data={"email": "josé@exemple.fr"})
+    assert form.status_code == 422
+    assert 'aria-invalid="true"' in form.text
+    assert (await session.exec(select(Subscriber))).all() == []
+
+
+async def test_internationalised_domain_is_stored_as_punycode_and_mailed(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
+) -> None:
+    response = await client.post(
+        "/api/v1/subscriptions", json={"email": "Jose@Exémple.fr", "name": "José Ngom"}
+    )
+    assert response.status_code == 202
+    [subscriber] = (await session.exec(select(Subscriber))).all()
+    assert subscriber.email == "jose@xn--exmple-cva.fr"
+
+    report = await drain_outbox(app)
+    assert (report.sent, report.failed) == (1, 0)
+    [message] = smtp_server.messages_to("jose@xn--exmple-cva.fr")
+    assert message["To"].addresses[0].addr_spec == "jose@xn--exmple-cva.fr"
+    assert message["To"].addresses[0].display_name == "José Ngom"
+    # The same reader typing the Unicode or the punycode domain is one subscriber.
+    again = await client.post("/api/v1/subscriptions", json={"email": "jose@xn--exmple-cva.fr"})
+    assert again.status_code == 202
+    assert len((await session.exec(select(Subscriber))).all()) == 1
+
+
 async def test_json_rejects_unknown_fields_and_bad_language(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/api/v1/subscriptions", json={"email": "a@example.org", "language": "de"}

@@ -20,6 +20,7 @@ from app.models import (
     SubscriberStatus,
     utcnow,
 )
+from app.subscriptions.service import subscriber_by_email
 from tests.factories import drain_outbox, editor_headers, link_in, make_subscriber
 from tests.smtp_server import SmtpServer
 
@@ -263,6 +264,31 @@ async def test_erasing_a_bounced_address_keeps_it_bounced(
     )
     assert bounce.status_code == 202
     assert (await session.exec(select(BounceEvent))).all() == []
+
+
+async def test_one_lookup_by_address_for_every_caller(app: FastAPI, session: AsyncSession) -> None:
+    """`subscriber_by_email` serves editors (who see erased rows: erasure, access) and bounce
+    matching (which must not store a fresh reason for an erased person)."""
+    tokens = app.state.tokens
+    amina = await make_subscriber(session, tokens, email="amina.bello@example.ng")
+    erased = await make_subscriber(session, tokens, email="gone@example.org")
+    erased.email = None
+    erased.erased_at = utcnow()
+    session.add(erased)
+    await session.commit()
+
+    async def lookup(email: str, *, include_erased: bool) -> int | None:
+        found = await subscriber_by_email(
+            session, tokens=tokens, email=email, include_erased=include_erased
+        )
+        return found.id if found is not None else None
+
+    for include_erased in (True, False):
+        assert await lookup(" Amina.Bello@EXAMPLE.ng ", include_erased=include_erased) == amina.id
+        assert await lookup("nobody@example.org", include_erased=include_erased) is None
+        assert await lookup("not an address", include_erased=include_erased) is None
+    assert await lookup("gone@example.org", include_erased=True) == erased.id
+    assert await lookup("gone@example.org", include_erased=False) is None
 
 
 async def test_openapi_documents_the_editor_endpoints(client: httpx.AsyncClient) -> None:

@@ -6,9 +6,11 @@ can lead back to the delivery or the subscriber), or an `UnreadableReport` sayin
 
 from __future__ import annotations
 
+import hashlib
 import mailbox
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
@@ -34,6 +36,17 @@ class Report:
     envelope_addresses: list[str] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
+    # Which report this is, so that it is never applied twice: see `report_id`.
+    report_id: str = ""
+
+
+def report_id(message: Message, raw: bytes) -> str:
+    """The report's own Message-ID (unique per report, set by the reporting MTA), else a SHA-256
+    of its bytes: the same returned message read again gets the same id."""
+    message_id = " ".join(str(message.get("Message-ID", "")).split())
+    if message_id and len(message_id) <= 200:
+        return message_id
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _addresses(values: list[str]) -> list[str]:
@@ -161,21 +174,47 @@ def parse_report(raw: bytes) -> Report:
         )
     report_type = str(message.get_param("report-type", "") or "").lower()
     if report_type == "delivery-status":
-        return _delivery_status(message)
-    if report_type == "feedback-report":
-        return _feedback(message)
-    raise UnreadableReport(f"unsupported report type {report_type or '(none)'!r}")
+        report = _delivery_status(message)
+    elif report_type == "feedback-report":
+        report = _feedback(message)
+    else:
+        raise UnreadableReport(f"unsupported report type {report_type or '(none)'!r}")
+    report.report_id = report_id(message, raw)
+    return report
 
 
-def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
+# Maildir file names are `<key>` in new/ and `<key>:2,<flags>` in cur/ (flags in ASCII order;
+# S = seen), as https://cr.yp.to/proto/maildir.html and the `mailbox` module have them.
+_INFO = ":2,"
+
+
+def _maildir_files(path: Path) -> dict[str, Path]:
+    """Every message file of a Maildir, by key."""
+    files: dict[str, Path] = {}
+    for subdir in ("new", "cur"):
+        if not (path / subdir).is_dir():
+            continue
+        for entry in os.scandir(path / subdir):
+            if entry.is_file() and not entry.name.startswith("."):
+                files[entry.name.split(":")[0]] = Path(entry.path)
+    return files
+
+
+def _flags(file: Path) -> str:
+    name = file.name
+    return name.partition(_INFO)[2] if file.parent.name == "cur" and _INFO in name else ""
+
+
+def read_messages(path: Path, *, include_seen: bool = False) -> Iterator[tuple[str, bytes]]:
     """(name, raw bytes) of every message in a Maildir (a directory with cur/ and new/), an mbox
-    file, or a single message file."""
+    file, or a single message file. In a Maildir the name is the message's key, and messages
+    flagged seen (`mark_seen`) are skipped unless `include_seen`."""
     if path.is_dir():
         if not (path / "cur").is_dir() and not (path / "new").is_dir():
             raise ValueError(f"{path} is a directory but not a Maildir (no cur/ or new/)")
-        box = mailbox.Maildir(path, factory=None, create=False)
-        for key in sorted(box.iterkeys()):
-            yield key, box.get_bytes(key)
+        for key, file in sorted(_maildir_files(path).items()):
+            if include_seen or "S" not in _flags(file):
+                yield key, file.read_bytes()
         return
     if not path.is_file():
         raise ValueError(f"{path}: no such file or directory")
@@ -190,3 +229,22 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
             yield f"{path.name}#{index}", mbox.get_bytes(key)
     finally:
         mbox.close()
+
+
+def mark_seen(path: Path, keys: Iterable[str]) -> None:
+    """Flag Maildir messages seen, as a mail client does: moved from new/ to cur/ with the S
+    flag. A rename, not `Maildir.__setitem__` (which writes the message out again): the bytes,
+    and so the `report_id` of a report without a Message-ID, stay the same."""
+    if not path.is_dir():
+        return  # an mbox or a single file: `report_id` alone keeps reports from applying twice
+    files = _maildir_files(path)
+    for key in keys:
+        file = files.get(key)
+        if file is None:
+            continue  # deleted meanwhile (by a mail client, another run)
+        flags = _flags(file)
+        if "S" in flags:
+            continue
+        target = path / "cur" / f"{key}{_INFO}{''.join(sorted(set(flags + 'S')))}"
+        (path / "cur").mkdir(exist_ok=True)
+        os.rename(file, target)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +31,7 @@ from app.models import (
     utcnow,
 )
 from app.security import Tokens
-from app.subscriptions.service import InvalidEmail, normalize_email
+from app.subscriptions.service import subscriber_by_email
 from app.worker import outbox
 
 SOFT_BOUNCE_LIMIT = 3
@@ -58,16 +59,34 @@ async def apply_bounce(
     type: BounceType,
     reason: str | None,
     source: str,
-) -> BounceOutcome:
-    """Record one bounce or complaint for a known subscriber and apply its effect."""
+    report_id: str | None = None,
+) -> BounceOutcome | None:
+    """Record one bounce or complaint for a known subscriber and apply its effect.
+
+    With a `report_id` (returned mail), None if that report was already applied: nothing is
+    recorded or changed again."""
     assert subscriber.id is not None
     now = utcnow()
     reason = " ".join(reason.split())[:2000] if reason else None
-    session.add(
-        BounceEvent(
-            subscriber_id=subscriber.id, type=type, reason=reason, source=source, created_at=now
-        )
+    event = BounceEvent(
+        subscriber_id=subscriber.id,
+        type=type,
+        reason=reason,
+        source=source,
+        report_id=report_id,
+        created_at=now,
     )
+    if report_id is None:
+        session.add(event)
+    else:
+        try:
+            # A savepoint: the unique report_id refuses a report seen before (by an earlier
+            # run, a concurrent one, or a copy of it earlier in the same mailbox).
+            async with session.begin_nested():
+                session.add(event)
+                await session.flush()
+        except IntegrityError:
+            return None
     session.add(
         SubscriberEvent(
             subscriber_id=subscriber.id,
@@ -124,23 +143,6 @@ async def apply_bounce(
     return BounceOutcome(subscriber.id, new_status, changed=True)
 
 
-async def _by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
-    try:
-        normalized = normalize_email(email)
-    except InvalidEmail:
-        return None
-    subscriber = (
-        await session.exec(
-            select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(normalized))
-        )
-    ).first()
-    # An erased subscriber is already suppressed; storing a fresh reason would store personal
-    # data again, so they are treated like an unknown address.
-    if subscriber is None or subscriber.erased_at is not None:
-        return None
-    return subscriber
-
-
 async def report_bounce(
     session: AsyncSession,
     *,
@@ -151,12 +153,18 @@ async def report_bounce(
     source: str,
 ) -> BounceOutcome | None:
     """A bounce reported by address (API, webhook). Unknown addresses: None, nothing stored."""
-    subscriber = await _by_email(session, tokens=tokens, email=email)
+    # An erased subscriber is already suppressed; storing a fresh reason would store personal
+    # data again, so they are treated like an unknown address.
+    subscriber = await subscriber_by_email(
+        session, tokens=tokens, email=email, include_erased=False
+    )
     if subscriber is None:
         return None
-    return await apply_bounce(
+    outcome = await apply_bounce(
         session, subscriber=subscriber, type=type, reason=reason, source=source
     )
+    assert outcome is not None  # only a report_id can make it None
+    return outcome
 
 
 async def _subscriber_of_delivery(session: AsyncSession, delivery_id: int) -> Subscriber | None:
@@ -197,7 +205,9 @@ async def match_report(
             if subscriber is not None:
                 return subscriber
     for address in report.recipients:
-        subscriber = await _by_email(session, tokens=tokens, email=address)
+        subscriber = await subscriber_by_email(
+            session, tokens=tokens, email=address, include_erased=False
+        )
         if subscriber is not None:
             return subscriber
     return None
@@ -211,6 +221,7 @@ class ProcessSummary:
     complaints: int = 0
     unmatched: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    already_processed: int = 0  # reports applied by an earlier run (or twice in this one)
     suppressed: int = 0  # subscribers whose status changed
 
 
@@ -221,7 +232,8 @@ async def process_returned_mail(
     tokens: Tokens,
     messages: Iterable[tuple[str, bytes]],
 ) -> ProcessSummary:
-    """Apply every readable report in (name, raw message) pairs; list the rest."""
+    """Apply every readable report in (name, raw message) pairs, each at most once ever (by its
+    `report_id`); list the rest."""
     summary = ProcessSummary()
     for name, raw in messages:
         summary.processed += 1
@@ -240,7 +252,11 @@ async def process_returned_mail(
             type=report.type,
             reason=report.reason,
             source=BounceSource.mailbox,
+            report_id=report.report_id,
         )
+        if outcome is None:
+            summary.already_processed += 1
+            continue
         summary.suppressed += outcome.changed
         if report.type == BounceType.hard:
             summary.hard += 1

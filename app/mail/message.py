@@ -6,16 +6,16 @@ import binascii
 import re
 import uuid
 from collections.abc import Mapping
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
-from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from html import escape as html_escape
 
 from app.mail.personalize import split_placeholders
 from app.models import utcnow
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 controls and DEL: CR and LF split headers, the rest have no place in an address or a name.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 # Headers holding one long URL: folding them at 78 columns turns the URL into RFC 2047
 # encoded-words, which no mail provider reads as a link. They stay on one (legal, <998) line.
 _UNFOLDED_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post", "list-id"})
@@ -41,7 +41,7 @@ def header_safe(value: str, *, max_length: int = 900) -> str:
 
     Also break RFC 2047 encoded-word openers: the email package decodes `=?utf-8?q?=0D=0A?=`
     when a header is set and writes the decoded CR LF out raw, a header injection."""
-    return _CONTROL.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
+    return CONTROL_CHARACTERS.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
 
 
 def mail_from_domain(mail_from: str) -> str:
@@ -51,10 +51,6 @@ def mail_from_domain(mail_from: str) -> str:
 
 def envelope_sender(mail_from: str) -> str:
     return parseaddr(mail_from)[1]
-
-
-def new_message_id(mail_from: str) -> str:
-    return make_msgid(idstring=uuid.uuid4().hex[:12], domain=mail_from_domain(mail_from))
 
 
 def format_address(name: str | None, email: str) -> str:
@@ -84,11 +80,6 @@ def build_message(
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
     return msg
-
-
-def address_of(email: str) -> Address:
-    local, _, domain = email.rpartition("@")
-    return Address(username=local, domain=domain)
 
 
 _CRLF = b"\r\n"

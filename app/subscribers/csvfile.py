@@ -36,6 +36,23 @@ from app.subscriptions.service import InvalidEmail, clean_name, normalize_email
 
 LANGUAGES = {language.value for language in Language}
 EXPORT_COLUMNS = ("email", "name", "language", "status", "created_at", "confirmed_at")
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"); names
+# come from the public form, and an address may start with `=`, `+` or `-` too.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """Export: prefix a would-be formula with `'`, which spreadsheets show as text. A value that
+    already starts with quotes before such a character gets one more, so `from_spreadsheet_safe`
+    gives back exactly what was stored."""
+    return "'" + value if value.lstrip("'").startswith(_FORMULA_START) else value
+
+
+def from_spreadsheet_safe(value: str) -> str:
+    """Import: undo `spreadsheet_safe` (drop the one `'` it added), and change nothing else."""
+    if value.startswith("'") and value.lstrip("'").startswith(_FORMULA_START):
+        return value[1:]
+    return value
 
 
 class ImportFileError(ValueError):
@@ -100,7 +117,7 @@ def read_import_file(
         line = reader.line_num
         if not any(value.strip() for value in record):
             continue  # blank lines are not errors
-        raw_email = record[email_at] if email_at < len(record) else ""
+        raw_email = from_spreadsheet_safe(record[email_at]) if email_at < len(record) else ""
         try:
             email = normalize_email(raw_email)
         except InvalidEmail as exc:
@@ -118,7 +135,11 @@ def read_import_file(
                 )
                 continue
         seen[email] = line
-        name = record[name_at] if name_at is not None and name_at < len(record) else None
+        name = (
+            from_spreadsheet_safe(record[name_at])
+            if name_at is not None and name_at < len(record)
+            else None
+        )
         result.rows.append(
             ImportRow(
                 line=line,
@@ -237,7 +258,8 @@ async def export_rows(
     session: AsyncSession, *, status: SubscriberStatus | None = None
 ) -> AsyncIterator[list[str]]:
     """The header, then one row per subscriber (erased ones excluded), streamed from the
-    database in partitions: memory stays flat whatever the list size."""
+    database in partitions: memory stays flat whatever the list size. Addresses and names are
+    `spreadsheet_safe`."""
     yield list(EXPORT_COLUMNS)
     stmt = (
         sa.select(
@@ -258,8 +280,8 @@ async def export_rows(
     async for partition in result.partitions():
         for email, name, language, row_status, created_at, confirmed_at in partition:
             yield [
-                email or "",
-                name or "",
+                spreadsheet_safe(email or ""),
+                spreadsheet_safe(name or ""),
                 language,
                 row_status,
                 _iso(created_at),

@@ -19,7 +19,7 @@ from app.models import (
     utcnow,
 )
 from app.security import Tokens
-from app.subscriptions.service import InvalidEmail, normalize_email
+from app.subscriptions.service import subscriber_by_email
 from app.worker import outbox
 
 # Events whose detail may quote the address or a provider's reply naming it.
@@ -75,26 +75,11 @@ async def list_subscribers(
     return SubscriberPage(total=total, items=items)
 
 
-async def find_subscriber(
-    session: AsyncSession, *, tokens: Tokens, email: str
-) -> Subscriber | None:
-    """By address, through the keyed hash (so an erased subscriber is found too)."""
-    try:
-        normalized = normalize_email(email)
-    except InvalidEmail:
-        return None
-    return (
-        await session.exec(
-            select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(normalized))
-        )
-    ).first()
-
-
 async def subscriber_record(
     session: AsyncSession, *, tokens: Tokens, email: str
 ) -> SubscriberRecord | None:
     """Everything held on one person: profile, consent, status history, deliveries, bounces."""
-    subscriber = await find_subscriber(session, tokens=tokens, email=email)
+    subscriber = await subscriber_by_email(session, tokens=tokens, email=email, include_erased=True)
     if subscriber is None:
         return None
     events = (
@@ -126,7 +111,7 @@ async def erase_subscriber(
 ) -> Subscriber | None:
     """Erase the personal data; keep the row and its keyed hash so the address stays suppressed
     (and an old unsubscribe link still works). Idempotent; None if the address is unknown."""
-    subscriber = await find_subscriber(session, tokens=tokens, email=email)
+    subscriber = await subscriber_by_email(session, tokens=tokens, email=email, include_erased=True)
     if subscriber is None:
         return None
     assert subscriber.id is not None

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
 from app.config import Settings
+from app.mail.message import CONTROL_CHARACTERS
 from app.models import (
     ConsentSource,
     Delivery,
@@ -26,32 +26,48 @@ from app.models import (
 from app.security import TokenError, Tokens
 from app.worker import outbox
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
 
 class InvalidEmail(ValueError):
     pass
 
 
 def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
-    """Validate syntax (and DNS if asked); return the lower-cased form used for uniqueness."""
+    """Validate syntax (and DNS if asked); return the lower-cased ASCII form used for uniqueness
+    and sending (an internationalised domain becomes punycode, `xn--...`).
+
+    A non-ASCII local part (`josé@...`) is refused: it can only be delivered with SMTPUTF8
+    (RFC 6531), which the sender does not speak, so accepting it would queue undeliverable mail.
+    """
     raw = raw.strip()
     if not raw:
         raise InvalidEmail("enter an email address")
-    if len(raw) > 320 or _CONTROL.search(raw):
+    if len(raw) > 320 or CONTROL_CHARACTERS.search(raw):
         raise InvalidEmail("this email address is not valid")
     try:
-        result = validate_email(raw, check_deliverability=check_deliverability)
+        result = validate_email(
+            raw, check_deliverability=check_deliverability, allow_smtputf8=False
+        )
     except EmailNotValidError as exc:
+        if not raw.rpartition("@")[0].isascii() and _valid_with_smtputf8(raw):
+            raise InvalidEmail("this address needs SMTPUTF8, which is not supported") from exc
         raise InvalidEmail(str(exc)) from exc
-    return result.normalized.lower()
+    assert result.ascii_email is not None  # always set when SMTPUTF8 is not allowed
+    return result.ascii_email.lower()
+
+
+def _valid_with_smtputf8(raw: str) -> bool:
+    try:
+        validate_email(raw, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
 
 
 def clean_name(raw: str | None) -> str | None:
     """Names reach headers and bodies: control characters (CR/LF...) become spaces."""
     if raw is None:
         return None
-    name = " ".join(_CONTROL.sub(" ", raw).split())
+    name = " ".join(CONTROL_CHARACTERS.sub(" ", raw).split())
     return name[:200] or None
 
 
@@ -67,12 +83,26 @@ class Consent:
     language: str
 
 
-async def find_by_email(session: AsyncSession, *, tokens: Tokens, email: str) -> Subscriber | None:
-    """`email` must already be normalised."""
-    result = await session.exec(
-        select(Subscriber).where(Subscriber.email_hash == tokens.email_hash(email))
-    )
-    return result.first()
+async def _by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
+    return (
+        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
+    ).first()
+
+
+async def subscriber_by_email(
+    session: AsyncSession, *, tokens: Tokens, email: str, include_erased: bool
+) -> Subscriber | None:
+    """The subscriber with this address (as typed: it is normalised here), found through the
+    keyed hash, so an erased subscriber is found too when `include_erased`. None for an unknown
+    or invalid address."""
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail:
+        return None
+    subscriber = await _by_hash(session, tokens.email_hash(normalized))
+    if subscriber is not None and subscriber.erased_at is not None and not include_erased:
+        return None
+    return subscriber
 
 
 async def _confirmation_allowed(
@@ -107,9 +137,7 @@ async def signup(
     metrics.count_signup(consent.source)
     email_hash = tokens.email_hash(email)
     now = utcnow()
-    subscriber = (
-        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
-    ).first()
+    subscriber = await _by_hash(session, email_hash)
     if subscriber is None:
         candidate = Subscriber(email=email, email_hash=email_hash, name=name)
         try:
@@ -120,9 +148,8 @@ async def signup(
             subscriber = candidate
             new = True
         except IntegrityError:
-            subscriber = (
-                await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
-            ).one()
+            subscriber = await _by_hash(session, email_hash)
+            assert subscriber is not None  # the row that won the race
             new = False
     else:
         new = False
@@ -229,10 +256,3 @@ async def resubscribe(session: AsyncSession, *, tokens: Tokens, token: str) -> S
         session.add(_event(subscriber.id, "resubscribed"))
         await session.flush()
     return subscriber
-
-
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = (
-        await session.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status))
-    ).all()
-    return {status: count for status, count in rows}
