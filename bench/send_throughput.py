@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -37,13 +36,13 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import migrations  # noqa: E402
 from app.articles.feeds import parse_feed  # noqa: E402
 from app.articles.service import upsert_articles  # noqa: E402
 from app.db import make_engine, make_sessionmaker  # noqa: E402
 from app.digests.service import create_digest, send_digest  # noqa: E402
 from app.models import Delivery, Digest, Subscriber, utcnow  # noqa: E402
 from app.security import Tokens  # noqa: E402
+from bench.scratch_db import scratch_database  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "samples" / "wordpress-feed-fr.xml"
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -102,22 +101,6 @@ class Sink:
 
 def admin_url(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(False)
-
-
-def fresh_database(server_url: str) -> str:
-    name = f"nl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    url = make_url(server_url).set(drivername="postgresql", database=name)
-    database_url = url.render_as_string(False)
-    migrations.upgrade(database_url)
-    return database_url
-
-
-def drop_database(server_url: str, database_url: str) -> None:
-    name = make_url(database_url).database
-    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
 
 
 async def load_workload(database_url: str, subscribers: int) -> int:
@@ -390,8 +373,7 @@ def main() -> None:
 
 
 def throughput(args: argparse.Namespace, sink: Sink) -> None:
-    database_url = fresh_database(args.database_url)
-    try:
+    with scratch_database(args.database_url) as database_url:
         log(f"loading {args.subscribers:,} subscribers and a 15-article digest")
         digest_id = asyncio.run(load_workload(database_url, args.subscribers))
         size = message_size(database_url, digest_id)
@@ -405,8 +387,6 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
             )
             runs.append(run)
             log(f"{workers} worker(s): {run.rate:,.0f} msg/s, peak RSS {run.peak_rss_mb:.0f} MB")
-    finally:
-        drop_database(args.database_url, database_url)
     print()
     print(
         f"send throughput: {args.subscribers:,} messages of {size / 1024:.1f} KiB to smtp-sink on loopback"
@@ -434,15 +414,12 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
 def memory(args: argparse.Namespace, sink: Sink) -> None:
     peaks = {}
     for subscribers in (10_000, 100_000):
-        database_url = fresh_database(args.database_url)
-        try:
+        with scratch_database(args.database_url) as database_url:
             log(f"memory run: {subscribers:,} subscribers")
             digest_id = asyncio.run(load_workload(database_url, subscribers))
             run = run_workers(database_url, digest_id, subscribers, sink, 1, args.concurrency)
             peaks[subscribers] = run
             log(f"{subscribers:,}: peak RSS {run.peak_rss_mb:.1f} MB, {run.rate:,.0f} msg/s")
-        finally:
-            drop_database(args.database_url, database_url)
     small, large = peaks[10_000].peak_rss_mb, peaks[100_000].peak_rss_mb
     growth = (large - small) / small if small else 0.0
     print()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from app import migrations  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import sync_url  # noqa: E402
+from bench.scratch_db import scratch_database  # noqa: E402
 
 Request = tuple[dict[str, str], dict[str, str]]  # (headers, json body)
 
@@ -294,7 +296,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server to create (and drop) a scratch database on; "
+        "default: a SQLite file in a temporary directory",
+    )
     parser.add_argument("--requests", type=int, default=3000, help="per phase (default 3000)")
     parser.add_argument("--legitimate", type=int, default=300, help="readers in phase C")
     parser.add_argument("--concurrency", type=int, default=20)
@@ -307,9 +313,13 @@ def main() -> int:
         return 0
 
     run = uuid.uuid4().hex[:8]
-    with tempfile.TemporaryDirectory(prefix="signup-flood-") as tmp:
-        database_url = args.database_url or f"sqlite:///{tmp}/bench.db"
-        migrations.upgrade(database_url)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="signup-flood-"))
+        if args.database_url:  # a scratch database on that server, dropped afterwards
+            database_url = stack.enter_context(scratch_database(args.database_url))
+        else:
+            database_url = f"sqlite:///{tmp}/bench.db"
+            migrations.upgrade(database_url)
         app_port, bare_port = free_port(), free_port()
         app_url, bare_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{bare_port}"
         env = {
