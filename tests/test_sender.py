@@ -272,7 +272,7 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
     marks = placeholders()
     name, unsubscribe = str(marks["name"]), str(marks["unsubscribe_url"])
     html = f"<p>Bonjour {name}</p>" + "<p>é" * 500 + f"<a href='{unsubscribe}'>x</a>"
-    text = f"Bonjour {name}\n" + "ligne é\n" * 300 + unsubscribe
+    text = f"Bonjour {name}\n" + "ligne é\n" * 300 + ".un point\n" + name + "\n" + unsubscribe
     template = MessageTemplate(
         mail_from="Dzaleu <n@dzaleu.test>",
         subject="Les articles de la semaine - 30 décembre 2021",
@@ -281,7 +281,7 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
         headers={"List-Id": "<newsletter.dzaleu.test>"},
     )
     values = {
-        "name": "Zoé <b>",
+        "name": ".Zoé <b>",
         "unsubscribe_url": "https://x.test/unsubscribe/t.k",
         "greeting_name": "",
         "email": "",
@@ -293,6 +293,9 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
         headers={"List-Unsubscribe": "<https://x.test/unsubscribe/t.k>"},
     )
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    # Wire-ready: CRLF only, and no line opens with "." (SMTP dot-stuffing never needed).
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
+    assert b"\n." not in raw
     assert b"\nBcc:" not in raw.split(b"\r\n\r\n")[0]
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert message.get_content_type() == "multipart/alternative"

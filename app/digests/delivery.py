@@ -57,6 +57,7 @@ class Composed:
     to: str
     message: bytes
     message_id: str
+    wire_ready: bool = False  # a MessageTemplate copy: CRLF only, no line opening with "."
 
 
 async def compose_digest_delivery(
@@ -104,4 +105,4 @@ async def compose_digest_delivery(
         delivery_id=delivery.id,
         recipient=recipient,
     )
-    return Composed(recipient.email, message, message_id)
+    return Composed(recipient.email, message, message_id, wire_ready=True)

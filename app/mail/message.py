@@ -86,9 +86,14 @@ _CRLF = b"\r\n"
 
 
 def _qp(text: str) -> bytes:
-    # binascii's C quoted-printable encoder; CRLF line ends as SMTP wants them.
+    """binascii's C quoted-printable encoder, with CRLF line ends, and a "." opening a line
+    written "=2E" (RFC 2045 6.7 suggests it): no line needs SMTP dot-stuffing, so the sender
+    can put the bytes on the wire as they are (and a DKIM signature stays valid)."""
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
-    return encoded.replace(b"\r\n", b"\n").replace(b"\n", _CRLF)
+    encoded = encoded.replace(b"\r\n", b"\n").replace(b"\n.", b"\n=2E")
+    if encoded.startswith(b"."):
+        encoded = b"=2E" + encoded[1:]
+    return encoded.replace(b"\n", _CRLF)
 
 
 def _fold(name: str, value: str) -> bytes:
@@ -123,6 +128,9 @@ class _EncodedBody:
 
 class MessageTemplate:
     """A message rendered once (per digest and language) and copied per recipient cheaply.
+
+    Its output is wire-ready: CRLF line ends only and no line starting with "." (see `_qp`), so
+    the SMTP connection sends it without rescanning it (`send(..., wire_ready=True)`).
 
     Building a full `EmailMessage` per reader costs milliseconds, mostly in header objects and
     encoding; here the static headers and body stretches are encoded once, and each copy only

@@ -49,7 +49,9 @@ class SendError(Exception):
 
 
 class Connection(Protocol):
-    async def send(self, message: bytes, *, sender: str, recipient: str) -> None: ...
+    async def send(
+        self, message: bytes, *, sender: str, recipient: str, wire_ready: bool = False
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -80,11 +82,14 @@ def classify_rcpt_reply(code: int, message: str) -> SendError:
     return SendError(reply, code=code, permanent=False, recipient=True, stage="rcpt")
 
 
-def prepare_data(message: bytes) -> bytes:
+def prepare_data(message: bytes, *, wire_ready: bool = False) -> bytes:
     """The DATA payload: CRLF line ends, leading dots doubled (RFC 5321 4.5.2), ".\r\n" after.
 
     Messages built here already use CRLF and rarely have a line starting with ".", so two cheap
-    scans replace the two full regex passes a generic client makes over every message."""
+    scans replace the two full regex passes a generic client makes over every message; a
+    `MessageTemplate` copy (wire_ready) needs neither."""
+    if wire_ready:
+        return message + b".\r\n"
     crlf = message.count(b"\r\n")
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:  # a bare CR or LF somewhere
         message = LINE_ENDINGS_REGEX.sub(b"\r\n", message)
@@ -102,13 +107,17 @@ class SmtpConnection:
         self._client = client
         self._timeout = timeout
 
-    async def send(self, message: bytes, *, sender: str, recipient: str) -> None:
+    async def send(
+        self, message: bytes, *, sender: str, recipient: str, wire_ready: bool = False
+    ) -> None:
         try:
             if sender.isascii() and recipient.isascii():
                 # One deadline for the whole exchange: a wait_for per reply costs a Task each
                 # on Python 3.11, four per message on the hot path.
                 async with asyncio.timeout(self._timeout):
-                    await self._transaction(message, sender=sender, recipient=recipient)
+                    await self._transaction(
+                        message, sender=sender, recipient=recipient, wire_ready=wire_ready
+                    )
             else:  # internationalised addresses: the library negotiates SMTPUTF8
                 await self._library_sendmail(message, sender=sender, recipient=recipient)
         except SendError:
@@ -135,7 +144,9 @@ class SmtpConnection:
         # here: `send` puts one deadline on the whole transaction.
         return await protocol.execute_command(*args, timeout=None)
 
-    async def _transaction(self, message: bytes, *, sender: str, recipient: str) -> None:
+    async def _transaction(
+        self, message: bytes, *, sender: str, recipient: str, wire_ready: bool
+    ) -> None:
         reply = await self._command(b"MAIL", b"FROM:<" + sender.encode() + b">")
         if reply.code != 250:
             await self._reset()
@@ -160,7 +171,7 @@ class SmtpConnection:
             )
         protocol = self._client.protocol
         assert protocol is not None
-        protocol.write(prepare_data(message))
+        protocol.write(prepare_data(message, wire_ready=wire_ready))
         reply = await protocol.read_response(timeout=None)
         if reply.code != 250:
             # Refused after the content: the content or our setup, not the reader's mailbox.
@@ -251,7 +262,9 @@ class MaildirConnection:
     def __init__(self, box: mailbox.Maildir) -> None:
         self._box = box
 
-    async def send(self, message: bytes, *, sender: str, recipient: str) -> None:
+    async def send(
+        self, message: bytes, *, sender: str, recipient: str, wire_ready: bool = False
+    ) -> None:
         envelope = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
         await asyncio.to_thread(self._box.add, envelope + message)
 

@@ -64,6 +64,7 @@ class Outgoing:
     sender: str
     message: bytes
     message_id: str
+    wire_ready: bool = False  # see MessageTemplate: sent without rescanning
 
 
 @dataclass(slots=True)
@@ -333,7 +334,14 @@ class Sender:
             )
             if composed is None:
                 return None
-            return Outgoing(delivery, composed.to, sender, composed.message, composed.message_id)
+            return Outgoing(
+                delivery,
+                composed.to,
+                sender,
+                composed.message,
+                composed.message_id,
+                wire_ready=composed.wire_ready,
+            )
         log.warning("delivery %s: unknown kind %r, skipped", delivery.id, delivery.kind)
         return None
 
@@ -449,7 +457,10 @@ class Sender:
                 send_started = time.perf_counter()
                 try:
                     await connection.send(
-                        item.message, sender=item.sender, recipient=item.recipient
+                        item.message,
+                        sender=item.sender,
+                        recipient=item.recipient,
+                        wire_ready=item.wire_ready,
                     )
                     metrics.observe_send(time.perf_counter() - send_started)
                 except SendError as exc:
