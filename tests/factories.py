@@ -8,10 +8,11 @@ from email.message import EmailMessage
 
 from click.testing import Result
 from fastapi import FastAPI
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.models import Subscriber, SubscriberStatus, utcnow
+from app.models import Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
 from app.security import Tokens
 from app.worker.sender import BatchReport, Sender
 
@@ -82,7 +83,6 @@ async def queue_confirmations(
     session: AsyncSession, tokens: Tokens, count: int, *, prefix: str = "reader"
 ) -> list[int]:
     """`count` pending subscribers, each with one queued confirmation delivery; their ids."""
-    from app.models import Delivery, DeliveryKind
 
     subscribers = [
         Subscriber(
@@ -134,3 +134,15 @@ async def run_cli(args: list[str], env: dict[str, str]) -> Result:
     from app.cli import cli
 
     return await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+
+
+async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Delivery]:
+    """The digest copies of one digest, fresh from the database."""
+
+    session.expire_all()
+    rows = await session.exec(
+        select(Delivery).where(
+            Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest
+        )
+    )
+    return list(rows.all())

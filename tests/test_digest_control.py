@@ -13,15 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
 from app.config import Settings
 from app.digests import service as digests
-from app.models import Delivery, DeliveryKind, DeliveryStatus, as_utc
+from app.models import DeliveryStatus, as_utc
 from tests.factories import (
     cli_env,
+    digest_deliveries,
     drain_outbox,
     make_sender,
     make_subscriber,
@@ -70,16 +70,6 @@ async def control(
 def copies(smtp_server: SmtpServer) -> Counter[str]:
     """Digest copies received per recipient (confirmation emails are not queued here)."""
     return Counter(r.rcpt_tos[0] for r in smtp_server.received)
-
-
-async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Delivery]:
-    session.expire_all()
-    rows = await session.exec(
-        select(Delivery).where(
-            Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest
-        )
-    )
-    return list(rows.all())
 
 
 # --- Pause, resume, cancel ---------------------------------------------------------------------

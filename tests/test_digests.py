@@ -20,10 +20,10 @@ from app.config import Settings
 from app.digests import service
 from app.digests.render import format_date, render_digest
 from app.mail.compose import Recipient, compose_digest, digest_template, list_id_header
-from app.models import Delivery, DeliveryKind, DeliveryStatus, Subscriber, SubscriberStatus
+from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from app.security import Tokens
 from app.subscriptions.service import unsubscribe
-from tests.factories import drain_outbox, html_part, make_subscriber, text_part
+from tests.factories import digest_deliveries, drain_outbox, html_part, make_subscriber, text_part
 from tests.smtp_server import SmtpServer
 
 SAMPLE = Path(__file__).parent / "data" / "wordpress-feed-fr.xml"
@@ -75,16 +75,6 @@ async def make_readers(session: AsyncSession, tokens: Tokens) -> dict[str, Reade
     return {
         name: Reader(int(s.id or 0), str(s.email), s.email_hash) for name, s in subscribers.items()
     }
-
-
-async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Delivery]:
-    session.expire_all()
-    rows = await session.exec(
-        select(Delivery).where(
-            Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest
-        )
-    )
-    return list(rows.all())
 
 
 # --- Compose -----------------------------------------------------------------------------------

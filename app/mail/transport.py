@@ -82,6 +82,17 @@ def classify_rcpt_reply(code: int, message: str) -> SendError:
     return SendError(reply, code=code, permanent=False, recipient=True, stage="rcpt")
 
 
+def _refused(reply: aiosmtplib.SMTPResponse, *, stage: str) -> SendError:
+    """A refusal that blames the sender or the content, never the reader's mailbox."""
+    return SendError(
+        f"{reply.code} {reply.message}",
+        code=reply.code,
+        permanent=reply.code >= 500,
+        recipient=False,
+        stage=stage,
+    )
+
+
 def prepare_data(message: bytes, *, wire_ready: bool = False) -> bytes:
     """The DATA payload: CRLF line ends, leading dots doubled (RFC 5321 4.5.2), ".\r\n" after.
 
@@ -150,12 +161,7 @@ class SmtpConnection:
         reply = await self._command(b"MAIL", b"FROM:<" + sender.encode() + b">")
         if reply.code != 250:
             await self._reset()
-            raise SendError(
-                f"{reply.code} {reply.message}",
-                code=reply.code,
-                permanent=reply.code >= 500,
-                recipient=False,
-            )
+            raise _refused(reply, stage="mail")
         reply = await self._command(b"RCPT", b"TO:<" + recipient.encode() + b">")
         if reply.code not in (250, 251):
             await self._reset()
@@ -163,24 +169,14 @@ class SmtpConnection:
         reply = await self._command(b"DATA")
         if reply.code != 354:
             await self._reset()
-            raise SendError(
-                f"{reply.code} {reply.message}",
-                code=reply.code,
-                permanent=reply.code >= 500,
-                recipient=False,
-            )
+            raise _refused(reply, stage="data")
         protocol = self._client.protocol
         assert protocol is not None
         protocol.write(prepare_data(message, wire_ready=wire_ready))
         reply = await protocol.read_response(timeout=None)
         if reply.code != 250:
             # Refused after the content: the content or our setup, not the reader's mailbox.
-            raise SendError(
-                f"{reply.code} {reply.message}",
-                code=reply.code,
-                permanent=reply.code >= 500,
-                recipient=False,
-            )
+            raise _refused(reply, stage="data")
 
     async def _reset(self) -> None:
         """RSET after a refused step, so the session can carry the next transaction."""
