@@ -405,3 +405,39 @@ async def test_forwarded_for_uses_the_entry_our_proxy_wrote(
     subscriber = (await session.exec(select(Subscriber))).first()
     assert subscriber is not None
     assert subscriber.consent_ip == "198.51.100.9"
+
+
+async def test_a_signup_rolled_back_leaves_nothing_behind(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    """The subscriber and its outbox row are one unit of work, on SQLite too."""
+    from app.models import ConsentSource
+    from app.subscriptions import service
+
+    await service.signup(
+        session,
+        settings=app.state.settings,
+        tokens=app.state.tokens,
+        email="undo@example.org",
+        name=None,
+        consent=service.Consent(ip=None, user_agent=None, source=ConsentSource.api, language="fr"),
+    )
+    await session.rollback()
+    assert (await session.exec(select(Subscriber))).all() == []
+    assert (await session.exec(select(Delivery))).all() == []
+
+
+async def test_simultaneous_signups_of_one_new_address(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    import asyncio
+
+    answers = await asyncio.gather(
+        *(
+            client.post("/api/v1/subscriptions", json={"email": "race@example.org"})
+            for _ in range(8)
+        )
+    )
+    assert {r.status_code for r in answers} == {202}
+    assert len((await session.exec(select(Subscriber))).all()) == 1
+    assert len((await session.exec(select(Delivery))).all()) == 1  # one confirmation email

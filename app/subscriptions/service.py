@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
@@ -83,6 +84,13 @@ class Consent:
     language: str
 
 
+def _insert_subscriber(session: AsyncSession) -> Any:
+    table = SQLModel.metadata.tables["subscriber"]
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
+
+
 async def _by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
     return (
         await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
@@ -138,21 +146,27 @@ async def signup(
     email_hash = tokens.email_hash(email)
     now = utcnow()
     subscriber = await _by_hash(session, email_hash)
+    new = False
     if subscriber is None:
-        candidate = Subscriber(email=email, email_hash=email_hash, name=name)
-        try:
-            # A savepoint: two simultaneous sign-ups of one address must not end in a 500.
-            async with session.begin_nested():
-                session.add(candidate)
-                await session.flush()
-            subscriber = candidate
-            new = True
-        except IntegrityError:
-            subscriber = await _by_hash(session, email_hash)
-            assert subscriber is not None  # the row that won the race
-            new = False
-    else:
-        new = False
+        # INSERT ... ON CONFLICT DO NOTHING: of two simultaneous sign-ups of one address, one
+        # inserts and the other finds its row, without an error. (No savepoint: on SQLite a
+        # savepoint's RELEASE would commit the request's transaction before it is done.)
+        inserted = await session.execute(
+            _insert_subscriber(session)
+            .values(
+                email=email,
+                email_hash=email_hash,
+                name=name,
+                language=consent.language,
+                status=SubscriberStatus.pending,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(SQLModel.metadata.tables["subscriber"].c.id)
+        )
+        new = inserted.scalar_one_or_none() is not None
+        subscriber = await _by_hash(session, email_hash)
+        assert subscriber is not None  # ours, or the row that won the race
 
     assert subscriber.id is not None
     if subscriber.status == SubscriberStatus.confirmed:
