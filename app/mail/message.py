@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 from html import escape as html_escape
 
 from app.mail.personalize import split_placeholders
@@ -44,11 +45,14 @@ def header_safe(value: str, *, max_length: int = 900) -> str:
     return CONTROL_CHARACTERS.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
 
 
+# Cached: the sender asks for these for every message, always about the one MAIL_FROM.
+@lru_cache(maxsize=8)
 def mail_from_domain(mail_from: str) -> str:
     _, address = parseaddr(mail_from)
     return address.rpartition("@")[2] or "localhost"
 
 
+@lru_cache(maxsize=8)
 def envelope_sender(mail_from: str) -> str:
     return parseaddr(mail_from)[1]
 
