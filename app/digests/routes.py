@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,6 +22,7 @@ from app.digests.schemas import (
     TestSendIn,
 )
 from app.editors import EditorDep
+from app.http import field_error
 from app.models import Digest, DigestArticle, Language
 from app.subscriptions.service import InvalidEmail, normalize_email
 
@@ -107,16 +107,7 @@ async def create_digest(
             max_articles=body.max_articles,
         )
     except service.UnknownArticles as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("body", "article_ids"),
-                    "msg": str(exc),
-                    "input": exc.ids,
-                }
-            ]
-        ) from exc
+        raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     return await _public(session, digest)
@@ -195,16 +186,7 @@ async def send_test(
                 normalize_email(raw, check_deliverability=settings.email_check_deliverability)
             )
         except InvalidEmail as exc:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "value_error",
-                        "loc": ("body", "emails", index),
-                        "msg": str(exc),
-                        "input": raw,
-                    }
-                ]
-            ) from exc
+            raise field_error("emails", index, message=str(exc), value=raw) from exc
     try:
         queued = await service.queue_test_sends(
             session, digest_id=digest_id, emails=emails, language=body.language

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import openapi
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
+from app.http import field_error
 from app.models import ConsentSource, Language
 from app.ratelimit import RateLimiter
 from app.security import TokenError, TokenExpired
@@ -67,18 +68,7 @@ async def create_subscription(
             body.email, check_deliverability=settings.email_check_deliverability
         )
     except service.InvalidEmail as exc:
-        from fastapi.exceptions import RequestValidationError
-
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("body", "email"),
-                    "msg": str(exc),
-                    "input": body.email,
-                }
-            ]
-        ) from exc
+        raise field_error("email", message=str(exc), value=body.email) from exc
     if body.website:
         return SubscriptionAccepted()  # a bot filled the honeypot: look successful, store nothing
     await service.signup(
