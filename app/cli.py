@@ -94,11 +94,10 @@ def check_sending_setup(settings: Settings) -> None:
 
 
 async def _run_worker(settings: Settings) -> None:
+    from app.background import run_background
     from app.db import make_engine, make_sessionmaker
     from app.mail.transport import make_mailer
     from app.security import Tokens
-    from app.worker.scheduler import poll_feeds_forever
-    from app.worker.sender import Sender
 
     engine = make_engine(settings.database_url)
     stop = asyncio.Event()
@@ -109,9 +108,8 @@ async def _run_worker(settings: Settings) -> None:
         settings.secret_key, confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400
     )
     sessionmaker = make_sessionmaker(engine)
-    sender = Sender(settings, sessionmaker, make_mailer(settings), tokens)
     try:
-        await asyncio.gather(sender.run(stop), poll_feeds_forever(settings, sessionmaker, stop))
+        await run_background(settings, sessionmaker, make_mailer(settings), tokens, stop)
     finally:
         await engine.dispose()
     log.info("worker stopped")

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     send_retry_base_seconds: float = Field(default=30.0, gt=0)
     send_retry_max_seconds: float = Field(default=3600.0, gt=0)
     send_pause_after_permanent_errors: int = Field(default=20, ge=1)
+    # A relay that refuses most recipients of a send's first attempts refuses everyone.
+    send_refusal_sample: int = Field(default=300, ge=1)
+    send_refusal_max_share: float = Field(default=0.5, gt=0, le=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
     # Signup

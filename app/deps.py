@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.db import session_scope
+from app.editors import authenticate
+from app.models import ApiKey
 from app.security import Tokens
 
 
@@ -52,3 +55,28 @@ ClientIpDep = Annotated[str, Depends(client_ip)]
 MAX_DB_INT = 2**31 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="A database id")]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="Rows to skip")]
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An editor API key: `newsletter create-api-key NAME`"
+)
+
+
+async def require_editor(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    unauthorized = HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="a valid editor API key is required (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized
+    api_key = await authenticate(session, key=credentials.credentials)
+    if api_key is None:
+        raise unauthorized
+    return api_key
+
+
+EditorDep = Annotated[ApiKey, Depends(require_editor)]

@@ -1,21 +1,12 @@
-"""Editor access: API keys (shown once, stored hashed) and the Bearer-token dependency."""
+"""Editor API keys: shown once, stored hashed, revocable."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.deps import SessionDep
 from app.models import ApiKey, utcnow
 from app.security import hash_api_key, new_api_key
-
-_bearer = HTTPBearer(
-    auto_error=False, description="An editor API key: `newsletter create-api-key NAME`"
-)
 
 
 class ApiKeyExists(ValueError):
@@ -62,24 +53,3 @@ async def authenticate(session: AsyncSession, *, key: str) -> ApiKey | None:
     if api_key is None or api_key.revoked_at is not None:
         return None
     return api_key
-
-
-async def require_editor(
-    request: Request,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    unauthorized = HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail="a valid editor API key is required (Authorization: Bearer <key>)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise unauthorized
-    api_key = await authenticate(session, key=credentials.credentials)
-    if api_key is None:
-        raise unauthorized
-    return api_key
-
-
-EditorDep = Annotated[ApiKey, Depends(require_editor)]

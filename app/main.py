@@ -11,10 +11,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
 
-from app import metrics, openapi
+from app import metrics, monitoring, openapi
 from app.articles import routes as article_routes
+from app.background import run_background
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
@@ -27,8 +27,6 @@ from app.subscribers import routes as subscriber_routes
 from app.subscriptions import routes as subscription_routes
 from app.web.i18n import STRINGS, request_language
 from app.web.templates import render_page
-from app.worker.scheduler import poll_feeds_forever
-from app.worker.sender import Sender
 
 log = logging.getLogger("app")
 
@@ -49,23 +47,21 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
                 "SMTP_HOST is not set: mail is written to the Maildir %s", settings.maildir_path
             )
         stop = asyncio.Event()
-        worker_task: asyncio.Task[None] | None = None
-        feed_task: asyncio.Task[None] | None = None
+        background: asyncio.Task[None] | None = None
         if run_worker:
-            sender = Sender(settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
-            worker_task = asyncio.create_task(sender.run(stop), name="sender")
-            feed_task = asyncio.create_task(
-                poll_feeds_forever(settings, app.state.sessionmaker, stop), name="feed-poller"
+            background = asyncio.create_task(
+                run_background(
+                    settings, app.state.sessionmaker, app.state.mailer, app.state.tokens, stop
+                ),
+                name="worker",
             )
         try:
             with metrics.recording_into(app.state.metrics):
                 yield
         finally:
             stop.set()
-            if worker_task is not None:
-                await worker_task
-            if feed_task is not None:
-                await feed_task
+            if background is not None:
+                await background
             await engine.dispose()
 
     app = FastAPI(
@@ -91,20 +87,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(bounce_routes.router)
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
-    app.include_router(metrics.router)
+    app.include_router(monitoring.router)
     openapi.install(app)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )
-
-    @app.get("/healthz", tags=["operations"])
-    async def healthz(request: Request) -> JSONResponse:
-        try:
-            async with request.app.state.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any database failure means "not healthy", never a 500
-            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
 
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, exc: RateLimited) -> Response:

@@ -10,14 +10,10 @@ records into a process-wide default that nobody scrapes.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -28,8 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
-
-log = logging.getLogger("app.metrics")
 
 # SMTP answers take from a millisecond (local relay) to tens of seconds (greylisting, slow MX).
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -135,32 +129,3 @@ def count_bounce(bounce_type: str) -> None:
 def observe_send(seconds: float) -> None:
     """For the sender: the time one message took to be accepted over SMTP."""
     _current.send_latency.observe(seconds)
-
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus text exposition format",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        },
-        503: {
-            "description": "The database is unreachable",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        },
-    },
-)
-async def metrics_endpoint(request: Request) -> Response:
-    """Counters, send latency, and deliveries / queue depth / subscribers from the database.
-    Expose it to your monitoring network only (the proxy should not route it publicly)."""
-    metrics: Metrics = request.app.state.metrics
-    try:
-        await metrics.refresh_from_database(request.app.state.engine)
-    except Exception as exc:  # stale gauges would lie: fail the scrape instead, never a 500
-        log.warning("metrics: database unavailable: %s", exc)
-        return PlainTextResponse("database unavailable\n", status_code=503)
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

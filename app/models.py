@@ -39,6 +39,23 @@ SUPPRESSED_STATUSES = (
 )
 
 
+class SubscriberEventType(StrEnum):
+    """What a subscriber's history records (`subscriber_event.event`)."""
+
+    signup = "signup"
+    resignup = "resignup"  # an unsubscribed, bounced or erased address signed up again
+    confirmed = "confirmed"
+    unsubscribed = "unsubscribed"
+    resubscribed = "resubscribed"
+    hard_bounce = "hard_bounce"
+    soft_bounce = "soft_bounce"
+    complaint = "complaint"
+    bounced = "bounced"  # the status change a hard bounce (or soft ones) caused
+    complained = "complained"
+    unbounced = "unbounced"  # a bounce undone (a relay refused everyone by mistake)
+    erased = "erased"
+
+
 class Language(StrEnum):
     fr = "fr"
     en = "en"

@@ -291,8 +291,9 @@ def message_size(database_url: str, digest_id: int) -> int:
 
     async def compose() -> int:
         from app.config import Settings
+        from app.digests.compose import compose_copy
         from app.digests.delivery import RenderCache
-        from app.mail.compose import Recipient, compose_digest, list_id_header
+        from app.subscribers.service import Recipient
 
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -303,15 +304,13 @@ def message_size(database_url: str, digest_id: int) -> int:
         )
         engine = make_engine(database_url)
         async with make_sessionmaker(engine)() as session:
-            rendering = await RenderCache().get(
-                session, settings, digest_id, "fr", list_id_header(settings)
-            )
+            rendering = await RenderCache(settings).get(session, digest_id, "fr")
         await engine.dispose()
         tokens = Tokens(SECRET, confirm_max_age_seconds=86400)
         recipient = Recipient(
             1, "reader1@bench.example.org", "Lecteur 1", "fr", "confirmed", "a" * 64
         )
-        message, _ = compose_digest(
+        message, _ = compose_copy(
             settings, tokens, template=rendering.template, delivery_id=1, recipient=recipient
         )
         return len(message)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.background import make_sender as build_sender
 from app.config import Settings
 from app.models import Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
 from app.security import Tokens
@@ -41,7 +42,9 @@ async def make_subscriber(
 
 
 def make_sender(app: FastAPI) -> Sender:
-    return Sender(app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+    return build_sender(
+        app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens
+    )
 
 
 async def send_one_batch(app: FastAPI) -> BatchReport:
@@ -54,9 +57,9 @@ async def drain_outbox(app: FastAPI, *, max_batches: int = 100) -> BatchReport:
     total = BatchReport()
     for _ in range(max_batches):
         report = await sender.run_batch()
-        if report.claimed == 0:
-            break
         total.add(report)
+        if report.claimed == 0:  # and the bounces it held are settled
+            break
     return total
 
 

@@ -16,7 +16,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.bounces.reports import UnreadableReport, parse_report
 from app.config import Settings
-from app.mail.verp import verp_delivery_id, verp_sender
 from app.main import create_app
 from app.models import (
     BounceEvent,
@@ -29,6 +28,7 @@ from app.models import (
     SubscriberStatus,
     utcnow,
 )
+from app.outbox.identity import verp_delivery_id, verp_sender
 from tests.conftest import make_settings
 from tests.factories import cli_env, editor_headers, make_subscriber, run_cli
 from tests.smtp_server import SmtpServer

@@ -18,10 +18,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.articles import service as articles
 from app.config import Settings
 from app.digests import service
+from app.digests.compose import compose_copy, digest_template
 from app.digests.render import format_date, render_digest
-from app.mail.compose import Recipient, compose_digest, digest_template, list_id_header
-from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
+from app.models import Delivery, DeliveryStatus, DigestStatus, Subscriber, SubscriberStatus
 from app.security import Tokens
+from app.subscribers.service import Recipient
 from app.subscriptions.service import unsubscribe
 from tests.factories import digest_deliveries, drain_outbox, html_part, make_subscriber, text_part
 from tests.smtp_server import SmtpServer
@@ -287,10 +288,10 @@ async def test_rendered_once_filled_per_reader(
         status="confirmed",
         email_hash="ab" * 32,
     )
-    raw, message_id = compose_digest(
+    raw, message_id = compose_copy(
         with_address,
         app.state.tokens,
-        template=digest_template(with_address, rendered, list_id=list_id_header(with_address)),
+        template=digest_template(with_address, rendered),
         delivery_id=7,
         recipient=reader,
     )
@@ -517,10 +518,10 @@ async def test_mailto_and_list_id_settings(
         status="confirmed",
         email_hash="cd" * 32,
     )
-    raw, _ = compose_digest(
+    raw, _ = compose_copy(
         custom,
         app.state.tokens,
-        template=digest_template(custom, rendered, list_id=list_id_header(custom)),
+        template=digest_template(custom, rendered),
         delivery_id=1,
         recipient=reader,
     )
@@ -558,7 +559,7 @@ async def test_test_copies(
     assert len(smtp_server.received) == 2  # subscribers get nothing from a test
     [copy] = smtp_server.messages_to("editor@example.org")
     assert copy["Subject"] == "[TEST] This week's articles - December 30, 2021"
-    assert copy["To"] == "editor@example.org"
+    assert copy["To"] == "Editor@example.org"  # the local part as typed (RFC 5321)
     assert "Hello Alex," in text_part(copy)
     assert copy["List-Unsubscribe"].startswith("<http://testserver/unsubscribe/")
     state = (await client.get(f"/api/v1/digests/{digest['id']}", headers=editor_headers)).json()
@@ -586,8 +587,8 @@ async def test_finish_completed_digests(session: AsyncSession) -> None:
     await import_sample(session)
     digest = await service.create_digest(session)
     assert digest.id is not None
-    await service.send_digest(session, digest_id=digest.id)  # no subscribers: nothing queued
-    assert await service.finish_completed_digests(session) == 1
+    sent = await service.send_digest(session, digest_id=digest.id)
+    assert sent.status == DigestStatus.sent  # no subscribers: over as soon as it starts
     assert await service.finish_completed_digests(session) == 0
     await session.commit()
 

@@ -54,7 +54,8 @@ def dkim_settings(key_path: Path | None) -> Settings:
 def digest_message() -> bytes:
     msg = build_message(
         mail_from="Dzaleu <newsletter@dzaleu.test>",
-        to="Amélie Koné <amelie.kone@example.org>",
+        to_name="Amélie Koné",
+        to_address="amelie.kone@example.org",
         subject="L’essentiel du mardi 11 novembre : élections, météo, culture",
         text="Bonjour Amélie,\n\nVoici l’essentiel de l’actualité.\n",
         html="<p>Bonjour Amélie,</p><p>Voici l’essentiel de l’actualité.</p>",

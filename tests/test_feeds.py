@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from app.articles import service
 from app.articles.feeds import MalformedFeed, parse_feed
+from app.articles.polling import poll_feed_once, poll_feeds_forever
 from app.articles.sanitize import sanitize_html, summary_text, truncate
 from app.cli import cli
 from app.config import Settings
 from app.models import Article, Feed
-from app.worker.scheduler import poll_feed_once, poll_feeds_forever
 from tests.feed_server import FeedServer, Page
 
 DATA = Path(__file__).parent / "data"

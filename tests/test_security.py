@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import editors
 from app.config import Settings
-from app.editors import EditorDep
+from app.deps import EditorDep
 from app.models import Subscriber, SubscriberStatus
 from app.security import CONFIRM_SALT, UNSUBSCRIBE_SALT, Tokens
 from tests.conftest import SECRET, make_settings
@@ -241,11 +241,12 @@ def test_no_header_injection_through_subject_or_extra_headers(value: str) -> Non
     from email import message_from_bytes
     from email import policy as email_policy
 
-    from app.mail.message import build_message, format_address
+    from app.mail.message import build_message
 
     msg = build_message(
         mail_from="Site <news@example.org>",
-        to=format_address(value, "reader@example.org"),
+        to_name=value,
+        to_address="reader@example.org",
         subject=value,
         text="t",
         html="<p>h</p>",

@@ -12,10 +12,9 @@ from fastapi import FastAPI
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.mail.message import MessageTemplate, format_address
+from app.mail.message import MessageTemplate
 from app.mail.personalize import fill, placeholders
 from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
-from app.worker.sender import Sender
 from tests.factories import drain_outbox, make_sender, queue_confirmations, send_one_batch
 from tests.smtp_server import SmtpServer
 
@@ -236,7 +235,7 @@ async def test_rate_limit_spaces_messages(
 ) -> None:
     app.state.settings.send_rate_per_second = 20
     await queue_confirmations(session, app.state.tokens, 30)
-    sender = Sender(app.state.settings, app.state.sessionmaker, app.state.mailer, app.state.tokens)
+    sender = make_sender(app)
     loop = asyncio.get_running_loop()
     started = loop.time()
     report = await sender.run_batch()
@@ -287,7 +286,8 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
         "email": "",
     }
     raw = template.render(
-        to=format_address("Zoé\r\nBcc: x@evil.test", "zoe@example.org"),
+        to_name="Zoé\r\nBcc: x@evil.test",
+        to_address="zoe@example.org",
         message_id="<nl.1.abc@dzaleu.test>",
         values=values,
         headers={"List-Unsubscribe": "<https://x.test/unsubscribe/t.k>"},
@@ -316,16 +316,16 @@ def test_message_template_is_valid_mime_and_fills_per_recipient() -> None:
 async def test_one_delivery_that_cannot_be_composed_does_not_sink_the_batch(
     app: FastAPI, session: AsyncSession, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.worker import sender as sender_module
+    from app.subscriptions import delivery as confirmation_module
 
-    real = sender_module.compose_confirmation
+    real = confirmation_module.compose_confirmation
 
     def flaky(settings, tokens, *, delivery_id, recipient):  # type: ignore[no-untyped-def]
         if recipient.email == "reader1@example.org":
             raise ValueError("template exploded")
         return real(settings, tokens, delivery_id=delivery_id, recipient=recipient)
 
-    monkeypatch.setattr(sender_module, "compose_confirmation", flaky)
+    monkeypatch.setattr(confirmation_module, "compose_confirmation", flaky)
     await queue_confirmations(session, app.state.tokens, 3)
     report = await send_one_batch(app)
     assert report.sent == 2
@@ -411,7 +411,7 @@ async def test_a_batch_slower_than_its_lease_is_not_sent_twice(
 async def test_a_reader_who_leaves_while_the_worker_holds_their_copy_does_not_get_it(
     app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
 ) -> None:
-    from app.worker import outbox
+    from app.outbox import queue as outbox
 
     settings = app.state.settings
     settings.send_concurrency = 1

@@ -20,7 +20,7 @@ from app.models import (
     SubscriberStatus,
     utcnow,
 )
-from app.subscriptions.service import subscriber_by_email
+from app.subscribers.service import subscriber_by_email
 from tests.factories import drain_outbox, editor_headers, link_in, make_subscriber
 from tests.smtp_server import SmtpServer
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.worker.sender import RECORD_GROUP
+from app.worker.recorder import RECORD_GROUP
 from tests.conftest import SECRET
 from tests.factories import queue_confirmations
 from tests.smtp_server import SmtpServer

@@ -17,8 +17,7 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
-from app.deps import IdPath, OffsetQuery, SessionDep
-from app.editors import EditorDep
+from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep
 from app.models import Article
 
 router = APIRouter(prefix="/api/v1", tags=["articles"])

@@ -7,7 +7,6 @@ deliveries already queued.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,24 +18,27 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import metrics
 from app.bounces.reports import Report, UnreadableReport, parse_report
 from app.config import Settings
-from app.mail.compose import stable_message_id
-from app.mail.verp import verp_delivery_id
 from app.models import (
     BounceEvent,
     BounceType,
     Delivery,
     Subscriber,
-    SubscriberEvent,
+    SubscriberEventType,
     SubscriberStatus,
     utcnow,
 )
+from app.outbox.identity import delivery_of_message_id, verp_delivery_id
 from app.security import Tokens
-from app.subscriptions.service import subscriber_by_email
-from app.worker import outbox
+from app.subscribers.lifecycle import change_status, record_event
+from app.subscribers.service import subscriber_by_email
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=30)
-_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.[0-9a-f]{10}@[^>]+>")
+_EVENT_OF = {
+    BounceType.hard: SubscriberEventType.hard_bounce,
+    BounceType.soft: SubscriberEventType.soft_bounce,
+    BounceType.complaint: SubscriberEventType.complaint,
+}
 
 
 class BounceSource:
@@ -87,13 +89,8 @@ async def apply_bounce(
                 await session.flush()
         except IntegrityError:
             return None
-    session.add(
-        SubscriberEvent(
-            subscriber_id=subscriber.id,
-            event=f"{type}_bounce" if type != BounceType.complaint else "complaint",
-            detail=f"{source}: {reason}"[:1000] if reason else source,
-            created_at=now,
-        )
+    record_event(
+        session, subscriber, _EVENT_OF[type], f"{source}: {reason}" if reason else source, now=now
     )
     await session.flush()
     metrics.count_bounce(str(type))
@@ -123,24 +120,30 @@ async def apply_bounce(
     if new_status is None:
         return BounceOutcome(subscriber.id, subscriber.status, changed=False)
     previous = subscriber.status
-    subscriber.status = new_status
-    subscriber.updated_at = now
-    if new_status == SubscriberStatus.bounced:
-        subscriber.bounced_at = now
-    session.add(subscriber)
-    session.add(
-        SubscriberEvent(
-            subscriber_id=subscriber.id,
-            event=str(new_status),
-            detail=f"{why} (was {previous})",
-            created_at=now,
-        )
+    await change_status(
+        session,
+        subscriber,
+        to=new_status,
+        event=(
+            SubscriberEventType.bounced
+            if new_status == SubscriberStatus.bounced
+            else SubscriberEventType.complained
+        ),
+        detail=f"{why} (was {previous})",
+        now=now,
     )
-    await outbox.skip_subscriber_deliveries(
-        session, subscriber_id=subscriber.id, why=str(new_status)
-    )
-    await session.flush()
     return BounceOutcome(subscriber.id, new_status, changed=True)
+
+
+async def bounce_at_send(session: AsyncSession, *, subscriber_id: int | None, reply: str) -> None:
+    """A 5xx on the recipient at send time is a hard bounce, recorded like any other."""
+    if subscriber_id is None:
+        return
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is not None:
+        await apply_bounce(
+            session, subscriber=subscriber, type=BounceType.hard, reason=reply, source="smtp"
+        )
 
 
 async def report_bounce(
@@ -199,9 +202,9 @@ async def match_report(
                 return subscriber
         # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
         # matches, even if the outcome was never recorded (a crash between send and record).
-        shape = _OUR_MESSAGE_ID.fullmatch(message_id)
-        if shape and stable_message_id(settings, int(shape.group(1))) == message_id:
-            subscriber = await _subscriber_of_delivery(session, int(shape.group(1)))
+        delivery_id = delivery_of_message_id(settings, message_id)
+        if delivery_id is not None:
+            subscriber = await _subscriber_of_delivery(session, delivery_id)
             if subscriber is not None:
                 return subscriber
     for address in report.recipients:

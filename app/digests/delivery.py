@@ -1,24 +1,37 @@
-"""Turn a claimed digest or test delivery into a message, for the sender.
+"""Digest copies and test copies, as delivery kinds.
 
-Each (digest, language) is rendered and MIME-encoded once (the sender's `RenderCache`); each
-copy is then that template with the reader's parts filled in (`MessageTemplate.render`).
+Each (digest, language) is rendered and MIME-encoded once (`RenderCache`, kept across batches:
+a digest's articles are frozen when it is composed); each copy is then that template with the
+reader's parts filled in (`MessageTemplate.render`, microseconds). A digest copy goes only to a
+reader who is still confirmed, and only while its digest is `sending`; test copies go out
+whatever the digest's status (they are how a draft is checked).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.bounces.service import bounce_at_send
 from app.config import Settings
+from app.digests import service
+from app.digests.compose import compose_copy, compose_test_copy, digest_template
 from app.digests.render import render_digest
-from app.mail.compose import Recipient, compose_digest, compose_test, digest_template
 from app.mail.message import MessageTemplate
 from app.mail.render import RenderedEmail, language_or_default
-from app.models import DeliveryKind, SubscriberStatus
+from app.models import Delivery, DeliveryKind, Digest, DigestStatus, SubscriberStatus
+from app.outbox.kinds import BaseKind, Composition, Outgoing
+from app.outbox.queue import Claimed
 from app.security import Tokens
-from app.worker.outbox import Claimed
+from app.subscribers.service import recipients_by_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,23 +41,21 @@ class DigestRendering:
 
 
 class RenderCache:
-    """Renderings per (digest, language), kept across batches: a digest's articles are frozen
-    when it is composed, so a rendering stays valid for the whole send."""
+    """Renderings per (digest, language), shared by the digest and test kinds of one worker."""
 
-    def __init__(self, max_entries: int = 16) -> None:
+    def __init__(self, settings: Settings, max_entries: int = 16) -> None:
+        self.settings = settings
         self._entries: OrderedDict[tuple[int, str], DigestRendering] = OrderedDict()
         self._max = max_entries
 
-    async def get(
-        self, session: AsyncSession, settings: Settings, digest_id: int, language: str, list_id: str
-    ) -> DigestRendering:
+    async def get(self, session: AsyncSession, digest_id: int, language: str) -> DigestRendering:
         key = (digest_id, language_or_default(language))
         entry = self._entries.get(key)
         if entry is None:
             rendered = await render_digest(
-                session, digest_id=digest_id, language=key[1], settings=settings
+                session, digest_id=digest_id, language=key[1], settings=self.settings
             )
-            entry = DigestRendering(rendered, digest_template(settings, rendered, list_id=list_id))
+            entry = DigestRendering(rendered, digest_template(self.settings, rendered))
             self._entries[key] = entry
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -52,57 +63,107 @@ class RenderCache:
         return entry
 
 
-@dataclass(frozen=True, slots=True)
-class Composed:
-    to: str
-    message: bytes
-    message_id: str
-    wire_ready: bool = False  # a MessageTemplate copy: CRLF only, no line opening with "."
+class DigestKind(BaseKind):
+    """One confirmed subscriber's copy of a digest being sent."""
+
+    name = DeliveryKind.digest.value
+    stops_with_send = True
+
+    def __init__(self, settings: Settings, tokens: Tokens, renders: RenderCache) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.renders = renders
+
+    def claim_filter(self) -> sa.ColumnElement[bool]:
+        # A paused or cancelled digest's copies wait (or were skipped by the cancel).
+        sending = select(Digest.id).where(Digest.status == DigestStatus.sending)
+        return col(Delivery.digest_id).in_(sending)
+
+    async def compose(self, session: AsyncSession, deliveries: Sequence[Claimed]) -> Composition:
+        recipients = await recipients_by_id(session, ids=(d.subscriber_id for d in deliveries))
+        out = Composition()
+        for delivery in deliveries:
+            recipient = recipients.get(delivery.subscriber_id or -1)
+            if (
+                delivery.digest_id is None
+                or recipient is None
+                or recipient.email is None
+                or recipient.status != SubscriberStatus.confirmed
+            ):
+                out.skipped.append((delivery.id, "subscriber not eligible"))
+                continue
+            try:
+                rendering = await self.renders.get(
+                    session, delivery.digest_id, delivery.language or recipient.language
+                )
+                message, message_id = compose_copy(
+                    self.settings,
+                    self.tokens,
+                    template=rendering.template,
+                    delivery_id=delivery.id,
+                    recipient=recipient,
+                )
+            except Exception as exc:  # one bad delivery must not sink the batch
+                log.exception("delivery %s could not be composed", delivery.id)
+                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
+                continue
+            out.outgoing.append(
+                Outgoing(delivery, recipient.email, message, message_id, wire_ready=True)
+            )
+        return out
+
+    async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
+        await bounce_at_send(session, subscriber_id=delivery.subscriber_id, reply=reply)
+
+    async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:
+        return await service.pause_digest(session, digest_id=send_id, reason=reason)
+
+    async def halted_sends(self, session: AsyncSession, *, send_ids: Iterable[int]) -> set[int]:
+        return await service.halted_digests(session, digest_ids=send_ids)
+
+    async def released(self, session: AsyncSession, *, ids: Sequence[int]) -> None:
+        await service.skip_cancelled_copies(session, ids=ids)
+
+    async def finish_sends(self, session: AsyncSession, *, send_ids: Iterable[int]) -> None:
+        await service.finish_completed_digests(session, digest_ids=send_ids)
 
 
-async def compose_digest_delivery(
-    session: AsyncSession,
-    *,
-    settings: Settings,
-    tokens: Tokens,
-    delivery: Claimed,
-    recipient: Recipient | None,
-    renders: RenderCache,
-    list_id: str,
-) -> Composed | None:
-    """The message for a `digest` or `test` delivery; None: skip it (the reader is not, or no
-    longer, a confirmed subscriber)."""
-    if delivery.digest_id is None:
-        return None
-    if delivery.kind == DeliveryKind.test:
-        if not delivery.to_address:
-            return None
-        language = language_or_default(delivery.language)
-        rendering = await renders.get(session, settings, delivery.digest_id, language, list_id)
-        message, message_id = compose_test(
-            settings,
-            tokens,
-            rendered=rendering.rendered,
-            delivery_id=delivery.id,
-            to_address=delivery.to_address,
-            language=language,
-            list_id=list_id,
-        )
-        return Composed(delivery.to_address, message, message_id)
-    if (
-        delivery.kind != DeliveryKind.digest
-        or recipient is None
-        or recipient.email is None
-        or recipient.status != SubscriberStatus.confirmed
-    ):
-        return None
-    language = delivery.language or recipient.language
-    rendering = await renders.get(session, settings, delivery.digest_id, language, list_id)
-    message, message_id = compose_digest(
-        settings,
-        tokens,
-        template=rendering.template,
-        delivery_id=delivery.id,
-        recipient=recipient,
-    )
-    return Composed(recipient.email, message, message_id, wire_ready=True)
+class TestCopyKind(BaseKind):
+    """A copy of a digest, marked [TEST], to an editor's address, for a sample reader."""
+
+    name = DeliveryKind.test.value
+
+    def __init__(self, settings: Settings, tokens: Tokens, renders: RenderCache) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.renders = renders
+
+    async def compose(self, session: AsyncSession, deliveries: Sequence[Claimed]) -> Composition:
+        out = Composition()
+        for delivery in deliveries:
+            if delivery.digest_id is None or not delivery.to_address:
+                out.skipped.append((delivery.id, "no digest or address"))
+                continue
+            language = language_or_default(delivery.language)
+            try:
+                rendering = await self.renders.get(session, delivery.digest_id, language)
+                message, message_id = compose_test_copy(
+                    self.settings,
+                    self.tokens,
+                    rendered=rendering.rendered,
+                    delivery_id=delivery.id,
+                    to_address=delivery.to_address,
+                    language=language,
+                )
+            except Exception as exc:  # one bad delivery must not sink the batch
+                log.exception("delivery %s could not be composed", delivery.id)
+                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
+                continue
+            out.outgoing.append(Outgoing(delivery, delivery.to_address, message, message_id))
+        return out
+
+
+def digest_kinds(settings: Settings, tokens: Tokens) -> list[BaseKind]:
+    """The kinds this room registers (app/kinds.py), sharing one render cache."""
+    renders = RenderCache(settings)
+    return [DigestKind(settings, tokens, renders), TestCopyKind(settings, tokens, renders)]

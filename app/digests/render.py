@@ -15,8 +15,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.articles.sanitize import truncate
 from app.config import Settings
 from app.digests import service
+from app.digests.compose import fill_rendered, sample_values
 from app.mail import personalize
-from app.mail.compose import fill_rendered, sample_values
 from app.mail.render import RenderedEmail, language_or_default, render_email
 from app.models import Digest, DigestArticle, as_utc
 from app.security import Tokens

@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.deps import IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
+from app.addresses import InvalidEmail, normalize_email
+from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -21,10 +22,8 @@ from app.digests.schemas import (
     TestSendAccepted,
     TestSendIn,
 )
-from app.editors import EditorDep
 from app.http import field_error
 from app.models import Digest, DigestArticle, Language
-from app.subscriptions.service import InvalidEmail, normalize_email
 
 router = APIRouter(prefix="/api/v1/digests", tags=["digests"])
 

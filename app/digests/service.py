@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.addresses import address_key
 from app.models import (
     Article,
     Delivery,
@@ -23,6 +24,8 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.outbox import queue as outbox
+from app.outbox import signals
 
 DEFAULT_MAX_ARTICLES = 15
 MAX_ARTICLES = 50
@@ -217,33 +220,12 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
 
     # One INSERT ... SELECT: 100,000 subscribers stay one statement, not 100,000 round trips.
     # Who confirms after this statement is not added.
-    recipients = sa.select(
-        sa.literal(DeliveryKind.digest.value),
-        col(Subscriber.id),
-        sa.literal(digest_id),
-        col(Subscriber.language),
-        sa.literal(DeliveryStatus.queued.value),
-        sa.literal(0),
-        sa.literal(now, sa.DateTime(timezone=True)),
-        sa.literal(now, sa.DateTime(timezone=True)),
-    ).where(
+    recipients = sa.select(col(Subscriber.id), col(Subscriber.language)).where(
         col(Subscriber.status) == SubscriberStatus.confirmed,
         col(Subscriber.email).is_not(None),
     )
-    await session.execute(
-        sa.insert(Delivery).from_select(
-            [
-                "kind",
-                "subscriber_id",
-                "digest_id",
-                "language",
-                "status",
-                "attempts",
-                "next_attempt_at",
-                "created_at",
-            ],
-            recipients,
-        )
+    await outbox.enqueue_selected(
+        session, kind=DeliveryKind.digest, recipients=recipients, digest_id=digest_id, now=now
     )
     count = (
         await session.exec(
@@ -252,10 +234,13 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
             .where(Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest)
         )
     ).one()
+    values: dict[str, object] = {"recipients": count}
+    if count == 0:  # nobody to send to: the send is over as soon as it starts
+        values.update(status=DigestStatus.sent, sent_at=now)
     await session.execute(
         sa.update(Digest)
         .where(col(Digest.id) == digest_id)
-        .values(recipients=count)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     digest = await get_digest(session, digest_id=digest_id)
@@ -268,14 +253,20 @@ async def queue_test_sends(
 ) -> int:
     """Test copies to any address (normalised by the caller), whatever the digest's status."""
     await get_digest(session, digest_id=digest_id)
-    for email in dict.fromkeys(emails):
-        session.add(
-            Delivery(
-                kind=DeliveryKind.test, digest_id=digest_id, to_address=email, language=language
-            )
+    # One copy per mailbox: addresses that differ only in case are the same editor's.
+    unique: dict[str, str] = {}
+    for email in emails:
+        unique.setdefault(address_key(email), email)
+    for email in unique.values():
+        outbox.enqueue(
+            session,
+            kind=DeliveryKind.test,
+            digest_id=digest_id,
+            to_address=email,
+            language=language,
         )
     await session.flush()
-    return len(dict.fromkeys(emails))
+    return len(unique)
 
 
 # --- Control -----------------------------------------------------------------------------------
@@ -300,7 +291,11 @@ async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) ->
         .values(status=DigestStatus.paused, paused_reason=reason[:2000])
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    if not getattr(result, "rowcount", 0):
+        return False
+    # Workers stop at once the copies they hold (they hear it when this commits).
+    await signals.publish(session, signals.halt_signal(digest_id))
+    return True
 
 
 async def pause_send(session: AsyncSession, *, digest_id: int) -> Digest:
@@ -323,6 +318,7 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
     )
     if not getattr(result, "rowcount", 0):
         raise await _conflict(session, digest_id=digest_id, action="resume", allowed=["paused"])
+    await signals.publish(session, signals.resume_signal(digest_id))
     await session.execute(
         sa.update(Delivery)
         .where(
@@ -356,20 +352,43 @@ async def cancel_send(session: AsyncSession, *, digest_id: int) -> Digest:
             action="cancel",
             allowed=[s.value for s in CANCELLABLE_STATUSES],
         )
+    await skip_cancelled_copies(session, digest_id=digest_id, now=now)
+    await signals.publish(session, signals.halt_signal(digest_id))
+    return await _reloaded(session, digest_id)
+
+
+async def skip_cancelled_copies(
+    session: AsyncSession,
+    *,
+    digest_id: int | None = None,
+    ids: Sequence[int] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """The one rule for a cancelled digest's copies: every copy nobody holds is `skipped`
+    (queued, or leased by a worker that died). Copies a live worker holds are settled by that
+    worker (sent if they went out, else given back, then skipped here). `digest_id`: the copies
+    of one digest (the cancel); `ids`: of these rows, those of any cancelled digest."""
+    now = now or utcnow()
+    where = [
+        col(Delivery.kind) == DeliveryKind.digest,
+        or_(
+            col(Delivery.status) == DeliveryStatus.queued,
+            # A dead worker's rows: nobody would take them over for a cancelled digest.
+            sa.and_(
+                col(Delivery.status) == DeliveryStatus.sending, col(Delivery.lease_until) < now
+            ),
+        ),
+    ]
+    if digest_id is not None:
+        where.append(col(Delivery.digest_id) == digest_id)
+    if ids is not None:
+        if not ids:
+            return
+        cancelled = select(Digest.id).where(Digest.status == DigestStatus.cancelled)
+        where += [col(Delivery.id).in_(ids), col(Delivery.digest_id).in_(cancelled)]
     await session.execute(
         sa.update(Delivery)
-        .where(
-            col(Delivery.digest_id) == digest_id,
-            col(Delivery.kind) == DeliveryKind.digest,
-            or_(
-                col(Delivery.status) == DeliveryStatus.queued,
-                # A dead worker's rows: nobody would take them over for a cancelled digest.
-                sa.and_(
-                    col(Delivery.status) == DeliveryStatus.sending,
-                    col(Delivery.lease_until) < now,
-                ),
-            ),
-        )
+        .where(*where)
         .values(
             status=DeliveryStatus.skipped,
             lease_until=None,
@@ -378,7 +397,6 @@ async def cancel_send(session: AsyncSession, *, digest_id: int) -> Digest:
         )
         .execution_options(synchronize_session=False)
     )
-    return await _reloaded(session, digest_id)
 
 
 async def _reloaded(session: AsyncSession, digest_id: int) -> Digest:
@@ -390,9 +408,12 @@ async def _reloaded(session: AsyncSession, digest_id: int) -> Digest:
 # --- Progress ----------------------------------------------------------------------------------
 
 
-async def finish_completed_digests(session: AsyncSession) -> int:
-    """Mark `sent` every sending digest with no delivery left queued or sending (one UPDATE);
-    returns how many. Test copies do not count."""
+async def finish_completed_digests(
+    session: AsyncSession, *, digest_ids: Iterable[int] | None = None
+) -> int:
+    """Mark `sent` every sending digest (of `digest_ids`, or all) with no delivery left queued
+    or sending (one UPDATE); returns how many. Test copies do not count. The worker calls it
+    after each batch, and resume; reads never do."""
     pending = (
         select(Delivery.id)
         .where(
@@ -402,9 +423,15 @@ async def finish_completed_digests(session: AsyncSession) -> int:
         )
         .exists()
     )
+    where = [col(Digest.status) == DigestStatus.sending, ~pending]
+    if digest_ids is not None:
+        wanted = list(digest_ids)
+        if not wanted:
+            return 0
+        where.append(col(Digest.id).in_(wanted))
     result = await session.execute(
         sa.update(Digest)
-        .where(col(Digest.status) == DigestStatus.sending, ~pending)
+        .where(*where)
         .values(status=DigestStatus.sent, sent_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -473,8 +500,7 @@ def _progress(
 async def digest_with_progress(
     session: AsyncSession, *, digest_id: int
 ) -> tuple[Digest, DigestProgress]:
-    """The digest as it stands now (a finished send reads as `sent`) and its progress."""
-    await finish_completed_digests(session)
+    """The digest as it stands now and its progress (read-only: the worker finishes sends)."""
     digest = await _reloaded(session, digest_id)
     return digest, (await digest_progress(session, digests=[digest]))[digest_id]
 
@@ -482,7 +508,6 @@ async def digest_with_progress(
 async def list_digests_with_progress(
     session: AsyncSession, *, limit: int, offset: int
 ) -> tuple[list[tuple[Digest, DigestProgress]], int]:
-    await finish_completed_digests(session)
     digests, total = await list_digests(session, limit=limit, offset=offset)
     progress = await digest_progress(session, digests=digests)
     return [(d, progress[d.id]) for d in digests if d.id is not None], total

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import binascii
-import re
 import uuid
 from collections.abc import Mapping
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 from functools import lru_cache
 from html import escape as html_escape
 
+from app.addresses import MAX_NAME_LENGTH, format_address, header_safe
 from app.mail.personalize import split_placeholders
 from app.models import utcnow
 
-# C0 controls and DEL: CR and LF split headers, the rest have no place in an address or a name.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 # Headers holding one long URL: folding them at 78 columns turns the URL into RFC 2047
 # encoded-words, which no mail provider reads as a link. They stay on one (legal, <998) line.
 _UNFOLDED_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post", "list-id"})
@@ -37,14 +36,6 @@ class _MailPolicy(EmailPolicy):
 MAIL_POLICY = _MailPolicy() + SMTP
 
 
-def header_safe(value: str, *, max_length: int = 900) -> str:
-    """Collapse CR, LF and other control characters: no value can add or split a header.
-
-    Also break RFC 2047 encoded-word openers: the email package decodes `=?utf-8?q?=0D=0A?=`
-    when a header is set and writes the decoded CR LF out raw, a header injection."""
-    return CONTROL_CHARACTERS.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
-
-
 # Cached: the sender asks for these for every message, always about the one MAIL_FROM.
 @lru_cache(maxsize=8)
 def mail_from_domain(mail_from: str) -> str:
@@ -57,25 +48,24 @@ def envelope_sender(mail_from: str) -> str:
     return parseaddr(mail_from)[1]
 
 
-def format_address(name: str | None, email: str) -> str:
-    if name:
-        return formataddr((header_safe(name, max_length=200), email))
-    return email
-
-
 def build_message(
     *,
     mail_from: str,
-    to: str,
+    to_name: str | None,
+    to_address: str,
     subject: str,
     text: str,
     html: str,
     message_id: str,
     headers: dict[str, str] | None = None,
 ) -> EmailMessage:
+    """One `EmailMessage`, built by the standard library: confirmation emails and test copies
+    (a handful), and the reference the fast `MessageTemplate` is held equal to in the tests."""
     msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = header_safe(mail_from)
-    msg["To"] = to
+    msg["To"] = Address(
+        display_name=header_safe(to_name or "", max_length=MAX_NAME_LENGTH), addr_spec=to_address
+    )
     msg["Subject"] = header_safe(subject, max_length=300)
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = message_id
@@ -180,15 +170,17 @@ class MessageTemplate:
     def render(
         self,
         *,
-        to: str,
+        to_name: str | None,
+        to_address: str,
         message_id: str,
         values: Mapping[str, str],
         headers: Mapping[str, str] | None = None,
         date: str | None = None,
     ) -> bytes:
-        """`to` comes from `format_address` (ASCII: a non-ASCII name is RFC 2047-encoded)."""
+        """One reader's copy. `to_address` is a validated ASCII address (app.addresses); the name
+        is encoded by `format_address`, whose output is written as it is (already folded)."""
         lines = [
-            f"To: {header_safe(to, max_length=990)}",
+            f"To: {format_address(to_name, to_address)}",
             f"Date: {date or format_datetime(utcnow())}",
             f"Message-ID: {header_safe(message_id)}",
         ]

@@ -21,18 +21,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.addresses import InvalidEmail, address_key, clean_name, normalize_email
 from app.models import (
     ConsentSource,
-    Delivery,
     DeliveryKind,
-    DeliveryStatus,
     Language,
     Subscriber,
     SubscriberStatus,
     as_utc,
 )
+from app.outbox import queue as outbox
 from app.security import Tokens
-from app.subscriptions.service import InvalidEmail, clean_name, normalize_email
 
 LANGUAGES = {language.value for language in Language}
 EXPORT_COLUMNS = ("email", "name", "language", "status", "created_at", "confirmed_at")
@@ -123,8 +122,9 @@ def read_import_file(
         except InvalidEmail as exc:
             result.errors.append((line, f"invalid email {raw_email.strip()!r}: {exc}"))
             continue
-        if email in seen:
-            result.errors.append((line, f"duplicate of line {seen[email]}: {email}"))
+        key = address_key(email)
+        if key in seen:
+            result.errors.append((line, f"duplicate of line {seen[key]}: {email}"))
             continue
         language = default_language
         if language_at is not None and language_at < len(record) and record[language_at].strip():
@@ -134,7 +134,7 @@ def read_import_file(
                     (line, f"language {language!r} is not one of {', '.join(sorted(LANGUAGES))}")
                 )
                 continue
-        seen[email] = line
+        seen[key] = line
         name = (
             from_spreadsheet_safe(record[name_at])
             if name_at is not None and name_at < len(record)
@@ -144,7 +144,7 @@ def read_import_file(
             ImportRow(
                 line=line,
                 email=email,
-                email_hash=tokens.email_hash(email),
+                email_hash=tokens.email_hash(key),
                 name=clean_name(name),
                 language=language,
             )
@@ -212,32 +212,13 @@ async def import_chunk(
     new_hashes = [v["email_hash"] for v in values]
     if not confirmed:
         # One confirmation per subscriber this import created: same hash, created at `now`.
-        created = sa.select(
-            sa.literal(DeliveryKind.confirmation.value),
-            col(Subscriber.id),
-            col(Subscriber.language),
-            sa.literal(DeliveryStatus.queued.value),
-            sa.literal(0),
-            sa.literal(now, type_=sa.DateTime(timezone=True)),
-            sa.literal(now, type_=sa.DateTime(timezone=True)),
-        ).where(
+        created = sa.select(col(Subscriber.id), col(Subscriber.language)).where(
             col(Subscriber.email_hash).in_(new_hashes),
             col(Subscriber.created_at) == now,
             col(Subscriber.status) == SubscriberStatus.pending,
         )
-        await session.execute(
-            sa.insert(Delivery).from_select(
-                [
-                    "kind",
-                    "subscriber_id",
-                    "language",
-                    "status",
-                    "attempts",
-                    "next_attempt_at",
-                    "created_at",
-                ],
-                created,
-            )
+        await outbox.enqueue_selected(
+            session, kind=DeliveryKind.confirmation, recipients=created, now=now
         )
     result.added = (
         await session.execute(

@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import AfterValidator, BaseModel
 
-from app.deps import OffsetQuery, SessionDep, TokensDep
-from app.editors import EditorDep
+from app.deps import EditorDep, OffsetQuery, SessionDep, TokensDep
 from app.models import SubscriberStatus, as_utc
 from app.subscribers import service
 

@@ -3,27 +3,91 @@ and erasure (GDPR erasure) that keeps only the keyed address hash so suppression
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.addresses import InvalidEmail, address_key, normalize_email
 from app.models import (
     BounceEvent,
     Delivery,
     Subscriber,
     SubscriberEvent,
+    SubscriberEventType,
     SubscriberStatus,
     utcnow,
 )
+from app.outbox import queue as outbox
 from app.security import Tokens
-from app.subscriptions.service import subscriber_by_email
-from app.worker import outbox
+from app.subscribers.lifecycle import change_status, record_event
 
 # Events whose detail may quote the address or a provider's reply naming it.
-_EVENTS_WITH_FREE_TEXT = ("hard_bounce", "soft_bounce", "complaint", "bounced", "complained")
+_EVENTS_WITH_FREE_TEXT = (
+    SubscriberEventType.hard_bounce,
+    SubscriberEventType.soft_bounce,
+    SubscriberEventType.complaint,
+    SubscriberEventType.bounced,
+    SubscriberEventType.complained,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """What composing an email needs to know of its reader."""
+
+    id: int
+    email: str | None
+    name: str | None
+    language: str
+    status: str
+    email_hash: str
+
+
+async def subscriber_by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
+    return (
+        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
+    ).first()
+
+
+async def subscriber_by_email(
+    session: AsyncSession, *, tokens: Tokens, email: str, include_erased: bool
+) -> Subscriber | None:
+    """The subscriber with this address (as typed, any case: it is normalised here), found
+    through the keyed hash, so an erased subscriber is found too when `include_erased`. None for
+    an unknown or invalid address."""
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail:
+        return None
+    subscriber = await subscriber_by_hash(session, tokens.email_hash(address_key(normalized)))
+    if subscriber is not None and subscriber.erased_at is not None and not include_erased:
+        return None
+    return subscriber
+
+
+async def recipients_by_id(
+    session: AsyncSession, *, ids: Iterable[int | None]
+) -> dict[int, Recipient]:
+    """The readers of a batch of deliveries, in one query."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = (
+        await session.execute(
+            sa.select(
+                col(Subscriber.id),
+                col(Subscriber.email),
+                col(Subscriber.name),
+                col(Subscriber.language),
+                col(Subscriber.status),
+                col(Subscriber.email_hash),
+            ).where(col(Subscriber.id).in_(wanted))
+        )
+    ).all()
+    return {row[0]: Recipient(*row) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +189,6 @@ async def erase_subscriber(
     subscriber.consent_user_agent = None
     subscriber.erased_at = now
     subscriber.updated_at = now
-    if subscriber.status not in (SubscriberStatus.bounced, SubscriberStatus.complained):
-        subscriber.status = SubscriberStatus.unsubscribed
-        subscriber.unsubscribed_at = subscriber.unsubscribed_at or now
     session.add(subscriber)
     # Provider replies ("550 <someone@example.org>: user unknown") can name the address.
     await session.execute(
@@ -151,9 +212,18 @@ async def erase_subscriber(
         .values(to_address=None, last_error=None)
         .execution_options(synchronize_session=False)
     )
-    await outbox.skip_subscriber_deliveries(session, subscriber_id=subscriber.id, why="erased")
-    session.add(
-        SubscriberEvent(subscriber_id=subscriber.id, event="erased", detail=f"was {previous}")
-    )
+    detail = f"was {previous}"
+    if subscriber.status in (SubscriberStatus.pending, SubscriberStatus.confirmed):
+        await change_status(
+            session,
+            subscriber,
+            to=SubscriberStatus.unsubscribed,
+            event=SubscriberEventType.erased,
+            detail=detail,
+            now=now,
+        )
+    else:  # already off the list (unsubscribed, bounced, complained): the status stays
+        record_event(session, subscriber, SubscriberEventType.erased, detail, now=now)
+        await outbox.skip_subscriber_deliveries(session, subscriber_id=subscriber.id, why="erased")
     await session.flush()
     return subscriber

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import openapi
+from app.addresses import InvalidEmail, clean_name, normalize_email
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.http import field_error
 from app.models import ConsentSource, Language
@@ -64,10 +65,10 @@ async def create_subscription(
     """Start double opt-in. The answer is the same whether the address is new, pending or
     already confirmed: this endpoint never tells who is subscribed."""
     try:
-        email = service.normalize_email(
+        email = normalize_email(
             body.email, check_deliverability=settings.email_check_deliverability
         )
-    except service.InvalidEmail as exc:
+    except InvalidEmail as exc:
         raise field_error("email", message=str(exc), value=body.email) from exc
     if body.website:
         return SubscriptionAccepted()  # a bot filled the honeypot: look successful, store nothing
@@ -76,7 +77,7 @@ async def create_subscription(
         settings=settings,
         tokens=tokens,
         email=email,
-        name=service.clean_name(body.name),
+        name=clean_name(body.name),
         consent=service.Consent(
             ip=ip,
             user_agent=request.headers.get("user-agent"),
@@ -115,10 +116,10 @@ async def subscribe_submit(
     errors: dict[str, str] = {}
     normalized = ""
     try:
-        normalized = service.normalize_email(
+        normalized = normalize_email(
             email, check_deliverability=settings.email_check_deliverability
         )
-    except service.InvalidEmail:
+    except InvalidEmail:
         errors["email"] = t["email_invalid"]
     if len(name) > 200:
         errors["name"] = t["name_too_long"]
@@ -137,7 +138,7 @@ async def subscribe_submit(
             settings=settings,
             tokens=tokens,
             email=normalized,
-            name=service.clean_name(name),
+            name=clean_name(name),
             consent=service.Consent(
                 ip=ip,
                 user_agent=request.headers.get("user-agent"),

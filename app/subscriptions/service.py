@@ -6,74 +6,27 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
+from app.addresses import address_key
 from app.config import Settings
-from app.mail.message import CONTROL_CHARACTERS
 from app.models import (
     ConsentSource,
     Delivery,
     DeliveryKind,
     Subscriber,
-    SubscriberEvent,
+    SubscriberEventType,
     SubscriberStatus,
     as_utc,
     utcnow,
 )
+from app.outbox import queue as outbox
 from app.security import TokenError, Tokens
-from app.worker import outbox
-
-
-class InvalidEmail(ValueError):
-    pass
-
-
-def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
-    """Validate syntax (and DNS if asked); return the lower-cased ASCII form used for uniqueness
-    and sending (an internationalised domain becomes punycode, `xn--...`).
-
-    A non-ASCII local part (`josé@...`) is refused: it can only be delivered with SMTPUTF8
-    (RFC 6531), which the sender does not speak, so accepting it would queue undeliverable mail.
-    """
-    raw = raw.strip()
-    if not raw:
-        raise InvalidEmail("enter an email address")
-    if len(raw) > 320 or CONTROL_CHARACTERS.search(raw):
-        raise InvalidEmail("this email address is not valid")
-    try:
-        result = validate_email(
-            raw, check_deliverability=check_deliverability, allow_smtputf8=False
-        )
-    except EmailNotValidError as exc:
-        if not raw.rpartition("@")[0].isascii() and _valid_with_smtputf8(raw):
-            raise InvalidEmail("this address needs SMTPUTF8, which is not supported") from exc
-        raise InvalidEmail(str(exc)) from exc
-    assert result.ascii_email is not None  # always set when SMTPUTF8 is not allowed
-    return result.ascii_email.lower()
-
-
-def _valid_with_smtputf8(raw: str) -> bool:
-    try:
-        validate_email(raw, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError:
-        return False
-    return True
-
-
-def clean_name(raw: str | None) -> str | None:
-    """Names reach headers and bodies: control characters (CR/LF...) become spaces."""
-    if raw is None:
-        return None
-    name = " ".join(CONTROL_CHARACTERS.sub(" ", raw).split())
-    return name[:200] or None
-
-
-def _event(subscriber_id: int, event: str, detail: str | None = None) -> SubscriberEvent:
-    return SubscriberEvent(subscriber_id=subscriber_id, event=event, detail=detail)
+from app.subscribers.lifecycle import change_status, record_event
+from app.subscribers.service import subscriber_by_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,28 +42,6 @@ def _insert_subscriber(session: AsyncSession) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
-
-
-async def _by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
-    return (
-        await session.exec(select(Subscriber).where(Subscriber.email_hash == email_hash))
-    ).first()
-
-
-async def subscriber_by_email(
-    session: AsyncSession, *, tokens: Tokens, email: str, include_erased: bool
-) -> Subscriber | None:
-    """The subscriber with this address (as typed: it is normalised here), found through the
-    keyed hash, so an erased subscriber is found too when `include_erased`. None for an unknown
-    or invalid address."""
-    try:
-        normalized = normalize_email(email)
-    except InvalidEmail:
-        return None
-    subscriber = await _by_hash(session, tokens.email_hash(normalized))
-    if subscriber is not None and subscriber.erased_at is not None and not include_erased:
-        return None
-    return subscriber
 
 
 async def _confirmation_allowed(
@@ -141,11 +72,12 @@ async def signup(
     name: str | None,
     consent: Consent,
 ) -> Subscriber:
-    """Start (or restart) double opt-in. The caller answers the same whatever happens here."""
+    """Start (or restart) double opt-in for `email` (normalised: app.addresses). The caller
+    answers the same whatever happens here."""
     metrics.count_signup(consent.source)
-    email_hash = tokens.email_hash(email)
+    email_hash = tokens.email_hash(address_key(email))
     now = utcnow()
-    subscriber = await _by_hash(session, email_hash)
+    subscriber = await subscriber_by_hash(session, email_hash)
     new = False
     if subscriber is None:
         # INSERT ... ON CONFLICT DO NOTHING: of two simultaneous sign-ups of one address, one
@@ -165,7 +97,7 @@ async def signup(
             .returning(SQLModel.metadata.tables["subscriber"].c.id)
         )
         new = inserted.scalar_one_or_none() is not None
-        subscriber = await _by_hash(session, email_hash)
+        subscriber = await subscriber_by_hash(session, email_hash)
         assert subscriber is not None  # ours, or the row that won the race
 
     assert subscriber.id is not None
@@ -174,11 +106,17 @@ async def signup(
 
     if not new and subscriber.status != SubscriberStatus.pending:
         # Unsubscribed, bounced, complained or erased: only a fresh double opt-in brings them back.
-        session.add(_event(subscriber.id, "resignup", f"from {subscriber.status}"))
+        await change_status(
+            session,
+            subscriber,
+            to=SubscriberStatus.pending,
+            event=SubscriberEventType.resignup,
+            detail=f"from {subscriber.status}",
+            now=now,
+        )
     subscriber.email = email
     subscriber.name = name if name is not None else subscriber.name
     subscriber.language = consent.language
-    subscriber.status = SubscriberStatus.pending
     subscriber.erased_at = None
     subscriber.consent_at = now
     subscriber.consent_ip = consent.ip
@@ -187,15 +125,14 @@ async def signup(
     subscriber.updated_at = now
     session.add(subscriber)
     if new:
-        session.add(_event(subscriber.id, "signup", consent.source))
+        record_event(session, subscriber, SubscriberEventType.signup, consent.source, now=now)
 
     if await _confirmation_allowed(session, settings=settings, subscriber_id=subscriber.id):
-        session.add(
-            Delivery(
-                kind=DeliveryKind.confirmation,
-                subscriber_id=subscriber.id,
-                language=consent.language,
-            )
+        outbox.enqueue(
+            session,
+            kind=DeliveryKind.confirmation,
+            subscriber_id=subscriber.id,
+            language=consent.language,
         )
     await session.flush()
     return subscriber
@@ -215,15 +152,9 @@ async def confirm(session: AsyncSession, *, tokens: Tokens, token: str) -> Subsc
         return subscriber  # a second click shows the same success
     if subscriber.status != SubscriberStatus.pending:
         raise TokenError("this link is no longer valid")
-    now = utcnow()
-    subscriber.status = SubscriberStatus.confirmed
-    subscriber.confirmed_at = now
-    subscriber.updated_at = now
-    session.add(subscriber)
-    assert subscriber.id is not None
-    session.add(_event(subscriber.id, "confirmed"))
-    metrics.count_confirmation()
-    await session.flush()
+    await change_status(
+        session, subscriber, to=SubscriberStatus.confirmed, event=SubscriberEventType.confirmed
+    )
     return subscriber
 
 
@@ -241,18 +172,14 @@ async def unsubscribe(
     subscriber = await subscriber_for_unsubscribe(session, tokens=tokens, token=token)
     assert subscriber.id is not None
     if subscriber.status in (SubscriberStatus.pending, SubscriberStatus.confirmed):
-        now = utcnow()
-        subscriber.status = SubscriberStatus.unsubscribed
-        subscriber.unsubscribed_at = now
-        subscriber.updated_at = now
-        session.add(subscriber)
-        session.add(_event(subscriber.id, "unsubscribed", how))
-        metrics.count_unsubscribe()
-    # From this moment nothing more goes out, including what is queued or in a worker's hands.
-    await outbox.skip_subscriber_deliveries(
-        session, subscriber_id=subscriber.id, why="unsubscribed"
-    )
-    await session.flush()
+        # From this moment nothing more goes out, including what is queued or in a worker's hands.
+        await change_status(
+            session,
+            subscriber,
+            to=SubscriberStatus.unsubscribed,
+            event=SubscriberEventType.unsubscribed,
+            detail=how,
+        )
     return subscriber
 
 
@@ -261,12 +188,10 @@ async def resubscribe(session: AsyncSession, *, tokens: Tokens, token: str) -> S
     subscriber = await subscriber_for_unsubscribe(session, tokens=tokens, token=token)
     assert subscriber.id is not None
     if subscriber.status == SubscriberStatus.unsubscribed and subscriber.erased_at is None:
-        now = utcnow()
-        subscriber.status = SubscriberStatus.confirmed
-        subscriber.unsubscribed_at = None
-        subscriber.confirmed_at = subscriber.confirmed_at or now
-        subscriber.updated_at = now
-        session.add(subscriber)
-        session.add(_event(subscriber.id, "resubscribed"))
-        await session.flush()
+        await change_status(
+            session,
+            subscriber,
+            to=SubscriberStatus.confirmed,
+            event=SubscriberEventType.resubscribed,
+        )
     return subscriber

@@ -1,70 +1,51 @@
-"""The sender: claim batches from the outbox, compose, deliver over a few reused SMTP
-connections, and record each outcome in small groups right after the server answers.
+"""The sender: claim batches from the outbox, have each row's kind compose it, deliver over a few
+reused SMTP connections, and record each outcome right after the server answers.
 
-Flow of one worker:
+Flow of one worker, and who owns what:
 
-    claim batch N+1 (lease) ──┐   while   ┌── lanes (SEND_CONCURRENCY connections) send batch N
-                              └──────────>┘   recorder writes outcomes every few ms / messages
+    Sender.run ── claim + compose batch N+1 (one task ahead) ──┐
+                  deliver batch N: lanes (one SMTP connection each) take messages from a deque
+                  Recorder      writes `sent` outcomes in small groups (its own task)
+                  Watcher       checks the rows in hand twice a second, renews leases
+    listener ──── signals (pause, cancel, unsubscribe) ──> Control <── read before each message
+    RelayHealth / BounceGuard: what the relay's answers mean (reachable? refusing everyone?)
 
-Crash safety: a message is recorded `sent` within RECORD_GROUP messages or RECORD_DELAY of the
-server's 250; a worker killed in between leaves those rows `sending` with a lease, and the next
-worker re-sends them after the lease expires (same Message-ID, so the duplicate is recognisable).
+The sender knows emails only through `app.outbox.kinds`: it imports no domain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
-from app.bounces.service import apply_bounce
 from app.config import Settings
-from app.digests.delivery import RenderCache, compose_digest_delivery
-from app.digests.service import finish_completed_digests, halted_digests, pause_digest
-from app.mail.compose import Recipient, compose_confirmation, list_id_header
 from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
-from app.mail.verp import verp_sender
-from app.models import (
-    BounceType,
-    DeliveryKind,
-    Subscriber,
-    SubscriberStatus,
-    utcnow,
-)
-from app.security import Tokens
-from app.worker import outbox
-from app.worker.outbox import Claimed
+from app.models import utcnow
+from app.outbox import queue as outbox
+from app.outbox import signals
+from app.outbox.identity import verp_sender
+from app.outbox.kinds import Composition, Kinds, Outgoing
+from app.outbox.queue import Claimed
+from app.worker.control import Control, Stop, Watcher
+from app.worker.recorder import Recorder
+from app.worker.relay import BounceGuard, RelayHealth, Verdict
 
 log = logging.getLogger("app.worker")
-
-RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
-RECORD_DELAY = 0.05  # seconds: and never older than this
-DIGEST_WATCH_SECONDS = 0.5  # how soon a pause or cancel stops the messages already in hand
-
-
-@dataclass(slots=True)
-class Outgoing:
-    delivery: Claimed
-    recipient: str
-    sender: str
-    message: bytes
-    message_id: str
-    wire_ready: bool = False  # see MessageTemplate: sent without rescanning
 
 
 @dataclass(slots=True)
@@ -75,6 +56,7 @@ class BatchReport:
     retried: int = 0
     failed: int = 0
     released: int = 0
+    held: int = 0  # hard bounces held until the relay shows it delivers (see relay.py)
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
@@ -84,67 +66,44 @@ class BatchReport:
         self.retried += other.retried
         self.failed += other.failed
         self.released += other.released
+        self.held += other.held
         self.errors += other.errors
 
 
 @dataclass(slots=True)
-class _Batch:
+class Batch:
     claimed: list[Claimed]
     outgoing: list[Outgoing]
-    skipped: list[int]
+    skipped: int = 0
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class Recorder:
-    """Buffers outcomes; one flusher task writes them in a short transaction per small group.
+class ConnectionPool:
+    """Open SMTP connections between batches, with the messages each has carried."""
 
-    Lanes only append and, when a group is full, wake the flusher: they never wait on the
-    database, so an SMTP connection is never idle while a commit is in flight. One recorder
-    lives as long as its worker: what a failed commit could not record is kept for the next.
-    """
+    def __init__(self, mailer: Mailer, *, max_messages: int) -> None:
+        self.mailer = mailer
+        self.max_messages = max_messages
+        self._idle: list[tuple[Connection, int]] = []
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str) -> None:
-        self.sessionmaker = sessionmaker
-        self.worker_id = worker_id
-        self._sent: list[int] = []
-        self._full = asyncio.Event()
-        self._lock = asyncio.Lock()
+    async def acquire(self) -> tuple[Connection, int]:
+        if self._idle:
+            return self._idle.pop()
+        return await self.mailer.connect(), 0
 
-    def sent(self, item: Outgoing, report: BatchReport) -> None:
-        self._sent.append(item.delivery.id)
-        report.sent += 1
-        if len(self._sent) >= RECORD_GROUP:
-            self._full.set()
+    async def give_back(self, connection: Connection, used: int) -> None:
+        if used >= self.max_messages:
+            await connection.close()
+        else:
+            self._idle.append((connection, used))
 
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._sent:
-                return
-            sent, self._sent = self._sent, []
-            self._full.clear()
-            try:
-                async with self.sessionmaker() as session:
-                    await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
-                    await session.commit()
-            except BaseException:
-                self._sent[:0] = sent  # not recorded yet: keep them for the next flush
-                raise
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Flush whenever a group is full, and at least every RECORD_DELAY, until `stop`."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(self._full.wait(), timeout=RECORD_DELAY)
-            except TimeoutError:
-                pass
-            try:
-                await self.flush()
-            except Exception:  # kept for the next flush; the lease covers a longer outage
-                log.warning("could not record sent messages yet", exc_info=True)
-                await asyncio.sleep(RECORD_DELAY)
+    async def close_all(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            await connection.close()
 
 
 class Sender:
@@ -153,31 +112,37 @@ class Sender:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         mailer: Mailer,
-        tokens: Tokens,
+        kinds: Kinds,
         *,
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.mailer = mailer
-        self.tokens = tokens
+        self.kinds = kinds
         self.worker_id = worker_id or default_worker_id()
         self.limiter = _limiter(settings.send_rate_per_second)
         # Built once: a half-configured DKIM setup fails here, at start, with a clear message.
         self.signer = DkimSigner.from_settings(settings)
-        self._idle: list[tuple[Connection, int]] = []  # open connections and messages sent on each
-        self._setup_errors = 0  # consecutive permanent errors that blame our setup, not a reader
-        self._relay_down_until = 0.0
-        self._relay_failures = 0
+        self.pool = ConnectionPool(mailer, max_messages=settings.smtp_messages_per_connection)
+        self.relay = RelayHealth()
+        self.guard = BounceGuard(
+            run_limit=settings.send_pause_after_permanent_errors,
+            sample=settings.send_refusal_sample,
+            max_share=settings.send_refusal_max_share,
+        )
+        self.control = Control(
+            halting_kinds=kinds.halting, forget_after=float(settings.send_lease_seconds)
+        )
+        self.recorder = Recorder(sessionmaker, self.worker_id)
+        self.watcher = Watcher(
+            sessionmaker,
+            kinds,
+            self.control,
+            worker_id=self.worker_id,
+            lease_seconds=settings.send_lease_seconds,
+        )
         self._stopping = asyncio.Event()
-        # Digests this worker paused (broken setup), with when: their rows already in hand are
-        # released, not sent. Only the database can resume them: a claim that started after
-        # the pause and still returns rows of the digest proves it is `sending` again.
-        self._paused_digests: dict[int, float] = {}
-        self._renders = RenderCache()
-        self._recorder = Recorder(sessionmaker, self.worker_id)
-        # Held rows that are no longer ours to send (the reader left, a bounce, a takeover).
-        self._revoked: set[int] = set()
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -185,22 +150,27 @@ class Sender:
         """Send until `stop` is set; then finish the messages in flight, release the rest."""
         self._stopping = stop
         log.info("worker %s sending through %s", self.worker_id, self.mailer.description)
-        prefetch: asyncio.Task[_Batch] | None = None
+        stop_listening = asyncio.Event()
+        listener = asyncio.create_task(
+            signals.listen(self.settings.database_url, self.control.on_signal, stop_listening),
+            name="outbox-signals",
+        )
+        prefetch: asyncio.Task[Batch] | None = None
         try:
             while not stop.is_set():
-                wait = self._relay_down_until - time.monotonic()
+                wait = self.relay.wait_seconds()
                 if wait > 0:
                     await _sleep_unless(stop, wait)
                     continue
                 try:
-                    batch = await (prefetch or self._claim_and_compose())
+                    batch = await (prefetch or self._claim())
                     prefetch = None
                     if not batch.claimed:
-                        await self._close_idle()
+                        await self._idle()
                         await _sleep_unless(stop, self.settings.worker_poll_seconds)
                         continue
                     # Claim the next batch while this one is on the wire.
-                    prefetch = asyncio.create_task(self._claim_and_compose())
+                    prefetch = asyncio.create_task(self._claim())
                     await self._deliver(batch)
                 except Exception:  # the loop must outlive any one bad batch or database blip
                     log.exception("batch failed; retrying after a pause")
@@ -209,176 +179,127 @@ class Sender:
             if prefetch is not None:
                 try:
                     leftover = await prefetch
-                    await self._release([o.delivery.id for o in leftover.outgoing], reason=None)
+                    await self._release([o.delivery for o in leftover.outgoing])
                 except Exception:
                     log.exception("could not release the prefetched batch; its lease will expire")
-            await self._close_idle()
+            with contextlib.suppress(Exception):
+                await self._release([h.item.delivery for h in self.guard.release_all()])
+            await self.pool.close_all()
             try:
-                await self._recorder.flush()
+                await self.recorder.flush()
             except Exception:
                 log.exception("could not record the last sent messages; they may be resent")
+            stop_listening.set()
+            await listener
             log.info("worker %s stopped", self.worker_id)
 
     async def run_batch(self) -> BatchReport:
-        """Claim, compose and deliver one batch (tests and one-shot tools)."""
-        batch = await self._claim_and_compose()
+        """Claim, compose and deliver one batch (tests and one-shot tools); when there is
+        nothing to claim, settle what is held."""
+        batch = await self._claim()
         if not batch.claimed:
-            await self._close_idle()
-            return BatchReport()
+            return await self._idle()
         return await self._deliver(batch)
+
+    async def _idle(self) -> BatchReport:
+        """Nothing to claim: close connections, decide on the bounces still held."""
+        await self.pool.close_all()
+        report = BatchReport()
+        verdict = self.guard.idle()
+        if verdict.apply or verdict.give_back:
+            await self._carry_out(verdict, report)
+        return report
 
     # --- Claim and compose ------------------------------------------------------------------
 
-    async def _claim_and_compose(self) -> _Batch:
-        claim_started = time.monotonic()
+    async def _claim(self) -> Batch:
+        claimed_at = time.monotonic()
         async with self.sessionmaker() as session:
             claimed = await outbox.claim_batch(
                 session,
                 worker_id=self.worker_id,
                 limit=self.settings.send_batch_size,
                 lease_seconds=self.settings.send_lease_seconds,
+                only=self.kinds.claim_filter(),
             )
             await session.commit()
         if not claimed:
-            return _Batch([], [], [])
-        for digest_id in {c.digest_id for c in claimed if c.digest_id is not None}:
-            if self._paused_digests.get(digest_id, claim_started) < claim_started:
-                del self._paused_digests[digest_id]  # resumed since this worker paused it
+            return Batch([], [])
+        self.control.resumed(
+            {c.digest_id for c in claimed if c.digest_id is not None}, claimed_at=claimed_at
+        )
+        by_kind: dict[str, list[Claimed]] = defaultdict(list)
+        for delivery in claimed:
+            by_kind[delivery.kind].append(delivery)
+        composition = Composition()
         async with self.sessionmaker() as session:
-            outgoing, skipped, broken = await self._compose(session, claimed)
-            if self.signer is not None and outgoing:
-                # RSA in pure Python: off the event loop so the lanes keep talking SMTP.
-                await asyncio.to_thread(_sign_all, self.signer, outgoing)
-            await outbox.mark_skipped(
-                session, worker_id=self.worker_id, ids=skipped, reason="subscriber not eligible"
-            )
+            for name, deliveries in by_kind.items():
+                kind = self.kinds.get(name)
+                if kind is None:
+                    log.warning("deliveries of unknown kind %r skipped", name)
+                    composition.skipped += [(d.id, f"unknown kind {name!r}") for d in deliveries]
+                    continue
+                composition.extend(await kind.compose(session, deliveries))
+            for item in composition.outgoing:
+                item.sender = verp_sender(self.settings, item.delivery.id)
+            if self.signer is not None and composition.outgoing:
+                # Signing is CPU work: off the event loop so the lanes keep talking SMTP.
+                await asyncio.to_thread(_sign_all, self.signer, composition.outgoing)
+            reasons: dict[str, list[int]] = defaultdict(list)
+            for delivery_id, why in composition.skipped:
+                reasons[why].append(delivery_id)
+            for why, ids in reasons.items():
+                await outbox.mark_skipped(session, worker_id=self.worker_id, ids=ids, reason=why)
             await outbox.set_message_ids(
                 session,
                 pairs=[
                     (o.delivery.id, o.message_id)
-                    for o in outgoing
+                    for o in composition.outgoing
                     if o.delivery.message_id != o.message_id
                 ],
             )
-            for delivery, reason in broken:
+            for delivery, reason in composition.broken:
                 # Retried with backoff like a temporary SMTP error, failed after the last attempt.
                 await self._retry_or_fail(session, delivery, reason)
             await session.commit()
-        return _Batch(claimed, outgoing, skipped)
-
-    async def _compose(
-        self, session: AsyncSession, claimed: Sequence[Claimed]
-    ) -> tuple[list[Outgoing], list[int], list[tuple[Claimed, str]]]:
-        subscriber_ids = {c.subscriber_id for c in claimed if c.subscriber_id is not None}
-        rows = (
-            await session.execute(
-                sa.select(
-                    col(Subscriber.id),
-                    col(Subscriber.email),
-                    col(Subscriber.name),
-                    col(Subscriber.language),
-                    col(Subscriber.status),
-                    col(Subscriber.email_hash),
-                ).where(col(Subscriber.id).in_(subscriber_ids))
-            )
-        ).all()
-        recipients = {row[0]: Recipient(*row) for row in rows}
-        outgoing: list[Outgoing] = []
-        skipped: list[int] = []
-        broken: list[tuple[Claimed, str]] = []
-        list_id = list_id_header(self.settings)
-        for delivery in claimed:
-            recipient = recipients.get(delivery.subscriber_id or -1)
-            try:
-                item = await self._compose_one(session, delivery, recipient, list_id)
-            except Exception as exc:  # one bad delivery must not sink the batch
-                log.exception("delivery %s could not be composed", delivery.id)
-                broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
-                continue
-            if item is None:
-                skipped.append(delivery.id)
-            else:
-                outgoing.append(item)
-        return outgoing, skipped, broken
-
-    async def _compose_one(
-        self,
-        session: AsyncSession,
-        delivery: Claimed,
-        recipient: Recipient | None,
-        list_id: str,
-    ) -> Outgoing | None:
-        """The message for one delivery, or None when its reader is no longer eligible."""
-        sender = verp_sender(self.settings, delivery.id)
-        if delivery.kind == DeliveryKind.confirmation:
-            # Only a reader still waiting to confirm gets the link; one who confirmed,
-            # left or bounced meanwhile gets nothing.
-            if recipient is None or recipient.email is None:
-                return None
-            if recipient.status != SubscriberStatus.pending:
-                return None
-            message, message_id = compose_confirmation(
-                self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
-            )
-            return Outgoing(delivery, recipient.email, sender, message, message_id)
-        if delivery.kind in (DeliveryKind.digest, DeliveryKind.test):
-            # A subscriber who is not (or no longer) confirmed is skipped.
-            composed = await compose_digest_delivery(
-                session,
-                settings=self.settings,
-                tokens=self.tokens,
-                delivery=delivery,
-                recipient=recipient,
-                renders=self._renders,
-                list_id=list_id,
-            )
-            if composed is None:
-                return None
-            return Outgoing(
-                delivery,
-                composed.to,
-                sender,
-                composed.message,
-                composed.message_id,
-                wire_ready=composed.wire_ready,
-            )
-        log.warning("delivery %s: unknown kind %r, skipped", delivery.id, delivery.kind)
-        return None
+        return Batch(claimed, composition.outgoing, skipped=len(composition.skipped))
 
     # --- Deliver ----------------------------------------------------------------------------
 
-    async def _deliver(self, batch: _Batch) -> BatchReport:
+    async def _deliver(self, batch: Batch) -> BatchReport:
         started = time.perf_counter()
-        report = BatchReport(claimed=len(batch.claimed), skipped=len(batch.skipped))
-        recorder = self._recorder
+        report = BatchReport(claimed=len(batch.claimed), skipped=batch.skipped)
         pending = deque(batch.outgoing)
-        unsent: list[int] = []
+        unsent: list[Claimed] = []
         lanes = min(self.settings.send_concurrency, len(pending))
         done = asyncio.Event()
-        ticker = asyncio.create_task(recorder.run(done))
-        watcher = asyncio.create_task(self._watch(batch, done))
+
+        def in_hand() -> list[Claimed]:
+            held = [h.item.delivery for h in self.guard.held()]
+            return [o.delivery for o in batch.outgoing] + held
+
+        flusher = asyncio.create_task(self.recorder.run(done))
+        watcher = asyncio.create_task(self.watcher.run(in_hand, done))
         try:
-            await asyncio.gather(
-                *(self._lane(pending, recorder, report, unsent) for _ in range(lanes))
-            )
+            await asyncio.gather(*(self._lane(pending, report, unsent) for _ in range(lanes)))
         finally:
             done.set()
-            await ticker
+            await flusher
             await watcher
             try:
-                await recorder.flush()
+                await self.recorder.flush()
             except Exception:  # kept by the recorder; the next batch's flusher tries again
                 log.warning("could not record this batch's sent messages yet", exc_info=True)
-            unsent.extend(item.delivery.id for item in pending)
+            unsent.extend(item.delivery for item in pending)
             if unsent:
                 try:
-                    await self._release(unsent, reason=None)
+                    await self._release(unsent)
                     report.released += len(unsent)
                 except Exception:  # their lease runs out and another claim takes them
                     log.warning("could not give unsent messages back", exc_info=True)
-            self._revoked.difference_update(c.id for c in batch.claimed)
-        if any(c.digest_id for c in batch.claimed):
-            await _finish_completed_digests(self.sessionmaker)
+            self.control.done_with(c.id for c in batch.claimed)
+        report.held = len(self.guard.held())
+        await self._finish_sends(batch.claimed)
         log.info(
             "batch sent",
             extra={
@@ -390,70 +311,37 @@ class Sender:
                 "retried": report.retried,
                 "failed": report.failed,
                 "released": report.released,
+                "held": report.held,
                 "duration_ms": round((time.perf_counter() - started) * 1000),
                 "errors": report.errors[:3],
             },
         )
         return report
 
-    async def _watch(self, batch: _Batch, done: asyncio.Event) -> None:
-        """While a batch is on the wire, twice a second: an editor's pause or cancel stops the
-        rows this worker holds (released; a cancelled digest's become skipped), and rows that
-        stopped being ours (the reader left or bounced) are dropped. Every third of a lease,
-        the leases of everything this worker holds (the prefetched batch too) are renewed, so
-        a slow batch is never taken over while it is still being sent."""
-        digest_ids = {c.digest_id for c in batch.claimed if c.digest_id is not None}
-        held = [o.delivery.id for o in batch.outgoing]
-        renew_every = max(DIGEST_WATCH_SECONDS, self.settings.send_lease_seconds / 3)
-        renewed = time.monotonic()
-        while not done.is_set():
-            await _sleep_unless(done, DIGEST_WATCH_SECONDS)
-            if done.is_set():
-                return
-            try:
-                async with self.sessionmaker() as session:
-                    halted = await halted_digests(session, digest_ids=digest_ids)
-                    self._revoked.update(
-                        await outbox.no_longer_held(session, worker_id=self.worker_id, ids=held)
-                    )
-                    if time.monotonic() - renewed >= renew_every:
-                        await outbox.renew_leases(
-                            session,
-                            worker_id=self.worker_id,
-                            lease_seconds=self.settings.send_lease_seconds,
-                        )
-                        await session.commit()
-                        renewed = time.monotonic()
-            except Exception:  # a database blip: the next look covers it
-                log.warning("could not check the batch's status", exc_info=True)
-                continue
-            now = time.monotonic()
-            for digest_id in halted:
-                self._paused_digests.setdefault(digest_id, now)
-
     async def _lane(
-        self, pending: deque[Outgoing], recorder: Recorder, report: BatchReport, unsent: list[int]
+        self, pending: deque[Outgoing], report: BatchReport, unsent: list[Claimed]
     ) -> None:
         connection: Connection | None = None
         used = 0
         try:
             while pending:
-                if self._stopping.is_set() or time.monotonic() < self._relay_down_until:
+                if self._stopping.is_set() or self.relay.is_down():
                     return  # what is left in `pending` is released by _deliver
                 item = pending.popleft()
-                if item.delivery.id in self._revoked:
-                    continue  # skipped meanwhile (unsubscribe, bounce, erasure): not ours now
-                if item.delivery.digest_id in self._paused_digests:
-                    unsent.append(item.delivery.id)
-                    continue
                 if connection is None:
                     try:
-                        connection, used = await self._connection()
+                        connection, used = await self.pool.acquire()
                     except SendError as exc:
                         await self._connect_failed(item, exc, report)
                         continue
                 if self.limiter is not None:
                     await self.limiter.acquire()
+                # Checked last, right before the wire: a pause, cancel or unsubscribe answered
+                # before this point stops this message.
+                stop = self.control.stop_for(item.delivery)
+                if stop is not None:
+                    self._stopped(item, stop, report, unsent)
+                    continue
                 send_started = time.perf_counter()
                 try:
                     await connection.send(
@@ -462,7 +350,6 @@ class Sender:
                         recipient=item.recipient,
                         wire_ready=item.wire_ready,
                     )
-                    metrics.observe_send(time.perf_counter() - send_started)
                 except SendError as exc:
                     if not exc.recipient or not exc.permanent:
                         # The connection may be in any state after a fault: start afresh.
@@ -470,26 +357,30 @@ class Sender:
                         connection = None
                     await self._send_failed(item, exc, report)
                     continue
-                self._setup_errors = 0
-                self._relay_failures = 0
+                metrics.observe_send(time.perf_counter() - send_started)
                 used += 1
-                recorder.sent(item, report)
+                self.relay.delivered()
+                self.recorder.sent(item.delivery.id)
+                report.sent += 1
+                verdict = self.guard.delivered(item)
+                if verdict.apply:
+                    await self._carry_out(verdict, report)
                 if used >= self.settings.smtp_messages_per_connection:
                     await connection.close()
                     connection = None
         finally:
             if connection is not None:
-                self._idle.append((connection, used))
+                await self.pool.give_back(connection, used)
 
-    async def _connection(self) -> tuple[Connection, int]:
-        if self._idle:
-            return self._idle.pop()
-        return await self.mailer.connect(), 0
-
-    async def _close_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection, _ in idle:
-            await connection.close()
+    def _stopped(
+        self, item: Outgoing, stop: Stop, report: BatchReport, unsent: list[Claimed]
+    ) -> None:
+        if stop is Stop.halted:
+            unsent.append(item.delivery)  # back to the queue (a cancel then skips it)
+        elif stop is Stop.left:
+            self.recorder.left(item.delivery.id)
+            report.skipped += 1
+        # Stop.lost: another worker holds it now; nothing to write.
 
     # --- Outcomes ---------------------------------------------------------------------------
 
@@ -499,48 +390,76 @@ class Sender:
         if exc.permanent:  # e.g. authentication refused: our setup, not the relay's health
             await self._setup_error(item, exc, report)
             return
-        self._relay_failures += 1
         delay = outbox.backoff_seconds(
-            self._relay_failures,
+            self.relay.failure_count(),
             base=min(5.0, self.settings.send_retry_base_seconds),
             cap=min(60.0, self.settings.send_retry_max_seconds),
         )
-        self._relay_down_until = time.monotonic() + delay
+        self.relay.unreachable(delay)
         log.warning("SMTP relay unreachable (%s); pausing %.1fs", exc.reply, delay)
         await self._release(
-            [item.delivery.id], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
+            [item.delivery], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
         )
         report.released += 1
 
     async def _send_failed(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         report.errors.append(exc.reply)
-        if exc.permanent and not exc.recipient and exc.stage != "rcpt":
+        if exc.permanent and exc.recipient:
+            # 5xx on the recipient (550 no such user...): a hard bounce, unless the relay turns
+            # out to refuse everyone: held until that is known (relay.py).
+            verdict = self.guard.refused(item, exc.reply)
+            await self._carry_out(verdict, report)
+            return
+        if exc.permanent and exc.stage != "rcpt":
             await self._setup_error(item, exc, report)
             return
         async with self.sessionmaker() as session:
-            if exc.permanent and not exc.recipient:
-                # A policy refusal of one recipient (5.7.x): maybe that domain blocks us, maybe
-                # our relay refuses everyone. Counted against this delivery (failed after the
-                # last attempt, never a bounce) and toward pausing the digest.
-                if await self._retry_or_fail(session, item.delivery, exc.reply):
-                    report.retried += 1
-                else:
-                    report.failed += 1
+            retried = await self._retry_or_fail(session, item.delivery, exc.reply)
+            await session.commit()
+        if retried:
+            report.retried += 1
+        else:
+            report.failed += 1
+        if exc.permanent:
+            # A policy refusal of one recipient (5.7.x): maybe that domain blocks us, maybe our
+            # relay refuses everyone. Counted against this delivery (failed after the last
+            # attempt, never a bounce) and toward pausing the send.
+            await self._pause_if_setup_broken(item, exc, self.relay.setup_error())
+
+    async def _carry_out(self, verdict: Verdict, report: BatchReport) -> None:
+        """Apply the bounces judged real; give back the others and pause their sends."""
+        if verdict.apply:
+            async with self.sessionmaker() as session:
+                for held in verdict.apply:
+                    delivery = held.item.delivery
+                    await outbox.mark_failed(
+                        session, worker_id=self.worker_id, delivery_id=delivery.id, reply=held.reply
+                    )
+                    kind = self.kinds.get(delivery.kind)
+                    if kind is not None:
+                        await kind.bounced(session, delivery=delivery, reply=held.reply)
                 await session.commit()
-                self._setup_errors += 1
-                await self._pause_if_setup_broken(item, exc)
-                return
-            if exc.permanent:
-                # 5xx on the recipient (550 no such user...): a hard bounce, never retried.
-                await outbox.mark_failed(
-                    session, worker_id=self.worker_id, delivery_id=item.delivery.id, reply=exc.reply
-                )
-                await mark_bounced(session, item.delivery.subscriber_id, exc.reply)
-                report.failed += 1
-            elif await self._retry_or_fail(session, item.delivery, exc.reply):
-                report.retried += 1
-            else:
-                report.failed += 1
+            report.failed += len(verdict.apply)
+            await self._finish_sends([h.item.delivery for h in verdict.apply])
+        if verdict.give_back:
+            reason = f"paused: {verdict.reason}. Check the relay, then resume."
+            await self._pause_sends([h.item.delivery for h in verdict.give_back], reason)
+            retry_at = utcnow() + timedelta(seconds=self.settings.send_retry_base_seconds)
+            await self._release(
+                [h.item.delivery for h in verdict.give_back], reason=reason, retry_at=retry_at
+            )
+            report.released += len(verdict.give_back)
+
+    async def _pause_sends(self, deliveries: Iterable[Claimed], reason: str) -> None:
+        sends = {(d.kind, d.digest_id) for d in deliveries}
+        async with self.sessionmaker() as session:
+            for kind_name, send_id in sends:
+                kind = self.kinds.get(kind_name)
+                if kind is None or send_id is None or not kind.stops_with_send:
+                    continue
+                if await kind.pause_send(session, send_id=send_id, reason=reason):
+                    log.error("send %s paused: %s", send_id, reason)
+                self.control.halt(send_id)
             await session.commit()
 
     async def _retry_or_fail(self, session: AsyncSession, delivery: Claimed, reply: str) -> bool:
@@ -568,41 +487,60 @@ class Sender:
 
     async def _setup_error(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         """A permanent error that blames our setup (credentials, sender, relay policy): the
-        delivery goes back to the queue untouched; past a threshold the digest is paused."""
-        self._setup_errors += 1
+        delivery goes back to the queue untouched; past a threshold its send is paused."""
+        count = self.relay.setup_error()
         delay = outbox.backoff_seconds(
-            self._setup_errors,
+            count,
             base=min(1.0, self.settings.send_retry_base_seconds),
             cap=self.settings.send_retry_max_seconds,
         )
         await self._release(
-            [item.delivery.id], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
+            [item.delivery], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
         )
         report.released += 1
-        await self._pause_if_setup_broken(item, exc)
+        await self._pause_if_setup_broken(item, exc, count)
 
-    async def _pause_if_setup_broken(self, item: Outgoing, exc: SendError) -> None:
-        """Past SEND_PAUSE_AFTER_PERMANENT_ERRORS in a row, the digest is paused with the reason."""
-        digest_id = item.delivery.digest_id
-        if self._setup_errors >= self.settings.send_pause_after_permanent_errors and digest_id:
+    async def _pause_if_setup_broken(self, item: Outgoing, exc: SendError, count: int) -> None:
+        """Past SEND_PAUSE_AFTER_PERMANENT_ERRORS in a row, the send is paused with the reason."""
+        if count >= self.settings.send_pause_after_permanent_errors:
             reason = (
-                f"paused after {self._setup_errors} consecutive permanent SMTP errors "
+                f"paused after {count} consecutive permanent SMTP errors "
                 f"that point at the sending setup; last reply: {exc.reply}"
             )
-            async with self.sessionmaker() as session:
-                paused = await pause_digest(session, digest_id=digest_id, reason=reason)
-                await session.commit()
-            self._paused_digests[digest_id] = time.monotonic()
-            if paused:
-                log.error("digest %s paused: %s", digest_id, reason)
+            await self._pause_sends([item.delivery], reason)
 
     async def _release(
-        self, ids: list[int], *, reason: str | None, retry_at: datetime | None = None
+        self,
+        deliveries: Sequence[Claimed],
+        *,
+        reason: str | None = None,
+        retry_at: datetime | None = None,
     ) -> None:
+        if not deliveries:
+            return
+        ids = [d.id for d in deliveries]
         async with self.sessionmaker() as session:
             await outbox.release(
                 session, worker_id=self.worker_id, ids=ids, retry_at=retry_at, reason=reason
             )
+            for name in {d.kind for d in deliveries}:
+                kind = self.kinds.get(name)
+                if kind is not None:
+                    await kind.released(session, ids=[d.id for d in deliveries if d.kind == name])
+            await session.commit()
+
+    async def _finish_sends(self, deliveries: Sequence[Claimed]) -> None:
+        sends: dict[str, set[int]] = defaultdict(set)
+        for delivery in deliveries:
+            if delivery.digest_id is not None:
+                sends[delivery.kind].add(delivery.digest_id)
+        if not sends:
+            return
+        async with self.sessionmaker() as session:
+            for name, send_ids in sends.items():
+                kind = self.kinds.get(name)
+                if kind is not None:
+                    await kind.finish_sends(session, send_ids=send_ids)
             await session.commit()
 
 
@@ -620,24 +558,5 @@ def _limiter(rate_per_second: float) -> AsyncLimiter | None:
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-
-
-async def mark_bounced(session: AsyncSession, subscriber_id: int | None, reply: str) -> None:
-    """A 5xx on the recipient at send time is a hard bounce, recorded like any other."""
-    if subscriber_id is None:
-        return
-    subscriber = await session.get(Subscriber, subscriber_id)
-    if subscriber is not None:
-        await apply_bounce(
-            session, subscriber=subscriber, type=BounceType.hard, reason=reply, source="smtp"
-        )
-
-
-async def _finish_completed_digests(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    async with sessionmaker() as session:
-        await finish_completed_digests(session)
-        await session.commit()

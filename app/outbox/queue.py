@@ -1,4 +1,6 @@
-"""The durable outbox: claim deliveries under a lease, then record what became of each.
+"""The durable outbox: every email is a `delivery` row first. Domains `enqueue` rows in the
+transaction of the data they belong to; workers claim them under a lease and record what became
+of each. Only the worker holding a row's lease writes its outcome.
 
 Claiming is one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) on PostgreSQL, so
 any number of workers share the queue without two of them holding the same row; SQLite runs
@@ -16,7 +18,8 @@ import sqlalchemy as sa
 from sqlmodel import SQLModel, col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import Delivery, DeliveryKind, DeliveryStatus, Digest, DigestStatus, utcnow
+from app.models import SUPPRESSED_STATUSES, Delivery, DeliveryStatus, Subscriber, utcnow
+from app.outbox import signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,25 +46,83 @@ _CLAIMED_COLUMNS = (
 )
 
 
+# --- Enqueue: the one way rows are added ----------------------------------------------------
+
+
+def enqueue(
+    session: AsyncSession,
+    *,
+    kind: str,
+    subscriber_id: int | None = None,
+    digest_id: int | None = None,
+    to_address: str | None = None,
+    language: str | None = None,
+) -> Delivery:
+    """Queue one email, in the caller's transaction (a rollback drops it with the rest)."""
+    delivery = Delivery(
+        kind=kind,
+        subscriber_id=subscriber_id,
+        digest_id=digest_id,
+        to_address=to_address,
+        language=language,
+    )
+    session.add(delivery)
+    return delivery
+
+
+async def enqueue_selected(
+    session: AsyncSession,
+    *,
+    kind: str,
+    recipients: sa.Select[int | None, str],
+    digest_id: int | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Queue one email per row of `recipients` (subscriber id, language) in ONE statement
+    (INSERT ... SELECT): a million readers stay one round trip, not a million."""
+    now = now or utcnow()
+    subquery = recipients.subquery()
+    columns = list(subquery.c)
+    rows = sa.select(
+        sa.literal(kind),
+        columns[0],
+        sa.literal(digest_id, sa.Integer),
+        columns[1],
+        sa.literal(DeliveryStatus.queued.value),
+        sa.literal(0),
+        sa.literal(now, sa.DateTime(timezone=True)),
+        sa.literal(now, sa.DateTime(timezone=True)),
+    )
+    await session.execute(
+        sa.insert(Delivery).from_select(
+            [
+                "kind",
+                "subscriber_id",
+                "digest_id",
+                "language",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+            ],
+            rows,
+        )
+    )
+
+
+# --- Claim -------------------------------------------------------------------------------------
+
+
 def _claimable(now: datetime) -> sa.ColumnElement[bool]:
-    sendable_digest = select(Digest.id).where(Digest.status == DigestStatus.sending)
-    return sa.and_(
-        or_(
-            sa.and_(
-                col(Delivery.status) == DeliveryStatus.queued,
-                col(Delivery.next_attempt_at) <= now,
-            ),
-            # A lease that ran out: its worker died (SIGKILL, lost host). Take the row over.
-            sa.and_(
-                col(Delivery.status) == DeliveryStatus.sending,
-                col(Delivery.lease_until) < now,
-            ),
+    return or_(
+        sa.and_(
+            col(Delivery.status) == DeliveryStatus.queued,
+            col(Delivery.next_attempt_at) <= now,
         ),
-        or_(
-            col(Delivery.digest_id).is_(None),
-            # Test copies go out whatever the digest's status (they are how a draft is checked).
-            col(Delivery.kind) == DeliveryKind.test,
-            col(Delivery.digest_id).in_(sendable_digest),
+        # A lease that ran out: its worker died (SIGKILL, lost host). Take the row over.
+        sa.and_(
+            col(Delivery.status) == DeliveryStatus.sending,
+            col(Delivery.lease_until) < now,
         ),
     )
 
@@ -72,12 +133,16 @@ async def claim_batch(
     worker_id: str,
     limit: int,
     lease_seconds: int,
+    only: sa.ColumnElement[bool] | None = None,
     now: datetime | None = None,
 ) -> list[Claimed]:
+    """Lease up to `limit` due rows, oldest first. `only`: a further condition the delivery
+    kinds put on what may go out now (a paused digest's copies wait)."""
     now = now or utcnow()
+    where = _claimable(now) if only is None else sa.and_(_claimable(now), only)
     ids = (
         select(Delivery.id)
-        .where(_claimable(now))
+        .where(where)
         .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -234,18 +299,6 @@ async def release(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    # Rows of a digest cancelled while they were in hand will never be sent: say so.
-    cancelled = select(Digest.id).where(Digest.status == DigestStatus.cancelled)
-    await session.execute(
-        sa.update(Delivery)
-        .where(
-            col(Delivery.id).in_(ids),
-            col(Delivery.status) == DeliveryStatus.queued,
-            col(Delivery.digest_id).in_(cancelled),
-        )
-        .values(status=DeliveryStatus.skipped, last_error="digest cancelled")
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def renew_leases(session: AsyncSession, *, worker_id: str, lease_seconds: int) -> None:
@@ -258,34 +311,54 @@ async def renew_leases(session: AsyncSession, *, worker_id: str, lease_seconds: 
     )
 
 
-async def no_longer_held(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> set[int]:
-    """Of these claimed rows, those this worker must not send any more: skipped meanwhile
-    (unsubscribe, bounce, erasure, cancel) or taken over after an expired lease."""
+async def check_held(
+    session: AsyncSession, *, worker_id: str, ids: Sequence[int]
+) -> tuple[set[int], set[int]]:
+    """Of these claimed rows: (lost, left). `lost`: no longer this worker's (taken over after an
+    expired lease, or settled by someone else): never send or record them. `left`: the reader
+    has left the list (unsubscribed, bounced, complained) since the claim: the holder skips
+    them. A worker hears of both at once through `signals`; this is the periodic check."""
     if not ids:
-        return set()
-    rows = await session.exec(
-        select(Delivery.id).where(
-            col(Delivery.id).in_(ids),
-            or_(
-                col(Delivery.status) != DeliveryStatus.sending, col(Delivery.leased_by) != worker_id
-            ),
+        return set(), set()
+    rows = await session.execute(
+        sa.select(
+            col(Delivery.id), col(Delivery.status), col(Delivery.leased_by), col(Subscriber.status)
         )
+        .select_from(Delivery)
+        .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+        .where(col(Delivery.id).in_(ids))
     )
-    return {i for i in rows.all() if i is not None}
+    lost: set[int] = set()
+    left: set[int] = set()
+    for delivery_id, status, leased_by, subscriber_status in rows.all():
+        if status != DeliveryStatus.sending or leased_by != worker_id:
+            lost.add(delivery_id)
+        elif subscriber_status in SUPPRESSED_STATUSES:
+            left.add(delivery_id)
+    return lost, left
 
 
 async def skip_subscriber_deliveries(
     session: AsyncSession, *, subscriber_id: int, why: str
 ) -> None:
-    """Nothing more goes out to this subscriber (unsubscribe, bounce, erasure): queued rows, and
-    rows a worker holds, which it checks twice a second and drops; only a message already on
-    the wire can still leave."""
+    """Nothing more goes out to this subscriber (unsubscribe, bounce, erasure), from the commit
+    on: queued rows (and rows of a worker that died) are skipped now; rows a live worker holds
+    are settled by that worker, which hears of it at once (`signals`) and drops them, unless
+    the message is already on the wire, in which case it is recorded `sent`, as it was."""
+    now = utcnow()
     await session.execute(
         sa.update(Delivery)
         .where(
             col(Delivery.subscriber_id) == subscriber_id,
-            col(Delivery.status).in_([DeliveryStatus.queued, DeliveryStatus.sending]),
+            or_(
+                col(Delivery.status) == DeliveryStatus.queued,
+                sa.and_(
+                    col(Delivery.status) == DeliveryStatus.sending,
+                    col(Delivery.lease_until) < now,
+                ),
+            ),
         )
         .values(status=DeliveryStatus.skipped, last_error=why[:2000], lease_until=None)
         .execution_options(synchronize_session=False)
     )
+    await signals.publish(session, signals.revoke_signal(subscriber_id))

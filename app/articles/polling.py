@@ -1,4 +1,4 @@
-"""Periodic jobs of the worker: poll the site's feed (FEED_URL every FEED_POLL_MINUTES).
+"""The worker's periodic job for this room: poll the site's feed (FEED_URL every FEED_POLL_MINUTES).
 
 A failed poll (unreachable, malformed) is logged and recorded on the Feed row; the loop goes
 on and no article is ever deleted.
@@ -18,7 +18,7 @@ from app.articles import service
 from app.articles.feeds import MalformedFeed
 from app.config import Settings
 
-log = logging.getLogger("app.worker.feeds")
+log = logging.getLogger("app.articles.polling")
 
 
 async def poll_feed_once(

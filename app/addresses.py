@@ -1,0 +1,116 @@
+"""Addresses and names: validating, normalising, and making them safe for headers.
+
+Every room that takes an address or a name from outside (signup, import, test copies, bounces)
+goes through here, so an address is valid, sendable and compared the same way everywhere.
+
+An address is kept as typed, except for its domain (lower-cased, punycode for an IDN): RFC 5321
+says the local part is case-sensitive, so `Ghost4@…` is mailed as `Ghost4@…`. Two addresses that
+differ only in case are the same reader: uniqueness and suppression use `address_key`.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from email.utils import formataddr
+
+from email_validator import EmailNotValidError, validate_email
+
+# C0 controls and DEL: CR and LF split headers, the rest have no place in an address or a name.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_ADDRESS_LENGTH = 320
+MAX_NAME_LENGTH = 200
+
+
+class InvalidEmail(ValueError):
+    pass
+
+
+def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
+    """Validate syntax (and DNS if asked); return the sendable ASCII form: the local part as
+    typed, the domain lower-cased (an internationalised domain becomes punycode, `xn--...`).
+
+    A non-ASCII local part (`josé@...`) is refused: it can only be delivered with SMTPUTF8
+    (RFC 6531), which the sender does not speak, so accepting it would queue undeliverable mail.
+    """
+    raw = raw.strip()
+    if not raw:
+        raise InvalidEmail("enter an email address")
+    if len(raw) > MAX_ADDRESS_LENGTH or CONTROL_CHARACTERS.search(raw):
+        raise InvalidEmail("this email address is not valid")
+    try:
+        result = validate_email(
+            raw, check_deliverability=check_deliverability, allow_smtputf8=False
+        )
+    except EmailNotValidError as exc:
+        if not raw.rpartition("@")[0].isascii() and _valid_with_smtputf8(raw):
+            raise InvalidEmail("this address needs SMTPUTF8, which is not supported") from exc
+        raise InvalidEmail(str(exc)) from exc
+    assert result.ascii_email is not None  # always set when SMTPUTF8 is not allowed
+    local, _, domain = result.ascii_email.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def address_key(address: str) -> str:
+    """What identifies a reader: the address without regard to case (what the keyed hash is
+    taken of). Mail providers treat local parts case-insensitively, and so do readers."""
+    return address.strip().lower()
+
+
+def _valid_with_smtputf8(raw: str) -> bool:
+    try:
+        validate_email(raw, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def clean_name(raw: str | None) -> str | None:
+    """Names reach headers and bodies: control characters (CR/LF...) become spaces, runs of
+    spaces one space, and an RFC 2047 opener `=?` is broken (see `header_safe`)."""
+    if raw is None:
+        return None
+    name = header_safe(" ".join(CONTROL_CHARACTERS.sub(" ", raw).split()), max_length=200)
+    return name or None
+
+
+def header_safe(value: str, *, max_length: int = 900) -> str:
+    """Collapse CR, LF and other control characters: no value can add or split a header.
+
+    Also break RFC 2047 encoded-word openers: the email package decodes `=?utf-8?q?=0D=0A?=`
+    when a header is set and writes the decoded CR LF out raw, a header injection; and a reader
+    could otherwise name themselves with text that a mail client decodes into something else."""
+    return CONTROL_CHARACTERS.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
+
+
+# An encoded word is at most 75 characters (RFC 2047 section 2): "=?utf-8?b?" + "?=" leave 63
+# characters of base64, which carry 45 bytes.
+_WORD_BYTES = 45
+
+
+def _encoded_words(text: str) -> str:
+    """`text` as RFC 2047 base64 encoded words, each under 76 characters and holding whole
+    characters, folded onto continuation lines (decoders join adjacent encoded words)."""
+    words: list[bytes] = []
+    chunk = b""
+    for char in text:
+        encoded = char.encode("utf-8")
+        if len(chunk) + len(encoded) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(word).decode('ascii')}?=" for word in words)
+
+
+def format_address(name: str | None, email: str) -> str:
+    """A ready header value `Name <address>`: an ASCII name quoted where RFC 5322 needs it, any
+    other name RFC 2047-encoded. Safe to write after "To: " as it is; no further escaping
+    (escaping an encoded word breaks it: that was the accented `To:` of every digest)."""
+    clean = header_safe(name or "", max_length=MAX_NAME_LENGTH)
+    if not clean:
+        return email
+    if clean.isascii():
+        return formataddr((clean, email))
+    return f"{_encoded_words(clean)} <{email}>"

@@ -1,0 +1,55 @@
+"""How a delivery is recognised when something comes back about it: its Message-ID, and with
+`VERP=true` its envelope sender.
+
+The Message-ID is stable (the same delivery always gets the same one, so a copy resent after a
+crash is recognisable) and carries a keyed tag, so a report naming one of our ids can be trusted
+to name that delivery even when its outcome was never recorded.
+
+VERP (variable envelope return path): a delivery's envelope sender is
+`newsletter+<delivery id>@domain` (the local part of `MAIL_FROM`, a `+`, the id). A bounce comes
+back to that address, and the id leads to the delivery and the subscriber even when the report
+itself is unreadable or redacts the recipient. The relay must deliver `newsletter+anything@domain`
+to the `newsletter` mailbox (Postfix: `recipient_delimiter = +`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from app.config import Settings
+from app.mail.message import envelope_sender, mail_from_domain
+
+_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.[0-9a-f]{10}@[^>]+>")
+
+
+def message_id_for(settings: Settings, delivery_id: int) -> str:
+    # The same delivery (same digest + subscriber) always gets the same Message-ID, so a copy
+    # resent after a crash can be recognised by the receiving side and by us.
+    tag = hashlib.sha256(f"{settings.secret_key}:{delivery_id}".encode()).hexdigest()[:10]
+    return f"<nl.{delivery_id}.{tag}@{mail_from_domain(settings.mail_from)}>"
+
+
+def delivery_of_message_id(settings: Settings, message_id: str) -> int | None:
+    """The delivery a Message-ID of ours names (its keyed tag checked), else None."""
+    shape = _OUR_MESSAGE_ID.fullmatch(message_id.strip())
+    if shape and message_id_for(settings, int(shape.group(1))) == message_id.strip():
+        return int(shape.group(1))
+    return None
+
+
+def verp_sender(settings: Settings, delivery_id: int) -> str:
+    """The envelope sender (SMTP `MAIL FROM`) for one delivery."""
+    sender = envelope_sender(settings.mail_from)
+    if not settings.verp:
+        return sender
+    local, _, domain = sender.rpartition("@")
+    return f"{local}+{delivery_id}@{domain}"
+
+
+def verp_delivery_id(settings: Settings, address: str) -> int | None:
+    """The delivery id encoded in a VERP address of ours, or None for any other address."""
+    local, _, domain = envelope_sender(settings.mail_from).rpartition("@")
+    pattern = rf"{re.escape(local)}\+(\d{{1,18}})@{re.escape(domain)}"
+    match = re.fullmatch(pattern, address.strip().strip("<>"), flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,78 @@
+"""Outcomes of the messages a worker sends, written in small groups off the SMTP lanes.
+
+Lanes only append and, when a group is full, wake the flusher: they never wait on the database,
+so an SMTP connection is never idle while a commit is in flight. One recorder lives as long as
+its worker: what a failed commit could not record is kept for the next flush.
+
+Crash safety: a message is recorded `sent` within RECORD_GROUP messages or RECORD_DELAY of the
+server's 250; a worker killed in between leaves those rows `sending` under a lease, and the next
+worker re-sends them after the lease expires (same Message-ID, so the duplicate is recognisable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.outbox import queue as outbox
+
+log = logging.getLogger("app.worker")
+
+RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
+RECORD_DELAY = 0.05  # seconds: and never older than this
+LEFT_REASON = "the reader left the list"
+
+
+class Recorder:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str) -> None:
+        self.sessionmaker = sessionmaker
+        self.worker_id = worker_id
+        self._sent: list[int] = []
+        self._left: list[int] = []
+        self._full = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def sent(self, delivery_id: int) -> None:
+        self._sent.append(delivery_id)
+        if len(self._sent) >= RECORD_GROUP:
+            self._full.set()
+
+    def left(self, delivery_id: int) -> None:
+        """A held row not sent because its reader left the list meanwhile."""
+        self._left.append(delivery_id)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._sent and not self._left:
+                return
+            sent, self._sent = self._sent, []
+            left, self._left = self._left, []
+            self._full.clear()
+            try:
+                async with self.sessionmaker() as session:
+                    await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
+                    await outbox.mark_skipped(
+                        session, worker_id=self.worker_id, ids=left, reason=LEFT_REASON
+                    )
+                    await session.commit()
+            except BaseException:
+                # Not recorded yet: keep them for the next flush.
+                self._sent[:0] = sent
+                self._left[:0] = left
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush whenever a group is full, and at least every RECORD_DELAY, until `stop`."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._full.wait(), timeout=RECORD_DELAY)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+            except Exception:  # kept for the next flush; the lease covers a longer outage
+                log.warning("could not record sent messages yet", exc_info=True)
+                await asyncio.sleep(RECORD_DELAY)
