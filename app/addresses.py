@@ -16,8 +16,10 @@ from email.utils import formataddr
 
 from email_validator import EmailNotValidError, validate_email
 
-# C0 controls and DEL: CR and LF split headers, the rest have no place in an address or a name.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: CR and LF split
+# headers, and the email package treats every character `str.splitlines` breaks at (NEL,
+# U+2028...) as a line break too; none has a place in an address or a name.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 MAX_ADDRESS_LENGTH = 320
 MAX_NAME_LENGTH = 200
 

@@ -7,6 +7,7 @@ import email
 import email.policy
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -20,6 +21,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    started: float = 0.0  # time.monotonic() at MAIL FROM: the exchange began
+    finished: float = 0.0  # and when the message was accepted
 
     @property
     def message(self) -> EmailMessage:
@@ -33,6 +36,7 @@ class Faults:
     """Replies to give instead of accepting. Keys are recipient addresses (lower-case)."""
 
     rcpt: dict[str, str] = field(default_factory=dict)  # e.g. "550 5.1.1 No such user"
+    rcpt_all: str | None = None  # the same reply to every recipient (a relay refusing all)
     rcpt_times: dict[str, int] = field(default_factory=dict)  # how many times (absent: always)
     mail_from: str | None = None  # e.g. "553 5.7.1 Sender refused"
     data: str | None = None
@@ -51,6 +55,7 @@ class _Handler:
         if self.server.faults.mail_from:
             return self.server.faults.mail_from
         envelope.mail_from = address
+        session.started = time.monotonic()  # type: ignore[attr-defined]
         return "250 OK"
 
     async def handle_RCPT(
@@ -58,6 +63,8 @@ class _Handler:
     ) -> str:
         faults = self.server.faults
         key = address.lower()
+        if faults.rcpt_all:
+            return faults.rcpt_all.replace("<x>", f"<{address}>")
         if key in faults.rcpt:
             remaining = faults.rcpt_times.get(key)
             if remaining is None or remaining > 0:
@@ -76,7 +83,13 @@ class _Handler:
         content = envelope.original_content or b""
         with self.server.lock:
             self.server.received.append(
-                Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
+                Received(
+                    str(envelope.mail_from),
+                    list(envelope.rcpt_tos),
+                    bytes(content),
+                    started=getattr(session, "started", 0.0),
+                    finished=time.monotonic(),
+                )
             )
             count = len(self.server.received)
         transport = srv.transport
