@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -48,7 +49,7 @@ def load_settings() -> Settings:
     return settings
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -252,6 +253,12 @@ def bounces_process(
     console.print(f"{summary.suppressed} subscriber(s) newly suppressed", soft_wrap=True)
     for name in summary.unmatched:
         console.print(f"unmatched: {name}", markup=False, soft_wrap=True)
+    for name in summary.unverified:
+        console.print(
+            f"unverified: {name}: matched by address only, counted as a soft bounce",
+            markup=False,
+            soft_wrap=True,
+        )
     for name, reason in summary.unreadable:
         console.print(f"unreadable: {name}: {reason}", markup=False, soft_wrap=True)
 
@@ -394,6 +401,45 @@ async def _export(settings: Settings, status: SubscriberStatus | None, out: Text
         return count
 
     return await _in_transaction(settings, work)
+
+
+def parse_time(value: str, *, option: str) -> datetime:
+    """An ISO 8601 date or time from the command line (UTC when it names no zone)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(f"{option}: {value!r} is not a date or time (e.g. 2026-11-28 or 2026-11-28T08:00)")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@subscribers_cli.command("unbounce")
+def subscribers_unbounce(
+    since: str = typer.Option(
+        ..., "--since", help="Restore readers marked bounced at or after this time (ISO 8601)."
+    ),
+    digest: int | None = typer.Option(
+        None, "--digest", min=1, help="Only readers whose copy of this digest failed."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List them; change nothing."),
+) -> None:
+    """Restore readers bounced by mistake (a relay that refused everyone, a wrong report): back
+    to confirmed, with the reason in their history; failed copies of a digest still being sent
+    are queued again. Try it with --dry-run first."""
+    from app.bounces import service
+
+    settings = load_settings()
+    moment = parse_time(since, option="--since")
+    restored = asyncio.run(
+        _in_transaction(
+            settings,
+            lambda s: service.unbounce(s, since=moment, digest_id=digest, dry_run=dry_run),
+        )
+    )
+    for item in restored:
+        bounced = item.bounced_at.isoformat(timespec="seconds") if item.bounced_at else "-"
+        typer.echo(f"{item.email or '(erased)'}\tbounced {bounced}\t-> {item.restored_to}")
+    verb = "would restore" if dry_run else "restored"
+    typer.echo(f"{verb} {len(restored)} subscriber(s)")
 
 
 @subscribers_cli.command("export")

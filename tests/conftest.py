@@ -64,7 +64,7 @@ def _pg_url_for(database: str) -> str:
 
 def _pg_execute(sql: str) -> None:
     with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +130,7 @@ def make_settings(
         "mail_from": "Dzaleu <newsletter@dzaleu.test>",
         "maildir_path": tmp_path / "maildir",
         "rate_limit_signup": "1000/minute",
-        "signup_min_answer_ms": 0,  # tests/test_signup.py checks the floor on its own
+        "signup_min_answer_ms": 0,  # tests/subscriptions/test_signup.py checks the floor on its own
         "send_retry_base_seconds": 0.05,
         "send_retry_max_seconds": 0.2,
         "worker_poll_seconds": 0.05,
@@ -140,7 +140,7 @@ def make_settings(
         values["smtp_host"] = smtp_server.host
         values["smtp_port"] = smtp_server.port
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import asyncio
 import re
 from email.message import EmailMessage
 
-from click.testing import Result
 from fastapi import FastAPI
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from typer.testing import Result
 
 from app.background import make_sender as build_sender
 from app.config import Settings
@@ -136,7 +136,8 @@ async def run_cli(args: list[str], env: dict[str, str]) -> Result:
 
     from app.cli import cli
 
-    return await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+    runner = CliRunner()
+    return await asyncio.to_thread(lambda: runner.invoke(cli, args, env=env))
 
 
 async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Delivery]:

@@ -93,7 +93,7 @@ class _Handler:
             )
             count = len(self.server.received)
         transport = srv.transport
-        assert transport is not None
+        assert isinstance(transport, asyncio.Transport)
         if faults.drop_before_reply_every and count % faults.drop_before_reply_every == 0:
             self.server.drops += 1
             transport.abort()

@@ -63,9 +63,7 @@ def app(settings: Settings) -> Iterator[FastAPI]:
 
 # The document is read from an app with throwaway settings: it depends on code, not on data.
 schema = schemathesis.openapi.from_dict(
-    create_app(
-        Settings(_env_file=None, database_url="sqlite://", secret_key=SECRET)  # type: ignore[call-arg]
-    ).openapi()
+    create_app(Settings(_env_file=None, database_url="sqlite://", secret_key=SECRET)).openapi()
 )
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 
 from app.bounces import service
-from app.deps import SessionDep, SettingsDep, TokensDep
+from app.bounces.schemas import (
+    BounceAccepted,
+    BounceCreate,
+    UnbouncedPublic,
+    UnbounceIn,
+    UnbounceOut,
+)
+from app.deps import EditorDep, SessionDep, SettingsDep, TokensDep
 from app.editors import authenticate
-from app.models import BounceType
 
 router = APIRouter(prefix="/api/v1", tags=["bounces"])
 _bearer = HTTPBearer(
@@ -47,18 +52,6 @@ async def bounce_reporter(
     )
 
 
-class BounceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    email: str = Field(max_length=320, description="The address that bounced or complained")
-    type: BounceType
-    reason: str | None = Field(default=None, max_length=2000, description="e.g. the SMTP reply")
-
-
-class BounceAccepted(BaseModel):
-    status: Literal["accepted"] = "accepted"
-
-
 @router.post(
     "/bounces",
     status_code=202,
@@ -82,3 +75,26 @@ async def report_bounce(
         source=source,
     )
     return BounceAccepted()
+
+
+@router.post(
+    "/subscribers/unbounce",
+    response_model=UnbounceOut,
+    tags=["subscribers"],
+    responses={401: {"description": "Missing, wrong or revoked API key"}},
+)
+async def unbounce(body: UnbounceIn, session: SessionDep, _editor: EditorDep) -> UnbounceOut:
+    """Restore readers marked bounced since `since` (optionally only those whose copy of
+    `digest_id` failed): back to confirmed, recorded in their history, their failed copies of
+    an unfinished digest queued again. `dry_run: true` lists them and changes nothing."""
+    restored = await service.unbounce(
+        session, since=body.since, digest_id=body.digest_id, dry_run=body.dry_run
+    )
+    return UnbounceOut(
+        dry_run=body.dry_run,
+        count=len(restored),
+        subscribers=[
+            UnbouncedPublic(email=r.email, bounced_at=r.bounced_at, restored_to=r.restored_to)
+            for r in restored
+        ],
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -22,9 +23,14 @@ from app.models import (
     BounceEvent,
     BounceType,
     Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
     Subscriber,
     SubscriberEventType,
     SubscriberStatus,
+    as_utc,
     utcnow,
 )
 from app.outbox.identity import delivery_of_message_id, verp_delivery_id
@@ -180,18 +186,24 @@ async def _subscriber_of_delivery(session: AsyncSession, delivery_id: int) -> Su
     return subscriber
 
 
+class MatchedBy:
+    verp = "verp"  # the signed VERP address the report came back to
+    message_id = "message_id"  # the original message's Message-ID, ours (keyed tag)
+    address = "address"  # only a recipient address the report names: anyone could write that
+
+
 async def match_report(
     session: AsyncSession, *, settings: Settings, tokens: Tokens, report: Report
-) -> Subscriber | None:
-    """The subscriber a report is about: VERP address, then the original Message-ID, then the
-    recipient addresses it names."""
+) -> tuple[Subscriber, str] | None:
+    """The subscriber a report is about, and how it was matched: signed VERP address, then the
+    original Message-ID, then the recipient addresses it names."""
     if settings.verp:
         for address in report.envelope_addresses:
             delivery_id = verp_delivery_id(settings, address)
             if delivery_id is not None:
                 subscriber = await _subscriber_of_delivery(session, delivery_id)
                 if subscriber is not None:
-                    return subscriber
+                    return subscriber, MatchedBy.verp
     for message_id in report.message_ids:
         delivery = (
             await session.exec(select(Delivery).where(Delivery.message_id == message_id))
@@ -199,20 +211,20 @@ async def match_report(
         if delivery is not None and delivery.id is not None:
             subscriber = await _subscriber_of_delivery(session, delivery.id)
             if subscriber is not None:
-                return subscriber
+                return subscriber, MatchedBy.message_id
         # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
         # matches, even if the outcome was never recorded (a crash between send and record).
         delivery_id = delivery_of_message_id(settings, message_id)
         if delivery_id is not None:
             subscriber = await _subscriber_of_delivery(session, delivery_id)
             if subscriber is not None:
-                return subscriber
+                return subscriber, MatchedBy.message_id
     for address in report.recipients:
         subscriber = await subscriber_by_email(
             session, tokens=tokens, email=address, include_erased=False
         )
         if subscriber is not None:
-            return subscriber
+            return subscriber, MatchedBy.address
     return None
 
 
@@ -226,6 +238,9 @@ class ProcessSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     already_processed: int = 0  # reports applied by an earlier run (or twice in this one)
     suppressed: int = 0  # subscribers whose status changed
+    # Matched only by an address the report names (no signed VERP, no Message-ID of ours):
+    # anyone can write such a report, so it counts as a soft bounce, never a suppression.
+    unverified: list[str] = field(default_factory=list)
 
 
 async def process_returned_mail(
@@ -245,15 +260,21 @@ async def process_returned_mail(
         except UnreadableReport as exc:
             summary.unreadable.append((name, str(exc)))
             continue
-        subscriber = await match_report(session, settings=settings, tokens=tokens, report=report)
-        if subscriber is None:
+        matched = await match_report(session, settings=settings, tokens=tokens, report=report)
+        if matched is None:
             summary.unmatched.append(name)
             continue
+        subscriber, how = matched
+        bounce_type, reason = report.type, report.reason
+        if how == MatchedBy.address and bounce_type != BounceType.soft:
+            summary.unverified.append(name)
+            reason = f"unverified {bounce_type} (matched by address only): {reason}"
+            bounce_type = BounceType.soft
         outcome = await apply_bounce(
             session,
             subscriber=subscriber,
-            type=report.type,
-            reason=report.reason,
+            type=bounce_type,
+            reason=reason,
             source=BounceSource.mailbox,
             report_id=report.report_id,
         )
@@ -261,10 +282,103 @@ async def process_returned_mail(
             summary.already_processed += 1
             continue
         summary.suppressed += outcome.changed
-        if report.type == BounceType.hard:
+        if bounce_type == BounceType.hard:
             summary.hard += 1
-        elif report.type == BounceType.soft:
+        elif bounce_type == BounceType.soft:
             summary.soft += 1
         else:
             summary.complaints += 1
     return summary
+
+
+# --- Undoing bounces ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unbounced:
+    subscriber_id: int
+    email: str | None
+    bounced_at: datetime | None
+    restored_to: str  # confirmed, or pending for a reader who never confirmed
+
+
+async def unbounce(
+    session: AsyncSession,
+    *,
+    since: datetime,
+    digest_id: int | None = None,
+    dry_run: bool = False,
+) -> list[Unbounced]:
+    """Restore readers marked bounced since `since` (only those whose copy of `digest_id`
+    failed, when given): a relay that refused everyone before this service could tell, or a
+    wrong bounce report. Each goes back to `confirmed` (`pending` if they never confirmed), with
+    an `unbounced` line in their history; their failed copies of a digest still being sent (or
+    paused) are queued again. `dry_run`: only the list."""
+    where = [
+        col(Subscriber.status) == SubscriberStatus.bounced,
+        col(Subscriber.bounced_at) >= since,
+        col(Subscriber.erased_at).is_(None),
+    ]
+    if digest_id is not None:
+        failed_copy = (
+            sa.select(col(Delivery.id))
+            .where(
+                col(Delivery.subscriber_id) == col(Subscriber.id),
+                col(Delivery.digest_id) == digest_id,
+                col(Delivery.kind) == DeliveryKind.digest,
+                col(Delivery.status) == DeliveryStatus.failed,
+            )
+            .exists()
+        )
+        where.append(failed_copy)
+    subscribers = (
+        await session.exec(select(Subscriber).where(*where).order_by(col(Subscriber.id)))
+    ).all()
+    restored: list[Unbounced] = []
+    for subscriber in subscribers:
+        assert subscriber.id is not None
+        to = (
+            SubscriberStatus.confirmed
+            if subscriber.confirmed_at is not None
+            else SubscriberStatus.pending
+        )
+        restored.append(
+            Unbounced(
+                subscriber_id=subscriber.id,
+                email=subscriber.email,
+                bounced_at=as_utc(subscriber.bounced_at) if subscriber.bounced_at else None,
+                restored_to=to,
+            )
+        )
+        if dry_run:
+            continue
+        detail = f"bounce undone: bounced since {since.isoformat()}"
+        if digest_id is not None:
+            detail += f", digest {digest_id}"
+        await change_status(
+            session, subscriber, to=to, event=SubscriberEventType.unbounced, detail=detail
+        )
+    if restored and not dry_run:
+        unfinished = sa.select(col(Digest.id)).where(
+            col(Digest.status).in_([DigestStatus.sending, DigestStatus.paused])
+        )
+        await session.execute(
+            sa.update(Delivery)
+            .where(
+                col(Delivery.subscriber_id).in_([r.subscriber_id for r in restored]),
+                col(Delivery.kind) == DeliveryKind.digest,
+                col(Delivery.status) == DeliveryStatus.failed,
+                col(Delivery.digest_id).in_(unfinished),
+            )
+            .values(
+                status=DeliveryStatus.queued,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                last_error=None,
+                leased_by=None,
+                lease_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.flush()
+    return restored

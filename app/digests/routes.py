@@ -121,11 +121,14 @@ async def list_digests(
 ) -> DigestList:
     """Newest first."""
     rows, total = await service.list_digests_with_progress(session, limit=limit, offset=offset)
-    items = []
-    for digest, progress in rows:
-        assert digest.id is not None
-        articles = await service.digest_articles(session, digest_id=digest.id)
-        items.append(DigestSummary.model_validate(_summary_fields(digest, articles, progress)))
+    articles = await service.articles_of_digests(
+        session, digest_ids=[d.id for d, _ in rows if d.id is not None]
+    )
+    items = [
+        DigestSummary.model_validate(_summary_fields(digest, articles[digest.id], progress))
+        for digest, progress in rows
+        if digest.id is not None
+    ]
     return DigestList(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -155,7 +158,10 @@ async def preview(
 ) -> Response:
     """The email a subscriber gets, for a sample reader (its unsubscribe link unsubscribes
     nobody)."""
-    await _fresh_digest(session, digest_id)  # 404 for an unknown digest
+    try:
+        await service.get_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     rendered = await preview_digest(
         session, digest_id=digest_id, language=lang, settings=settings, tokens=tokens
     )

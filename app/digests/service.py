@@ -180,6 +180,23 @@ async def digest_articles(session: AsyncSession, *, digest_id: int) -> list[Dige
     return list(rows.all())
 
 
+async def articles_of_digests(
+    session: AsyncSession, *, digest_ids: Sequence[int]
+) -> dict[int, list[DigestArticle]]:
+    """The frozen articles of several digests, in one query (a list page is not N+1)."""
+    found: dict[int, list[DigestArticle]] = {i: [] for i in digest_ids}
+    if not digest_ids:
+        return found
+    rows = await session.exec(
+        select(DigestArticle)
+        .where(col(DigestArticle.digest_id).in_(list(digest_ids)))
+        .order_by(col(DigestArticle.digest_id), col(DigestArticle.position))
+    )
+    for article in rows.all():
+        found[article.digest_id].append(article)
+    return found
+
+
 async def list_digests(
     session: AsyncSession, *, limit: int, offset: int
 ) -> tuple[list[Digest], int]:

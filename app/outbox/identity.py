@@ -6,15 +6,18 @@ crash is recognisable) and carries a keyed tag, so a report naming one of our id
 to name that delivery even when its outcome was never recorded.
 
 VERP (variable envelope return path): a delivery's envelope sender is
-`newsletter+<delivery id>@domain` (the local part of `MAIL_FROM`, a `+`, the id). A bounce comes
-back to that address, and the id leads to the delivery and the subscriber even when the report
-itself is unreadable or redacts the recipient. The relay must deliver `newsletter+anything@domain`
-to the `newsletter` mailbox (Postfix: `recipient_delimiter = +`).
+`newsletter+<delivery id>.<tag>@domain` (the local part of `MAIL_FROM`, a `+`, the id, a keyed
+tag). A bounce comes back to that address, and the id leads to the delivery and the subscriber
+even when the report itself is unreadable or redacts the recipient. The tag is an HMAC of the id:
+without it anyone who can write to the bounce mailbox could suppress any reader by guessing
+sequential ids, so an address with no tag or a wrong one names nothing. The relay must deliver
+`newsletter+anything@domain` to the `newsletter` mailbox (Postfix: `recipient_delimiter = +`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 from app.config import Settings
@@ -38,18 +41,31 @@ def delivery_of_message_id(settings: Settings, message_id: str) -> int | None:
     return None
 
 
+def _verp_tag(secret: str, delivery_id: int) -> str:
+    # 40 bits: guessing a tag takes a trillion tries, each an email to the bounce mailbox.
+    digest = hmac.new(secret.encode(), f"newsletter.verp.v1:{delivery_id}".encode(), "sha256")
+    return digest.hexdigest()[:10]
+
+
 def verp_sender(settings: Settings, delivery_id: int) -> str:
     """The envelope sender (SMTP `MAIL FROM`) for one delivery."""
     sender = envelope_sender(settings.mail_from)
     if not settings.verp:
         return sender
     local, _, domain = sender.rpartition("@")
-    return f"{local}+{delivery_id}@{domain}"
+    return f"{local}+{delivery_id}.{_verp_tag(settings.secret_key, delivery_id)}@{domain}"
 
 
 def verp_delivery_id(settings: Settings, address: str) -> int | None:
-    """The delivery id encoded in a VERP address of ours, or None for any other address."""
+    """The delivery id a signed VERP address of ours names, or None for any other address
+    (someone else's, an unsigned or wrongly signed one)."""
     local, _, domain = envelope_sender(settings.mail_from).rpartition("@")
-    pattern = rf"{re.escape(local)}\+(\d{{1,18}})@{re.escape(domain)}"
+    pattern = rf"{re.escape(local)}\+(\d{{1,18}})\.([0-9a-f]{{10}})@{re.escape(domain)}"
     match = re.fullmatch(pattern, address.strip().strip("<>"), flags=re.IGNORECASE)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    delivery_id = int(match.group(1))
+    expected = _verp_tag(settings.secret_key, delivery_id)
+    if not hmac.compare_digest(expected, match.group(2).lower()):
+        return None
+    return delivery_id

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from app import openapi
 from app.addresses import InvalidEmail, clean_name, normalize_email
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.http import field_error
-from app.models import ConsentSource, Language
+from app.models import ConsentSource
 from app.ratelimit import RateLimiter
 from app.security import TokenError, TokenExpired
 from app.subscriptions import service
+from app.subscriptions.schemas import SubscriptionAccepted, SubscriptionCreate
 from app.web.i18n import STRINGS, request_language
 from app.web.templates import render_page
 
@@ -30,21 +30,6 @@ async def signup_rate_limit(request: Request, ip: ClientIpDep) -> None:
 
 RateLimitDep = Depends(signup_rate_limit)
 INVALID_LINK: dict[int | str, dict[str, Any]] = {400: openapi.INVALID_LINK_PAGE}
-
-
-class SubscriptionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    email: str = Field(max_length=320, description="The reader's email address")
-    name: str | None = Field(default=None, max_length=200)
-    language: Language = Language.fr
-    website: str | None = Field(
-        default=None, max_length=500, description="Honeypot: leave empty", exclude=True
-    )
-
-
-class SubscriptionAccepted(BaseModel):
-    status: Literal["pending"] = "pending"
 
 
 @api.post(

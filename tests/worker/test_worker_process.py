@@ -56,7 +56,7 @@ def received(smtp_server: SmtpServer) -> Counter[str]:
         return Counter(r.rcpt_tos[0] for r in smtp_server.received)
 
 
-def wait_until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

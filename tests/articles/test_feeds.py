@@ -24,7 +24,7 @@ from app.config import Settings
 from app.models import Article, Feed
 from tests.feed_server import FeedServer, Page
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 SAMPLE = DATA / "wordpress-feed-fr.xml"  # a copy of the site's feed (shared/samples)
 
 
@@ -414,6 +414,19 @@ async def test_poll_loop_runs_until_stopped(app: FastAPI, settings: Settings) ->
     await asyncio.wait_for(task, timeout=5)
 
 
-async def test_poll_disabled_without_settings(app: FastAPI, settings: Settings) -> None:
+async def test_poll_disabled_without_settings(
+    app: FastAPI, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without FEED_URL, or with FEED_POLL_MINUTES=0, the poller returns at once (the stop
+    event is never set) and fetches nothing."""
     stop = asyncio.Event()
     await asyncio.wait_for(poll_feeds_forever(settings, app.state.sessionmaker, stop), timeout=1)
+    never = settings.model_copy(
+        update={"feed_url": "http://127.0.0.1:9/feed", "feed_poll_minutes": 0}
+    )
+    with caplog.at_level("INFO", logger="app.articles.polling"):
+        await asyncio.wait_for(poll_feeds_forever(never, app.state.sessionmaker, stop), timeout=1)
+    assert "FEED_POLL_MINUTES is 0: the feed is not polled" in caplog.text
+    assert not stop.is_set()
+    async with app.state.sessionmaker() as s:
+        assert (await s.exec(select(Feed))).all() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import mailbox
+import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.bounces.reports import UnreadableReport, parse_report
+from app.bounces.service import apply_bounce
 from app.config import Settings
 from app.main import create_app
 from app.models import (
@@ -23,8 +25,11 @@ from app.models import (
     Delivery,
     DeliveryKind,
     DeliveryStatus,
+    Digest,
+    DigestStatus,
     Subscriber,
     SubscriberEvent,
+    SubscriberEventType,
     SubscriberStatus,
     utcnow,
 )
@@ -33,7 +38,7 @@ from tests.conftest import make_settings
 from tests.factories import cli_env, editor_headers, make_subscriber, run_cli
 from tests.smtp_server import SmtpServer
 
-DATA = Path(__file__).parent / "data" / "bounces"
+DATA = Path(__file__).parents[1] / "data" / "bounces"
 WEBHOOK_SECRET = "whsec_3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e"
 
 
@@ -216,11 +221,17 @@ async def test_without_a_webhook_secret_only_editor_keys_work(
 
 
 def test_verp_sender_round_trip(settings: Settings) -> None:
-    assert verp_sender(settings, 12345) == "newsletter+12345@dzaleu.test"
-    assert verp_delivery_id(settings, "<Newsletter+12345@DZALEU.test>") == 12345
+    sender = verp_sender(settings, 12345)
+    assert re.fullmatch(r"newsletter\+12345\.[0-9a-f]{10}@dzaleu\.test", sender)
+    assert verp_delivery_id(settings, f"<{sender.upper()}>") == 12345
     assert verp_delivery_id(settings, "newsletter@dzaleu.test") is None
-    assert verp_delivery_id(settings, "other+12345@dzaleu.test") is None
-    assert verp_delivery_id(settings, "newsletter+12345@evil.test") is None
+    assert verp_delivery_id(settings, sender.replace("newsletter+", "other+")) is None
+    assert verp_delivery_id(settings, sender.replace("@dzaleu.test", "@evil.test")) is None
+    # Forged: the plain sequential id, or a tag made without our key, names nothing.
+    assert verp_delivery_id(settings, "newsletter+12345@dzaleu.test") is None
+    assert verp_delivery_id(settings, "newsletter+12345.0000000000@dzaleu.test") is None
+    other_key = settings.model_copy(update={"secret_key": "another-secret-key-0123456789"})
+    assert verp_delivery_id(settings, verp_sender(other_key, 12345)) is None
     plain = settings.model_copy(update={"verp": False})
     assert verp_sender(plain, 12345) == "newsletter@dzaleu.test"
 
@@ -274,9 +285,11 @@ async def test_process_maildir_of_returned_mail(
     kofi = await make_subscriber(session, tokens, email="kofi.mensah@busylink.com.gh")
     yahoo_reader = await make_subscriber(session, tokens, email="awa.sow@yahoo.fr")
     fatou = await make_subscriber(session, tokens, email="fatou.ndiaye@hotmail.fr")
-    # Deliveries as the sender left them: 1042 is found through VERP, 1043 through the recorded
+    # Deliveries as the sender left them: 1042 is found through its Message-ID (its VERP address
+    # is unsigned, so it names nothing), 1043 through the recorded
     # Message-ID, 2071 through its Message-ID's keyed tag (outcome never recorded), and Fatou's
-    # report through the original To (delivery 2072 is gone).
+    # report through the original To (delivery 2072 is gone). 3000 is queued for the reader who
+    # complains: it is skipped.
     session.add_all(
         [
             Delivery(
@@ -298,7 +311,7 @@ async def test_process_maildir_of_returned_mail(
                 subscriber_id=yahoo_reader.id,
                 status=DeliveryStatus.sending,
             ),
-            Delivery(id=3000, kind=DeliveryKind.confirmation, subscriber_id=fatou.id),
+            Delivery(id=3000, kind=DeliveryKind.confirmation, subscriber_id=yahoo_reader.id),
         ]
     )
     await session.commit()
@@ -319,12 +332,15 @@ async def test_process_maildir_of_returned_mail(
         for line in out.splitlines()
         if line.startswith("│") and line.replace("│", " ").split()[0].isdigit()
     ]
-    assert numbers == [[6, 1, 1, 2, 0, 2, 0]]
+    # Fatou's complaint names her address and no Message-ID of ours: anyone could have written
+    # it, so it counts as a soft bounce.
+    assert numbers == [[6, 1, 2, 1, 0, 2, 0]]
     assert "not a delivery status or feedback report (text/plain)" in out
+    assert "unverified: " in out
 
     statuses = [(await fresh(session, i)).status for i in ids]
-    # Kofi: one soft bounce, still subscribed.
-    assert statuses == ["bounced", "confirmed", "complained", "complained"]
+    # Kofi: one soft bounce, still subscribed; Fatou: an unverified complaint, still subscribed.
+    assert statuses == ["bounced", "confirmed", "complained", "confirmed"]
     queued = await session.get(Delivery, 3000)
     assert queued is not None
     assert queued.status == DeliveryStatus.skipped
@@ -347,6 +363,35 @@ async def test_process_mbox_unmatched_without_verp(
     assert result.exit_code == 0, result.output
     assert "unmatched: returned.mbox#1" in result.stdout  # Aminata is not a subscriber here
     assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 1
+
+
+async def test_forged_reports_suppress_nobody(
+    app: FastAPI, session: AsyncSession, settings: Settings, tmp_path: Path
+) -> None:
+    """Anyone can email the bounce mailbox. A report that names a reader's address, with a VERP
+    address of sequential id and no Message-ID of ours, must not suppress them."""
+    tokens = app.state.tokens
+    aminata = await make_subscriber(session, tokens, email="aminata.diallo@orange.fr")
+    other = await make_subscriber(session, tokens, email="other@example.org")
+    aminata_id, other_id = aminata.id, other.id
+    # The other reader's real delivery, id 7: a forger guesses VERP ids.
+    session.add(Delivery(id=7, kind=DeliveryKind.confirmation, subscriber_id=other_id))
+    await session.commit()
+    real = (DATA / "postfix-hard-5.1.1.eml").read_bytes()
+    forged_by_address = real.replace(
+        b"Message-ID: <nl.1042.7f0edcf799@dzaleu.test>", b"Message-ID: <forged@evil.test>"
+    ).replace(b"Message-Id: <4XnR7q0TmDz1xBk", b"Message-Id: <forged1")
+    forged_by_verp = forged_by_address.replace(b"newsletter+1042@", b"newsletter+7@").replace(
+        b"Message-Id: <forged1", b"Message-Id: <forged2"
+    )
+    maildir = make_maildir(tmp_path / "bounces", [], extra=[forged_by_address, forged_by_verp])
+    result = await run_cli(["bounces", "process", str(maildir)], cli_env(settings))
+    assert result.exit_code == 0, result.output
+    assert (await fresh(session, aminata_id)).status == SubscriberStatus.confirmed
+    assert (await fresh(session, other_id)).status == SubscriberStatus.confirmed
+    assert result.stdout.count("unverified: ") == 2
+    types = (await session.exec(select(BounceEvent.type))).all()
+    assert types == [BounceType.soft, BounceType.soft]
 
 
 def summary_numbers(out: str) -> list[int]:
@@ -457,3 +502,100 @@ async def test_process_refuses_a_path_that_is_no_mailbox(
     missing = await run_cli(["bounces", "process", str(tmp_path / "nope")], cli_env(settings))
     assert missing.exit_code == 1
     assert "no such file or directory" in missing.stderr
+
+
+async def test_unbounce_restores_readers_a_broken_relay_bounced(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    settings: Settings,
+) -> None:
+    """Before this service could tell a relay that refuses everyone, it bounced whole lists.
+    `subscribers unbounce` (and the API) bring those readers back, dry run first."""
+    tokens = app.state.tokens
+    digest = Digest(subject="Semaine", status=DigestStatus.paused, recipients=3)
+    session.add(digest)
+    await session.commit()
+    digest_id = digest.id
+    readers = [
+        await make_subscriber(session, tokens, email=f"victim{i}@example.org") for i in range(3)
+    ]
+    ids = [r.id for r in readers]
+    gone_id = (await make_subscriber(session, tokens, email="gone@example.org")).id
+    for reader_id in ids:
+        session.add(
+            Delivery(
+                kind=DeliveryKind.digest,
+                digest_id=digest_id,
+                subscriber_id=reader_id,
+                status=DeliveryStatus.failed,
+                attempts=1,
+                last_error="550 5.1.1 User unknown in virtual mailbox table",
+            )
+        )
+    await session.commit()
+    long_ago = utcnow() - timedelta(days=40)
+    gone = await fresh(session, gone_id)
+    await apply_bounce(session, subscriber=gone, type=BounceType.hard, reason="old", source="smtp")
+    gone.bounced_at = long_ago
+    session.add(gone)
+    await session.commit()
+    before = utcnow()
+    for reader_id in ids:
+        subscriber = await fresh(session, reader_id)
+        await apply_bounce(
+            session, subscriber=subscriber, type=BounceType.hard, reason="550", source="smtp"
+        )
+        await session.commit()
+
+    since = (before - timedelta(seconds=1)).isoformat()
+    dry = await run_cli(
+        ["subscribers", "unbounce", "--since", since, "--digest", str(digest_id), "--dry-run"],
+        cli_env(settings),
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "would restore 3 subscriber(s)" in dry.stdout
+    assert "victim0@example.org" in dry.stdout
+    assert (await fresh(session, ids[0])).status == SubscriberStatus.bounced
+
+    bad = await run_cli(["subscribers", "unbounce", "--since", "yesterday"], cli_env(settings))
+    assert bad.exit_code != 0
+    assert "--since" in bad.stderr
+
+    done = await run_cli(
+        ["subscribers", "unbounce", "--since", since, "--digest", str(digest_id)],
+        cli_env(settings),
+    )
+    assert done.exit_code == 0, done.output
+    assert "restored 3 subscriber(s)" in done.stdout
+    for reader_id in ids:
+        assert (await fresh(session, reader_id)).status == SubscriberStatus.confirmed
+    assert (await fresh(session, gone_id)).status == SubscriberStatus.bounced
+    events = (
+        await session.exec(
+            select(SubscriberEvent.event).where(SubscriberEvent.subscriber_id == ids[0])
+        )
+    ).all()
+    assert events[-1] == SubscriberEventType.unbounced
+    copies = (await session.exec(select(Delivery).where(Delivery.digest_id == digest_id))).all()
+    assert {(c.status, c.attempts) for c in copies} == {(DeliveryStatus.queued, 0)}
+
+    # The API does the same; nothing is left to restore now.
+    headers = await editor_headers(session)
+    response = await client.post(
+        "/api/v1/subscribers/unbounce",
+        json={"since": since, "dry_run": True},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"dry_run": True, "count": 0, "subscribers": []}
+    response = await client.post(
+        "/api/v1/subscribers/unbounce",
+        json={"since": long_ago.isoformat(), "dry_run": True},
+        headers=headers,
+    )
+    assert [s["email"] for s in response.json()["subscribers"]] == ["gone@example.org"]
+    unknown = await client.post(
+        "/api/v1/subscribers/unbounce", json={"since": since, "when": 1}, headers=headers
+    )
+    assert unknown.status_code == 422

@@ -30,7 +30,7 @@ from app.security import Tokens
 from tests.factories import digest_deliveries, drain_outbox, make_sender
 from tests.smtp_server import Received, SmtpServer
 
-SAMPLE = Path(__file__).parent / "data" / "wordpress-feed-fr.xml"
+SAMPLE = Path(__file__).parents[1] / "data" / "wordpress-feed-fr.xml"
 CONCURRENCY = 4
 # The SMTP server notes an exchange's start when it reads MAIL FROM, a little after the worker
 # wrote it; and on PostgreSQL a worker hears a NOTIFY a few milliseconds after the commit.
@@ -94,7 +94,7 @@ async def truth(session: AsyncSession, smtp_server: SmtpServer, digest_id: int) 
     received = Counter(delivery_id(r) for r in snapshot(smtp_server))
     assert set(received.values()) <= {1}, "a copy went out twice"
     rows = await digest_deliveries(session, digest_id)
-    sent = {d.id for d in rows if d.status == DeliveryStatus.sent}
+    sent = {d.id for d in rows if d.status == DeliveryStatus.sent and d.id is not None}
     assert sent == set(received), {
         "went out but not recorded sent": sorted(set(received) - sent)[:10],
         "recorded sent but never went out": sorted(sent - set(received))[:10],

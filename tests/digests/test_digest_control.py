@@ -30,7 +30,7 @@ from tests.factories import (
 )
 from tests.smtp_server import SmtpServer
 
-SAMPLE = Path(__file__).parent / "data" / "wordpress-feed-fr.xml"
+SAMPLE = Path(__file__).parents[1] / "data" / "wordpress-feed-fr.xml"
 
 
 async def sending_digest(
