@@ -299,6 +299,18 @@ async def release(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    # A reader who left the list meanwhile gets nothing: settle their rows now.
+    left = select(Subscriber.id).where(col(Subscriber.status).in_(SUPPRESSED_STATUSES))
+    await session.execute(
+        sa.update(Delivery)
+        .where(
+            col(Delivery.id).in_(ids),
+            col(Delivery.status) == DeliveryStatus.queued,
+            col(Delivery.subscriber_id).in_(left),
+        )
+        .values(status=DeliveryStatus.skipped, last_error="the reader left the list")
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def renew_leases(session: AsyncSession, *, worker_id: str, lease_seconds: int) -> None:
