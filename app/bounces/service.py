@@ -19,7 +19,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import metrics
 from app.bounces.reports import Report, UnreadableReport, parse_report
 from app.config import Settings
-from app.mail.compose import stable_message_id
 from app.mail.verp import verp_delivery_id
 from app.models import (
     BounceEvent,
@@ -36,7 +35,7 @@ from app.worker import outbox
 
 SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=30)
-_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.[0-9a-f]{10}@[^>]+>")
+_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.([0-9a-f]{10})@[^>]+>")
 
 
 class BounceSource:
@@ -200,7 +199,7 @@ async def match_report(
         # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
         # matches, even if the outcome was never recorded (a crash between send and record).
         shape = _OUR_MESSAGE_ID.fullmatch(message_id)
-        if shape and stable_message_id(settings, int(shape.group(1))) == message_id:
+        if shape and tokens.is_our_message_id_tag(int(shape.group(1)), shape.group(2)):
             subscriber = await _subscriber_of_delivery(session, int(shape.group(1)))
             if subscriber is not None:
                 return subscriber

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -15,7 +14,7 @@ from app.mail.message import (
 )
 from app.mail.personalize import fill
 from app.mail.render import RenderedEmail, render_email
-from app.security import Tokens
+from app.security import Tokens, message_id_tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +30,7 @@ class Recipient:
 def stable_message_id(settings: Settings, delivery_id: int) -> str:
     # The same delivery (same digest + subscriber) always gets the same Message-ID, so a copy
     # resent after a crash can be recognised by the receiving side and by us.
-    tag = hashlib.sha256(f"{settings.secret_key}:{delivery_id}".encode()).hexdigest()[:10]
+    tag = message_id_tag(settings.secret_key, delivery_id)
     return f"<nl.{delivery_id}.{tag}@{mail_from_domain(settings.mail_from)}>"
 
 
