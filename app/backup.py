@@ -53,6 +53,8 @@ def backup(settings: Settings, path: Path) -> Outcome:
         raise BackupError(f"{path.parent} is not a directory")
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
+    # Readable by its owner only: the copy holds every address and the address-hashing key.
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         if is_sqlite(settings.database_url):
             revision = _sqlite_backup(_sqlite_file(settings.database_url), partial)

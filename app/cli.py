@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -645,7 +646,9 @@ def keys_rotate(
     typer.echo("Rotate SECRET_KEY in these steps (the values are secrets: keep them out of logs):")
     for number, step in enumerate(steps, start=1):
         typer.echo(f"\n{number}. {step.action}")
-        typer.echo(f"   {step.effect}")
+        typer.echo(
+            textwrap.fill(step.effect, width=96, initial_indent="   ", subsequent_indent="   ")
+        )
 
 
 @cli.command()
