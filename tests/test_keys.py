@@ -460,3 +460,29 @@ def test_rotating_away_from_the_default_key_keeps_no_fallback() -> None:
     assert steps[1].action == "SECRET_KEY_FALLBACKS="
     assert "public default" in steps[1].effect
     assert steps[3].action.startswith("after 0 days (on 2026-12-02)")
+
+
+async def test_a_service_started_before_its_database_loads_the_key_when_it_comes(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Orchestrators start the API and the database together: the API answers /healthz with 503
+    meanwhile, and the first request that hashes an address loads the key."""
+    if backend != "postgresql":
+        pytest.skip("a SQLite file is created on first use: it cannot be missing")
+    import uuid
+
+    from tests.conftest import _pg_execute, _pg_url_for
+
+    template = request.getfixturevalue("pg_template")
+    name = f"nl_late_{uuid.uuid4().hex[:10]}"
+    settings = make_settings(_pg_url_for(name), None, tmp_path)
+    try:
+        async with serving(settings) as (app, client):
+            assert app.state.tokens.hashing_key is None
+            assert (await client.get("/healthz")).status_code == 503
+            _pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            answer = await client.post("/api/v1/subscriptions", json={"email": "awa@example.sn"})
+            assert answer.status_code == 202
+            assert app.state.tokens.hashing_key == stored_hashing_key(settings.database_url)
+    finally:
+        _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
