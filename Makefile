@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-signup browser-deps clean
+.PHONY: install run test lint bench bench-signup browser-deps pg-client clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -36,7 +36,27 @@ browser-deps:
 	    echo "warning: /usr/bin/chromium is missing and we are not root: run 'sudo apt-get install chromium'"; \
 	  fi; }
 
-test: lint browser-deps
+# Backups on PostgreSQL run pg_dump and pg_restore of the server's major version (or newer); the
+# tests use them when TEST_DATABASE_URL is set. Debian's postgresql-client-<major>, installed only
+# when missing or older than the server, and only as root (otherwise the backup tests say why).
+pg-client: $(STAMP)
+	@test -z "$$TEST_DATABASE_URL" || { \
+	  major=$$($(BIN)/python -c 'import os, psycopg; from sqlalchemy.engine import make_url; \
+	    url = make_url(os.environ["TEST_DATABASE_URL"]).set(drivername="postgresql"); \
+	    print(psycopg.connect(url.render_as_string(hide_password=False)).info.server_version // 10000)') \
+	    || { echo "error: cannot reach TEST_DATABASE_URL to learn the server's version"; exit 1; }; \
+	  have=$$( { /usr/lib/postgresql/$$major/bin/pg_dump --version || pg_dump --version; } 2>/dev/null \
+	    | sed -n 's/.*(PostgreSQL) \([0-9]*\).*/\1/p'); \
+	  if [ -z "$$have" ] || [ "$$have" -lt "$$major" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-client-$$major \
+	      || { echo "error: no postgresql-client-$$major in the apt sources (add apt.postgresql.org)"; exit 1; }; \
+	    else \
+	      echo "warning: pg_dump $$major is missing and we are not root: run 'sudo apt-get install postgresql-client-$$major'"; \
+	    fi; \
+	  fi; }
+
+test: lint browser-deps pg-client
 	$(BIN)/pytest
 
 bench: $(STAMP)

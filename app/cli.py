@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +61,13 @@ def migrate() -> None:
     from app import migrations
 
     settings = load_settings()
-    migrations.upgrade(settings.database_url)
+    try:
+        migrations.upgrade(
+            settings.database_url,
+            secret_keys=[settings.secret_key, *settings.secret_key_fallback_list],
+        )
+    except migrations.MigrationRefused as exc:
+        fail(str(exc))
     typer.echo("database is up to date")
 
 
@@ -97,6 +104,7 @@ def check_sending_setup(settings: Settings) -> None:
 async def _run_worker(settings: Settings) -> None:
     from app.background import run_background
     from app.db import make_engine, make_sessionmaker
+    from app.keys import ensure_hashing_key
     from app.mail.transport import make_mailer
     from app.security import Tokens
 
@@ -105,9 +113,9 @@ async def _run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tokens = Tokens(
-        settings.secret_key, confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400
-    )
+    # The sender only signs links; the hashing key is loaded for uniformity (None if the
+    # database is unreachable now: the sender waits for it anyway).
+    tokens = await ensure_hashing_key(Tokens.from_settings(settings), engine)
     sessionmaker = make_sessionmaker(engine)
     try:
         await run_background(settings, sessionmaker, make_mailer(settings), tokens, stop)
@@ -119,9 +127,14 @@ async def _run_worker(settings: Settings) -> None:
 @cli.command()
 def worker() -> None:
     """Run the sender alone (any number of these may run against PostgreSQL)."""
+    from app.security import HashingKeyMissing
+
     settings = load_settings()
     check_sending_setup(settings)
-    run_async(_run_worker(settings))
+    try:
+        run_async(_run_worker(settings))
+    except HashingKeyMissing as exc:
+        fail(str(exc))
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -182,11 +195,15 @@ cli.add_typer(bounces_cli, name="bounces")
 
 
 def _tokens(settings: Settings) -> Tokens:
-    from app.security import Tokens
+    """Tokens with the address-hashing key stored in the database."""
+    from app.keys import tokens_for_command
+    from app.security import HashingKeyMissing
 
-    return Tokens(
-        settings.secret_key, confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400
-    )
+    try:
+        return tokens_for_command(settings)
+    except HashingKeyMissing as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
 
 
 @bounces_cli.command("process")
@@ -642,6 +659,73 @@ def import_feed(
     if result.warning:
         typer.echo(f"warning: {result.warning}", err=True)
     typer.echo(f"imported {source}: {result.summary()}")
+
+
+# --- keys, backups ------------------------------------------------------------------------------
+
+keys_cli = typer.Typer(help="The signing key (SECRET_KEY) and its rotation.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    keep_days: int = typer.Option(
+        30,
+        min=0,
+        help="Days the former key keeps working for links already sent (0 if it leaked).",
+    ),
+) -> None:
+    """Print the settings that replace SECRET_KEY, in order, and what each step does. Changes
+    nothing by itself: the settings are yours to apply."""
+    from datetime import date
+
+    from app.keys import new_secret_key, rotation_plan
+
+    settings = load_settings()
+    # Rotating is safe only once address hashes no longer depend on SECRET_KEY.
+    _tokens(settings)
+    steps = rotation_plan(
+        settings, new_key=new_secret_key(), keep_days=keep_days, today=date.today()
+    )
+    typer.echo("Rotate SECRET_KEY in these steps (the values are secrets: keep them out of logs):")
+    for number, step in enumerate(steps, start=1):
+        typer.echo(f"\n{number}. {step.action}")
+        typer.echo(
+            textwrap.fill(step.effect, width=96, initial_indent="   ", subsequent_indent="   ")
+        )
+
+
+@cli.command()
+def backup(path: Path = typer.Argument(..., help="The file to write (must not exist).")) -> None:
+    """A consistent copy of the database while the service runs (SQLite: online backup;
+    PostgreSQL: pg_dump custom format). Keep .env and the DKIM key with it."""
+    from app import backup as backups
+
+    settings = load_settings()
+    try:
+        outcome = backups.backup(settings, path)
+    except backups.BackupError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"backed up to {outcome.path} ({outcome.size:,} bytes, schema {outcome.revision}); "
+        "keep .env (SECRET_KEY) and the DKIM private key with it"
+    )
+
+
+@cli.command()
+def restore(path: Path = typer.Argument(..., help="A file made by `newsletter backup`.")) -> None:
+    """Restore a backup into DATABASE_URL, which must be empty (a new database)."""
+    from app import backup as backups
+    from app.migrations import head_revision
+
+    settings = load_settings()
+    try:
+        outcome = backups.restore(settings, path)
+    except backups.BackupError as exc:
+        fail(str(exc))
+    typer.echo(f"restored {outcome.path} (schema {outcome.revision})")
+    if outcome.revision != head_revision():
+        typer.echo("the backup comes from another version: run `newsletter migrate` now", err=True)
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     app_env: Literal["development", "production", "test"] = "development"
     database_url: str = f"sqlite:///{VAR_DIR / 'newsletter.db'}"
     secret_key: str = DEFAULT_SECRET_KEY
+    # Former SECRET_KEYs, comma-separated: links signed with them are still accepted, so a key
+    # can be replaced without breaking the links already in readers' mailboxes.
+    secret_key_fallbacks: str = ""
     public_url: str = "http://127.0.0.1:8000"
     site_name: str = "Newsletter"
     # Origins of the news site allowed to post the signup form / JSON cross-origin and to frame
@@ -88,6 +91,10 @@ class Settings(BaseSettings):
     dkim_selector: str | None = None
     dkim_private_key_path: Path | None = None
 
+    # Backups (PostgreSQL): where pg_dump and pg_restore are; unset: Debian's
+    # /usr/lib/postgresql/<server major>/bin, then PATH.
+    pg_bin_dir: Path | None = None
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.app_env == "production" and self.secret_key == DEFAULT_SECRET_KEY:
@@ -97,11 +104,24 @@ class Settings(BaseSettings):
             )
         if len(self.secret_key) < 16:
             raise ValueError("SECRET_KEY must be at least 16 characters long")
+        for fallback in self.secret_key_fallback_list:
+            if len(fallback) < 16:
+                raise ValueError("SECRET_KEY_FALLBACKS: each key must be at least 16 characters")
+            # The default key is public: links signed with it would be forgeries.
+            if self.app_env == "production" and fallback == DEFAULT_SECRET_KEY:
+                raise ValueError(
+                    "SECRET_KEY_FALLBACKS holds the default SECRET_KEY: remove it (anyone can "
+                    "sign links with it)"
+                )
         return self
 
     @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def secret_key_fallback_list(self) -> list[str]:
+        return [k.strip() for k in self.secret_key_fallbacks.split(",") if k.strip()]
 
     @property
     def site_origin_list(self) -> list[str]:

@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.config import Settings
 from app.db import session_scope
 from app.editors import authenticate
+from app.keys import ensure_hashing_key
 from app.models import ApiKey
 from app.security import Tokens
 
@@ -27,9 +28,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_tokens(request: Request) -> Tokens:
+async def get_tokens(request: Request) -> Tokens:
     tokens: Tokens = request.app.state.tokens
-    return tokens
+    # Loaded at start unless the database was unreachable then.
+    return await ensure_hashing_key(tokens, request.app.state.engine)
 
 
 def client_ip(request: Request) -> str:

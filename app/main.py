@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app import metrics, monitoring, openapi
+from app import keys, metrics, monitoring, openapi
 from app.articles import routes as article_routes
 from app.background import run_background
 from app.bounces import routes as bounce_routes
@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         engine = make_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # Address hashes need the key stored in the database. Unreachable now: the first request
+        # that needs it loads it (app.deps.get_tokens), so /healthz can say what is wrong.
+        await keys.ensure_hashing_key(app.state.tokens, engine)
         app.state.mailer = make_mailer(settings)
         if not settings.uses_smtp:
             log.info(
@@ -73,10 +76,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     )
     app.state.settings = settings
     app.state.metrics = metrics.Metrics()
-    app.state.tokens = Tokens(
-        settings.secret_key,
-        confirm_max_age_seconds=settings.confirm_token_max_age_days * 86400,
-    )
+    app.state.tokens = Tokens.from_settings(settings)  # hashing key: loaded by the lifespan
     app.state.signup_limiter = RateLimiter(
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from alembic.config import Config
 
 from alembic import command
@@ -9,14 +11,31 @@ from app.config import ROOT
 from app.db import ensure_sqlite_folder
 
 
-def alembic_config(database_url: str) -> Config:
+class MigrationRefused(RuntimeError):
+    """A migration that would lose data with the settings it was given; nothing was changed."""
+
+
+def alembic_config(database_url: str, secret_keys: Sequence[str] | None = None) -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "alembic"))
     config.attributes["database_url"] = database_url
     config.attributes["configure_logger"] = False
+    if secret_keys is not None:
+        # SECRET_KEY, then SECRET_KEY_FALLBACKS: 0003_hashing_key checks the address hashes
+        # against them.
+        config.attributes["secret_keys"] = list(secret_keys)
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(
+    database_url: str, revision: str = "head", *, secret_keys: Sequence[str] | None = None
+) -> None:
     ensure_sqlite_folder(database_url)
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, secret_keys), revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -260,3 +260,17 @@ class BounceEvent(SQLModel, table=True):
     # unique, so that reading the same mailbox again never applies a report twice.
     report_id: str | None = Field(default=None, max_length=200, unique=True, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- Keys --------------------------------------------------------------------------------------
+
+
+class StoredSecret(SQLModel, table=True):
+    """A secret the service creates for itself and keeps with its data (app.keys): the
+    address-hashing key, which must outlive any rotation of SECRET_KEY."""
+
+    __tablename__ = "stored_secret"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=500)
+    created_at: datetime = _ts(default_factory=utcnow)

@@ -40,6 +40,7 @@ from app.articles.feeds import parse_feed  # noqa: E402
 from app.articles.service import upsert_articles  # noqa: E402
 from app.db import make_engine, make_sessionmaker  # noqa: E402
 from app.digests.service import create_digest, send_digest  # noqa: E402
+from app.keys import load_hashing_key  # noqa: E402
 from app.models import Delivery, Digest, Subscriber, utcnow  # noqa: E402
 from app.security import Tokens  # noqa: E402
 from bench.scratch_db import scratch_database  # noqa: E402
@@ -107,7 +108,9 @@ async def load_workload(database_url: str, subscribers: int) -> int:
     """The subscribers, 15 articles and a digest queued to everyone; the digest's id."""
     engine = make_engine(database_url)
     sessionmaker = make_sessionmaker(engine)
-    tokens = Tokens(SECRET, confirm_max_age_seconds=86400)
+    tokens = Tokens(
+        SECRET, confirm_max_age_seconds=86400, hashing_key=await load_hashing_key(engine)
+    )
     parsed = parse_feed(SAMPLE.read_bytes(), url="https://www.dzaleu.com/feed/")
     entries = list(parsed.entries)
     for round_ in (1, 2):  # the sample's 5 items and 10 variants of them: 15 articles

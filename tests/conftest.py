@@ -109,6 +109,21 @@ def database_url(
 
 
 @pytest.fixture
+def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A second database of the test's backend with nothing in it, not even the schema (for
+    migrations from an old revision, and for restores)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"nl_e_{uuid.uuid4().hex[:12]}"
+    _pg_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _pg_url_for(name)
+    finally:
+        _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     server = SmtpServer()
     server.start()

@@ -199,7 +199,7 @@ async def match_report(
     original Message-ID, then the recipient addresses it names."""
     if settings.verp:
         for address in report.envelope_addresses:
-            delivery_id = verp_delivery_id(settings, address)
+            delivery_id = verp_delivery_id(settings, tokens, address)
             if delivery_id is not None:
                 subscriber = await _subscriber_of_delivery(session, delivery_id)
                 if subscriber is not None:
@@ -214,7 +214,7 @@ async def match_report(
                 return subscriber, MatchedBy.message_id
         # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
         # matches, even if the outcome was never recorded (a crash between send and record).
-        delivery_id = delivery_of_message_id(settings, message_id)
+        delivery_id = delivery_of_message_id(settings, tokens, message_id)
         if delivery_id is not None:
             subscriber = await _subscriber_of_delivery(session, delivery_id)
             if subscriber is not None:

@@ -16,35 +16,29 @@ sequential ids, so an address with no tag or a wrong one names nothing. The rela
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 
 from app.config import Settings
 from app.mail.message import envelope_sender, mail_from_domain
+from app.security import Tokens, message_id_tag, verp_tag
 
-_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.[0-9a-f]{10}@[^>]+>")
+_OUR_MESSAGE_ID = re.compile(r"<nl\.(\d{1,18})\.([0-9a-f]{10})@[^>]+>")
 
 
 def message_id_for(settings: Settings, delivery_id: int) -> str:
     # The same delivery (same digest + subscriber) always gets the same Message-ID, so a copy
     # resent after a crash can be recognised by the receiving side and by us.
-    tag = hashlib.sha256(f"{settings.secret_key}:{delivery_id}".encode()).hexdigest()[:10]
+    tag = message_id_tag(settings.secret_key, delivery_id)
     return f"<nl.{delivery_id}.{tag}@{mail_from_domain(settings.mail_from)}>"
 
 
-def delivery_of_message_id(settings: Settings, message_id: str) -> int | None:
-    """The delivery a Message-ID of ours names (its keyed tag checked), else None."""
+def delivery_of_message_id(settings: Settings, tokens: Tokens, message_id: str) -> int | None:
+    """The delivery a Message-ID of ours names (its keyed tag made with the current key or a
+    fallback), else None."""
     shape = _OUR_MESSAGE_ID.fullmatch(message_id.strip())
-    if shape and message_id_for(settings, int(shape.group(1))) == message_id.strip():
+    if shape and tokens.is_our_message_id_tag(int(shape.group(1)), shape.group(2)):
         return int(shape.group(1))
     return None
-
-
-def _verp_tag(secret: str, delivery_id: int) -> str:
-    # 40 bits: guessing a tag takes a trillion tries, each an email to the bounce mailbox.
-    digest = hmac.new(secret.encode(), f"newsletter.verp.v1:{delivery_id}".encode(), "sha256")
-    return digest.hexdigest()[:10]
 
 
 def verp_sender(settings: Settings, delivery_id: int) -> str:
@@ -53,10 +47,10 @@ def verp_sender(settings: Settings, delivery_id: int) -> str:
     if not settings.verp:
         return sender
     local, _, domain = sender.rpartition("@")
-    return f"{local}+{delivery_id}.{_verp_tag(settings.secret_key, delivery_id)}@{domain}"
+    return f"{local}+{delivery_id}.{verp_tag(settings.secret_key, delivery_id)}@{domain}"
 
 
-def verp_delivery_id(settings: Settings, address: str) -> int | None:
+def verp_delivery_id(settings: Settings, tokens: Tokens, address: str) -> int | None:
     """The delivery id a signed VERP address of ours names, or None for any other address
     (someone else's, an unsigned or wrongly signed one)."""
     local, _, domain = envelope_sender(settings.mail_from).rpartition("@")
@@ -65,7 +59,4 @@ def verp_delivery_id(settings: Settings, address: str) -> int | None:
     if match is None:
         return None
     delivery_id = int(match.group(1))
-    expected = _verp_tag(settings.secret_key, delivery_id)
-    if not hmac.compare_digest(expected, match.group(2).lower()):
-        return None
-    return delivery_id
+    return delivery_id if tokens.is_our_verp_tag(delivery_id, match.group(2)) else None

@@ -34,7 +34,8 @@ from app.models import (
     utcnow,
 )
 from app.outbox.identity import verp_delivery_id, verp_sender
-from tests.conftest import make_settings
+from app.security import Tokens
+from tests.conftest import SECRET, make_settings
 from tests.factories import cli_env, editor_headers, make_subscriber, run_cli
 from tests.smtp_server import SmtpServer
 
@@ -221,17 +222,23 @@ async def test_without_a_webhook_secret_only_editor_keys_work(
 
 
 def test_verp_sender_round_trip(settings: Settings) -> None:
+    tokens = Tokens.from_settings(settings)
     sender = verp_sender(settings, 12345)
     assert re.fullmatch(r"newsletter\+12345\.[0-9a-f]{10}@dzaleu\.test", sender)
-    assert verp_delivery_id(settings, f"<{sender.upper()}>") == 12345
-    assert verp_delivery_id(settings, "newsletter@dzaleu.test") is None
-    assert verp_delivery_id(settings, sender.replace("newsletter+", "other+")) is None
-    assert verp_delivery_id(settings, sender.replace("@dzaleu.test", "@evil.test")) is None
+    assert verp_delivery_id(settings, tokens, f"<{sender.upper()}>") == 12345
+    assert verp_delivery_id(settings, tokens, "newsletter@dzaleu.test") is None
+    assert verp_delivery_id(settings, tokens, sender.replace("newsletter+", "other+")) is None
+    assert verp_delivery_id(settings, tokens, sender.replace("@dzaleu.test", "@evil.test")) is None
     # Forged: the plain sequential id, or a tag made without our key, names nothing.
-    assert verp_delivery_id(settings, "newsletter+12345@dzaleu.test") is None
-    assert verp_delivery_id(settings, "newsletter+12345.0000000000@dzaleu.test") is None
+    assert verp_delivery_id(settings, tokens, "newsletter+12345@dzaleu.test") is None
+    assert verp_delivery_id(settings, tokens, "newsletter+12345.0000000000@dzaleu.test") is None
     other_key = settings.model_copy(update={"secret_key": "another-secret-key-0123456789"})
-    assert verp_delivery_id(settings, verp_sender(other_key, 12345)) is None
+    assert verp_delivery_id(settings, tokens, verp_sender(other_key, 12345)) is None
+    # After a key rotation, bounces to addresses made with the former key still name theirs.
+    rotated = settings.model_copy(
+        update={"secret_key": "the-new-secret-key-0123456789", "secret_key_fallbacks": SECRET}
+    )
+    assert verp_delivery_id(rotated, Tokens.from_settings(rotated), sender) == 12345
     plain = settings.model_copy(update={"verp": False})
     assert verp_sender(plain, 12345) == "newsletter@dzaleu.test"
 
