@@ -164,3 +164,51 @@ def test_development_logs_are_text(
     assert "WARNING app: hello worker=w1" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+# uvicorn logs these with a coloured copy of the message in `extra`, for its own formatter.
+UVICORN_STARTED = "Started server process [\x1b[36m%d\x1b[0m]"
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("app_env", ["development", "production"])
+def test_log_lines_carry_no_terminal_escapes(
+    app_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import load_settings
+
+    monkeypatch.setenv("APP_ENV", app_env)
+    monkeypatch.setenv("SECRET_KEY", "a-long-production-secret-0123456789")
+    load_settings()
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 4242, extra={"color_message": UVICORN_STARTED}
+    )
+    logging.getLogger("app").warning("\x1b[31mred\x1b[0m text", extra={"peer": "\x1b[1mx\x1b[0m"})
+    err = capsys.readouterr().err
+    assert "Started server process [4242]" in err
+    assert "red text" in err
+    assert "\x1b" not in err
+    assert "color_message" not in err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logging_after_an_in_process_command_finds_the_current_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CliRunner swaps stderr for a buffer it closes afterwards; a handler bound to that buffer
+    made every later log line (an SMTP test server's thread) print '--- Logging error ---'."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["migrate"],
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "APP_ENV": "development"},
+    )
+    assert result.exit_code == 0, result.output
+    logging.getLogger("mail.log").warning("a line logged after the command")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    assert "closed file" not in err
+    assert "a line logged after the command" in err
