@@ -103,3 +103,11 @@ class TestSendIn(BaseModel):
 
 class TestSendAccepted(BaseModel):
     queued: int
+
+
+class DigestActionIn(BaseModel):
+    """The body of send, pause, resume and cancel: optional, and empty. It exists so that a field
+    these actions do not take (`send_at`: there is no scheduled send here) is a 422 naming it
+    instead of being ignored while the action happens at once."""
+
+    model_config = ConfigDict(extra="forbid", title="DigestAction")
