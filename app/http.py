@@ -138,6 +138,15 @@ class MinimumAnswerTime:
         await self.app(scope, receive, delayed_send)
 
 
+# The policy of every page: our own styles and forms, no script, no framing.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+# A page that runs a script of ours (from /static: no inline script) sets this one itself.
+PAGE_CSP_OWN_SCRIPTS = PAGE_CSP.replace("script-src 'none'", "script-src 'self'")
+
+
 class SecurityHeaders:
     """CSP, nosniff, no referrer (links carry tokens) and a frame policy: only the news site may
     embed the signup form; nothing else may be framed."""
@@ -149,10 +158,7 @@ class SecurityHeaders:
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
             f"form-action 'self'; base-uri 'none'; frame-ancestors {embed}"
         ).encode()
-        self.csp = (
-            b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
-            b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-        )
+        self.csp = PAGE_CSP.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -50,7 +50,7 @@ async def signed_up(
     assert response.status_code == 200
     await drain_outbox(app)
     [message] = smtp.messages_to(email)
-    assert (await client.get(link_in(message, "confirm"))).status_code == 200
+    assert (await client.post(link_in(message, "confirm"))).status_code == 200
 
 
 async def test_list_filters_searches_and_paginates(
