@@ -589,7 +589,12 @@ def import_feed(
     settings = load_settings()
     try:
         result = asyncio.run(
-            _in_transaction(settings, lambda s: service.import_feed_source(s, source=source))
+            _in_transaction(
+                settings,
+                lambda s: service.import_feed_source(
+                    s, source=source, limits=service.FeedLimits.from_settings(settings)
+                ),
+            )
         )
     except service.FeedUnreachable as exc:
         fail(f"feed unreachable: {exc}")
