@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         description="Self-hosted newsletter service: double opt-in signup, digests of recent "
         "articles, batched SMTP delivery, one-click unsubscribe.",
         lifespan=lifespan,
+        docs_url=None,  # served by openapi.install_docs, with local assets
+        redoc_url=None,  # ReDoc would load from a CDN: Swagger UI is enough
     )
     app.state.settings = settings
     app.state.metrics = metrics.Metrics()
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(digest_routes.router)
     app.include_router(metrics.router)
     openapi.install(app)
+    openapi.install_docs(app)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )

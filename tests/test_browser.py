@@ -288,3 +288,39 @@ def test_tampered_link_shows_the_error_page(
         assert page.locator("h1").inner_text() == "Subscribe to the newsletter"
     finally:
         page.close()
+
+
+def test_api_docs_render_with_no_other_host(
+    browser: Any, live_app: tuple[FastAPI, str], backend: str
+) -> None:
+    """Swagger UI renders every operation with only the app's own files: requests to any other
+    host are cut, as on a machine with no internet access."""
+    app, url = live_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    elsewhere: list[str] = []
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    context.route(
+        re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"),
+        lambda route: (elsewhere.append(route.request.url), route.abort()),
+    )
+    page = context.new_page()
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        response = page.goto(f"{url}/docs")
+        assert response is not None
+        assert response.status == 200
+        page.locator(".opblock").first.wait_for(timeout=15_000)
+        operations = sum(
+            1
+            for item in app.openapi()["paths"].values()
+            for method in item
+            if method in ("get", "post", "put", "patch", "delete")
+        )
+        assert page.locator(".opblock").count() == operations
+        page.screenshot(path=str(ARTIFACTS / f"{backend}-docs.png"))
+        assert elsewhere == []
+        assert problems == []
+    finally:
+        context.close()

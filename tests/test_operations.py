@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +214,22 @@ def test_logging_after_an_in_process_command_finds_the_current_stderr(
     assert "Logging error" not in err
     assert "closed file" not in err
     assert "a line logged after the command" in err
+
+
+async def test_api_docs_are_served_by_the_app(client: httpx.AsyncClient) -> None:
+    """/docs works offline: the page and every file it loads come from the app."""
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert re.findall(r"https?://", page.text) == []  # no CDN, no validator, no other host
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/docs/assets/swagger-ui-bundle.js" in assets
+    assert "/docs/assets/swagger-ui.css" in assets
+    for asset in assets:
+        loaded = await client.get(asset)
+        assert loaded.status_code == 200, asset
+        assert len(loaded.content) > 0
+    assert (await client.get("/openapi.json")).status_code == 200
+    assert (await client.get("/redoc")).status_code == 404  # it loaded from a CDN: removed
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+    assert "http" not in csp
