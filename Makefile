@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=8100: links in emails follow the port unless PUBLIC_URL is set.
+PORT ?= 8000
 run: $(STAMP)
 	$(BIN)/newsletter migrate
-	$(BIN)/newsletter serve --host 127.0.0.1 --port 8000
+	$(BIN)/newsletter serve --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -74,13 +74,25 @@ def serve(
 
     from app.main import create_app
 
-    settings = load_settings()
+    settings = served_settings(load_settings(), host=host, port=port)
     if not no_worker:
         check_sending_setup(settings)
     app = create_app(settings, run_worker=not no_worker)
     uvicorn.run(
         app, host=host, port=port, log_config=None, proxy_headers=settings.trust_forwarded_for
     )
+
+
+def served_settings(settings: Settings, *, host: str, port: int) -> Settings:
+    """PUBLIC_URL follows --host and --port unless it was set (environment or .env), so that
+    `serve --port 8100` mails links that lead back to it."""
+    if "public_url" in settings.model_fields_set:
+        return settings
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening everywhere: this machine, at least, reaches it there
+        log.info("PUBLIC_URL is not set: links in emails point at http://%s:%s", host, port)
+    netloc = f"[{host}]" if ":" in host else host
+    return settings.model_copy(update={"public_url": f"http://{netloc}:{port}"})
 
 
 def check_sending_setup(settings: Settings) -> None:
