@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-signup browser-deps clean
+.PHONY: install run test lint bench bench-signup browser-deps clean schemathesis
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -40,6 +40,13 @@ browser-deps:
 
 test: lint browser-deps
 	$(BIN)/pytest
+
+# Schemathesis as a client runs it, against a running server (schemathesis.toml is read here):
+# make schemathesis KEY=<editor API key> [URL=http://127.0.0.1:8000] [ARGS="--seed 1"]
+URL ?= http://127.0.0.1:$(PORT)
+schemathesis: $(STAMP)
+	@test -n "$(KEY)" || { echo "error: KEY=<editor API key> is needed (newsletter create-api-key NAME)"; exit 2; }
+	$(BIN)/st run $(URL)/openapi.json --checks all --header "Authorization: Bearer $(KEY)" $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/send_throughput.py

@@ -20,7 +20,13 @@ from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.digests import routes as digest_routes
-from app.http import BodySizeLimit, MinimumAnswerTime, ScopedCORS, SecurityHeaders
+from app.http import (
+    BodySizeLimit,
+    FullAllowHeader,
+    MinimumAnswerTime,
+    ScopedCORS,
+    SecurityHeaders,
+)
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
@@ -138,6 +144,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         return PlainTextResponse("User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\n")
 
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
     app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)
     app.add_middleware(

@@ -32,6 +32,10 @@ def html_page(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
+# Addresses are checked with email-validator (and must not need SMTPUTF8): `format: email`
+# says so to clients; the 422 names the field when the check says no.
+EMAIL_FORMAT: dict[str, Any] = {"format": "email"}
+
 UNAUTHORIZED = json_error("Missing, unknown or revoked editor API key")
 BAD_BODY = json_error("The body could not be decoded")
 TOO_LARGE = json_error("Request body over MAX_REQUEST_BYTES")
@@ -48,6 +52,92 @@ FORM_ERRORS = {
 }
 
 
+# A 422 is FastAPI's list of field errors, or our `{"detail": "..."}` for a request that is
+# well formed but cannot be done (no new articles, a document that is not a feed).
+VALIDATION_OR_ERROR = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/HTTPValidationError"},
+        {"$ref": "#/components/schemas/Error"},
+    ]
+}
+
+DIGEST = "/api/v1/digests/{digest_id}"
+_DIGEST_ID = {"digest_id": "$response.body#/id"}
+_DIGEST_LINKS = {
+    "GetDigest": ("get", DIGEST, _DIGEST_ID),
+    "PreviewDigest": ("get", f"{DIGEST}/preview", _DIGEST_ID),
+    "TestDigest": ("post", f"{DIGEST}/test", _DIGEST_ID),
+    "SendDigest": ("post", f"{DIGEST}/send", _DIGEST_ID),
+    "PauseDigest": ("post", f"{DIGEST}/pause", _DIGEST_ID),
+    "ResumeDigest": ("post", f"{DIGEST}/resume", _DIGEST_ID),
+    "CancelDigest": ("post", f"{DIGEST}/cancel", _DIGEST_ID),
+}
+_ARTICLE_LINKS = {
+    "GetArticle": ("get", "/api/v1/articles/{article_id}", {"article_id": "$response.body#/id"}),
+    "DigestOfArticle": ("post", "/api/v1/digests", {}, {"article_ids": ["$response.body#/id"]}),
+}
+SUBSCRIBER = "/api/v1/subscribers/{email}"
+# OpenAPI links (3.1, 4.8.20): how one answer feeds the next request, so that clients and
+# Schemathesis's stateful phase can follow whole editor workflows. (method, path, status) ->
+# name -> (method, path, parameters[, request body]).
+LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
+    ("post", "/api/v1/digests", "201"): _DIGEST_LINKS,
+    ("get", DIGEST, "200"): _DIGEST_LINKS,
+    ("post", f"{DIGEST}/send", "202"): _DIGEST_LINKS,
+    ("post", f"{DIGEST}/pause", "200"): _DIGEST_LINKS,
+    ("post", f"{DIGEST}/resume", "200"): _DIGEST_LINKS,
+    ("post", f"{DIGEST}/cancel", "200"): {"GetDigest": _DIGEST_LINKS["GetDigest"]},
+    ("post", "/api/v1/articles", "201"): _ARTICLE_LINKS,
+    ("post", "/api/v1/articles", "200"): _ARTICLE_LINKS,
+    ("get", "/api/v1/articles/{article_id}", "200"): {
+        "DigestOfArticle": _ARTICLE_LINKS["DigestOfArticle"]
+    },
+    ("post", "/api/v1/subscriptions", "202"): {
+        "GetSubscriber": ("get", SUBSCRIBER, {"email": "$request.body#/email"}),
+        "EraseSubscriber": ("delete", SUBSCRIBER, {"email": "$request.body#/email"}),
+    },
+}
+
+
+def add_links(schema: dict[str, Any]) -> None:
+    paths = schema.get("paths", {})
+    for (method, path, status), links in LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue  # an operation of another branch, not here (yet)
+        for name, (target_method, target_path, parameters, *body) in links.items():
+            target = paths.get(target_path, {}).get(target_method)
+            if target is None:
+                continue
+            link: dict[str, Any] = {"operationId": target["operationId"]}
+            if parameters:
+                link["parameters"] = parameters
+            if body:
+                link["requestBody"] = body[0]
+            response.setdefault("links", {})[name] = link
+
+
+def document_error_bodies(schema: dict[str, Any]) -> None:
+    """Every error answer of the JSON API is `{"detail": ...}`: say so where a route gave only
+    a description, and let a 422 be either shape."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if not status.isdigit() or int(status) < 400:
+                    continue
+                content = response.setdefault("content", {})
+                body = VALIDATION_OR_ERROR if status == "422" else {"$ref": ERROR_REF}
+                if not content:
+                    content["application/json"] = {"schema": body}
+                elif status == "422" and "application/json" in content:
+                    content["application/json"]["schema"] = body
+
+
+ERROR_REF = "#/components/schemas/Error"
+
+
 def add_common_responses(schema: dict[str, Any]) -> dict[str, Any]:
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
@@ -62,6 +152,8 @@ def add_common_responses(schema: dict[str, Any]) -> dict[str, Any]:
                 bad_body = responses.setdefault("400", {"description": BAD_BODY["description"]})
                 bad_body.setdefault("content", {}).update(BAD_BODY["content"])
     schema.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR_SCHEMA)
+    document_error_bodies(schema)
+    add_links(schema)
     return schema
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import AfterValidator, BaseModel
 
 from app.deps import OffsetQuery, SessionDep, TokensDep
 from app.editors import EditorDep
 from app.models import SubscriberStatus, as_utc
+from app.openapi import EMAIL_FORMAT
 from app.subscribers import service
 
 router = APIRouter(prefix="/api/v1/subscribers", tags=["subscribers"])
 # SQLite hands back naive datetimes: every timestamp leaves the API with its UTC offset.
 Timestamp = Annotated[datetime, AfterValidator(as_utc)]
+EmailPath = Annotated[
+    str, Path(description="The subscriber's address", json_schema_extra=EMAIL_FORMAT)
+]
 
 
 class SubscriberPublic(BaseModel):
@@ -103,7 +107,7 @@ async def list_subscribers(
 
 @router.get("/{email}", response_model=SubscriberRecordPublic, responses={404: {}})
 async def get_subscriber(
-    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+    email: EmailPath, session: SessionDep, tokens: TokensDep, _editor: EditorDep
 ) -> SubscriberRecordPublic:
     record = await service.subscriber_record(session, tokens=tokens, email=email)
     if record is None:
@@ -133,7 +137,7 @@ async def get_subscriber(
 
 @router.delete("/{email}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
 async def erase_subscriber(
-    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+    email: EmailPath, session: SessionDep, tokens: TokensDep, _editor: EditorDep
 ) -> Response:
     """Erase the personal data (GDPR erasure). The address stays suppressed through a keyed
     hash: it is never mailed again unless its owner signs up again (a new double opt-in)."""

@@ -28,13 +28,16 @@ async def signup_rate_limit(request: Request, ip: ClientIpDep) -> None:
 
 
 RateLimitDep = Depends(signup_rate_limit)
+EMAIL_FORMAT = openapi.EMAIL_FORMAT
 INVALID_LINK: dict[int | str, dict[str, Any]] = {400: openapi.INVALID_LINK_PAGE}
 
 
 class SubscriptionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=320, description="The reader's email address")
+    email: str = Field(
+        max_length=320, description="The reader's email address", json_schema_extra=EMAIL_FORMAT
+    )
     name: str | None = Field(default=None, max_length=200)
     language: Language = Language.fr
     website: str | None = Field(
@@ -105,7 +108,7 @@ async def subscribe_submit(
     settings: SettingsDep,
     tokens: TokensDep,
     ip: ClientIpDep,
-    email: Annotated[str, Form(max_length=2000)] = "",
+    email: Annotated[str, Form(max_length=2000, json_schema_extra=EMAIL_FORMAT)] = "",
     name: Annotated[str, Form(max_length=2000)] = "",
     language: Annotated[str, Form(max_length=20)] = "",
     website: Annotated[str, Form(max_length=2000)] = "",
