@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,9 +63,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             feed_task = asyncio.create_task(
                 poll_feeds_forever(settings, app.state.sessionmaker, stop), name="feed-poller"
             )
-        # What exists now (modules, settings, the app) lives as long as the process: out of the
-        # collector's sight, a full collection no longer pauses every request for half a second.
-        gc.freeze()
         try:
             with metrics.recording_into(app.state.metrics):
                 yield

@@ -18,14 +18,15 @@ from pydantic import (
 from app.articles.sanitize import is_http_url
 from app.models import as_utc
 
-# An absolute http(s) URI (RFC 3986) of ASCII characters: a host name or IPv4 address, an
-# optional port, then path, query and fragment with other characters percent-encoded. The
+# An absolute http(s) URI (RFC 3986) of ASCII characters: a host name, an IPv4 address or a
+# bracketed IPv6 one, an optional port, then path, query and fragment with other characters
+# percent-encoded. The
 # OpenAPI document publishes this same pattern, so a client knows exactly what is accepted.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PCHARS = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*"
 _QCHARS = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*"
 HTTP_URL_PATTERN = (
-    rf"^[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?"
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
     rf"(?:/{_PCHARS})?(?:\?{_QCHARS})?(?:#{_QCHARS})?$"
 )
 _HTTP_URL = re.compile(HTTP_URL_PATTERN.removeprefix("^").removesuffix("$"))

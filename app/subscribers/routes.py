@@ -112,6 +112,13 @@ async def get_subscriber(
     record = await service.subscriber_record(session, tokens=tokens, email=email)
     if record is None:
         raise _not_found(email)
+    if record.subscriber.erased_at is not None:
+        # Erased: nothing personal is held any more (only the keyed hash that keeps the address
+        # suppressed), so there is no record to give; a GET after the DELETE is a 404.
+        erased = as_utc(record.subscriber.erased_at)
+        raise HTTPException(
+            status_code=404, detail=f"the address was erased on {erased.isoformat()}"
+        )
     s = record.subscriber
     return SubscriberRecordPublic(
         subscriber=SubscriberPublic.model_validate(s, from_attributes=True),
