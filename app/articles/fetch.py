@@ -176,8 +176,15 @@ async def fetch_feed(
             raise _Refused(f"more than {MAX_REDIRECTS} redirects")
     except FeedUnreachable:
         raise
-    except (_Refused, httpx.HTTPError, OSError, ssl.SSLError, ValueError) as exc:
-        # httpx.InvalidURL and a malformed Location are ValueErrors; the cause stays in the log.
+    except (
+        _Refused,
+        httpx.HTTPError,
+        httpx.InvalidURL,
+        OSError,
+        ssl.SSLError,
+        ValueError,
+        UnicodeError,
+    ) as exc:  # a malformed Location, a name IDNA refuses...: the cause stays in the log
         log.info("feed fetch failed: %s: %s", exc.__class__.__name__, exc, extra={"feed": url})
         raise FeedUnreachable(UNREACHABLE) from exc
 
