@@ -1,6 +1,6 @@
 # The service image: `newsletter serve` by default; the same image runs `newsletter worker` and
 # `newsletter migrate` (see docker-compose.yml).
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-signup browser-deps pg-client clean
+.PHONY: install run test lint bench bench-signup browser-deps pg-client clean schemathesis
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=8100: links in emails follow the port unless PUBLIC_URL is set.
+PORT ?= 8000
 run: $(STAMP)
 	$(BIN)/newsletter migrate
-	$(BIN)/newsletter serve --host 127.0.0.1 --port 8000
+	$(BIN)/newsletter serve --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,6 +60,13 @@ pg-client: $(STAMP)
 
 test: lint browser-deps pg-client
 	$(BIN)/pytest
+
+# Schemathesis as a client runs it, against a running server (schemathesis.toml is read here):
+# make schemathesis KEY=<editor API key> [URL=http://127.0.0.1:8000] [ARGS="--seed 1"]
+URL ?= http://127.0.0.1:$(PORT)
+schemathesis: $(STAMP)
+	@test -n "$(KEY)" || { echo "error: KEY=<editor API key> is needed (newsletter create-api-key NAME)"; exit 2; }
+	$(BIN)/st run $(URL)/openapi.json --checks all --header "Authorization: Bearer $(KEY)" $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/send_throughput.py

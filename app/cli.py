@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import logging
 import re
 import signal
@@ -82,13 +83,34 @@ def serve(
 
     from app.main import create_app
 
-    settings = load_settings()
+    settings = served_settings(load_settings(), host=host, port=port)
     if not no_worker:
         check_sending_setup(settings)
     app = create_app(settings, run_worker=not no_worker)
+    freeze_startup_objects()
     uvicorn.run(
         app, host=host, port=port, log_config=None, proxy_headers=settings.trust_forwarded_for
     )
+
+
+def freeze_startup_objects() -> None:
+    """What is loaded by now (modules, settings, the app) lives as long as the process: moved out
+    of the collector's sight, it is not scanned by every full collection, which otherwise paused
+    all requests for up to half a second while a big feed was imported."""
+    gc.collect()
+    gc.freeze()
+
+
+def served_settings(settings: Settings, *, host: str, port: int) -> Settings:
+    """PUBLIC_URL follows --host and --port unless it was set (environment or .env), so that
+    `serve --port 8100` mails links that lead back to it."""
+    if "public_url" in settings.model_fields_set:
+        return settings
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening everywhere: this machine, at least, reaches it there
+        log.info("PUBLIC_URL is not set: links in emails point at http://%s:%s", host, port)
+    netloc = f"[{host}]" if ":" in host else host
+    return settings.model_copy(update={"public_url": f"http://{netloc}:{port}"})
 
 
 def check_sending_setup(settings: Settings) -> None:
@@ -650,7 +672,12 @@ def import_feed(
     settings = load_settings()
     try:
         result = asyncio.run(
-            _in_transaction(settings, lambda s: service.import_feed_source(s, source=source))
+            _in_transaction(
+                settings,
+                lambda s: service.import_feed_source(
+                    s, source=source, limits=service.FeedLimits.from_settings(settings)
+                ),
+            )
         )
     except service.FeedUnreachable as exc:
         fail(f"feed unreachable: {exc}")

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # Feeds
     feed_url: str | None = None
     feed_poll_minutes: int = Field(default=0, ge=0)
+    # Fetch feeds from loopback, private, link-local and reserved addresses (a newsroom whose
+    # WordPress is on its own network); off, an import cannot reach into the private network.
+    feed_allow_private_networks: bool = False
+    feed_max_items: int = Field(default=500, ge=1, le=100_000)
 
     # Compliance
     organization_address: str = ""
@@ -113,6 +117,8 @@ class Settings(BaseSettings):
                     "SECRET_KEY_FALLBACKS holds the default SECRET_KEY: remove it (anyone can "
                     "sign links with it)"
                 )
+        if self.feed_url and not self.feed_url.lower().startswith(("http://", "https://")):
+            raise ValueError("FEED_URL must be an http:// or https:// URL")
         return self
 
     @property

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -138,6 +140,15 @@ class MinimumAnswerTime:
         await self.app(scope, receive, delayed_send)
 
 
+# The policy of every page: our own styles and forms, no script, no framing.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+# A page that runs a script of ours (from /static: no inline script) sets this one itself.
+PAGE_CSP_OWN_SCRIPTS = PAGE_CSP.replace("script-src 'none'", "script-src 'self'")
+
+
 class SecurityHeaders:
     """CSP, nosniff, no referrer (links carry tokens) and a frame policy: only the news site may
     embed the signup form; nothing else may be framed."""
@@ -149,10 +160,7 @@ class SecurityHeaders:
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
             f"form-action 'self'; base-uri 'none'; frame-ancestors {embed}"
         ).encode()
-        self.csp = (
-            b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
-            b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-        )
+        self.csp = PAGE_CSP.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -182,3 +190,57 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def methods_by_path(openapi: dict[str, Any]) -> list[tuple[re.Pattern[str], list[str]]]:
+    """Each documented path as a pattern, with the methods it supports."""
+    table = []
+    for template, item in openapi.get("paths", {}).items():
+        pattern = "".join(
+            "[^/]+" if part.startswith("{") else re.escape(part)
+            for part in re.split(r"(\{[^}]+\})", template)
+        )
+        table.append((re.compile(pattern), sorted(m.upper() for m in item if m in HTTP_METHODS)))
+    return table
+
+
+class FullAllowHeader:
+    """A 405 lists every method the resource supports (RFC 9110, 15.5.6). The router answers
+    with the methods of the first route whose path matched, and GET /x and POST /x are two
+    routes: `OPTIONS /subscribe` said `Allow: GET`. The OpenAPI document knows them all."""
+
+    def __init__(self, app: ASGIApp, *, openapi: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self.openapi = openapi
+        self._table: list[tuple[re.Pattern[str], list[str]]] | None = None
+
+    def allowed(self, path: str) -> list[str] | None:
+        if self._table is None:
+            self._table = methods_by_path(self.openapi())
+        for pattern, methods in self._table:
+            if pattern.fullmatch(path):
+                return methods
+        return None  # not documented (static files, /docs): the router's own answer stands
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods = self.allowed(scope["path"])
+                if methods:
+                    headers = [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.lower() != b"allow"
+                    ]
+                    headers.append((b"allow", ", ".join(methods).encode()))
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)

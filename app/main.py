@@ -19,7 +19,13 @@ from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.digests import routes as digest_routes
-from app.http import BodySizeLimit, MinimumAnswerTime, ScopedCORS, SecurityHeaders
+from app.http import (
+    BodySizeLimit,
+    FullAllowHeader,
+    MinimumAnswerTime,
+    ScopedCORS,
+    SecurityHeaders,
+)
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
@@ -73,6 +79,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         description="Self-hosted newsletter service: double opt-in signup, digests of recent "
         "articles, batched SMTP delivery, one-click unsubscribe.",
         lifespan=lifespan,
+        docs_url=None,  # served by openapi.install_docs, with local assets
+        redoc_url=None,  # ReDoc would load from a CDN: Swagger UI is enough
     )
     app.state.settings = settings
     app.state.metrics = metrics.Metrics()
@@ -89,6 +97,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(digest_routes.router)
     app.include_router(monitoring.router)
     openapi.install(app)
+    openapi.install_docs(app)
     app.mount(
         "/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"), name="static"
     )
@@ -118,6 +127,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         return PlainTextResponse("User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\n")
 
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
     app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)
     app.add_middleware(

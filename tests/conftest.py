@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -65,6 +66,17 @@ def _pg_url_for(database: str) -> str:
 def _pg_execute(sql: str) -> None:
     with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
         conn.execute(sql)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """Commands run in-process (CliRunner) configure the root logger; the next test starts with
+    the configuration it had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def services_running(services: dict[str, dict[str, Any]], *words: str) -> dict[s
 def test_services_present(services: dict[str, dict[str, Any]]) -> None:
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["mailpit"]["image"].startswith("axllent/mailpit")
-    assert "8025:8025" in services["mailpit"]["ports"]
+    assert "127.0.0.1:8025:8025" in services["mailpit"]["ports"]
     assert "1025" in [str(p) for p in services["mailpit"].get("expose", [])]
     assert services_running(services, "newsletter", "migrate")
     assert services_running(services, "newsletter", "serve")
@@ -73,7 +73,7 @@ def test_api_serves_without_the_worker_and_is_health_checked(
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     port = command[command.index("--port") + 1]
-    assert any(str(p).endswith(f":{port}") for p in api["ports"])
+    assert f"127.0.0.1:{port}:{port}" in api["ports"]
 
 
 def test_two_workers(services: dict[str, dict[str, Any]]) -> None:
@@ -110,12 +110,65 @@ def test_environment_names_are_settings(services: dict[str, dict[str, Any]]) -> 
             "APP_ENV",
         } <= names, name
         assert environment["APP_ENV"] == "production"
-        assert environment["SMTP_HOST"] == "mailpit"
-        assert str(environment["SMTP_PORT"]) == "1025"
+        # Mailpit unless .env names a relay (compose reads .env for ${...} too).
+        assert environment["SMTP_HOST"] == "${SMTP_HOST:-mailpit}"
+        assert environment["SMTP_PORT"] == "${SMTP_PORT:-1025}"
         assert environment["DATABASE_URL"].startswith("postgresql://")
         assert "@postgres:5432/" in environment["DATABASE_URL"]
         # No default secret: compose refuses to start without SECRET_KEY.
         assert re.fullmatch(r"\$\{SECRET_KEY:\?.+\}", environment["SECRET_KEY"])
+
+
+def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = [str(p) for s in services.values() for p in s.get("ports", [])]
+    assert published
+    for port in published:
+        assert port.startswith("127.0.0.1:"), port
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = str(service["image"])
+        repository, _, tag = image.rpartition(":")
+        assert repository, (name, image)
+        assert tag != "latest", (name, image)
+        assert re.search(r"\d+\.\d+", tag), (name, image)  # a version, not a moving name
+
+
+def test_settings_come_from_an_env_file_and_reach_the_containers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    example = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^#? ?([A-Z_]+)=", example, flags=re.MULTILINE))
+    compose_only = {"POSTGRES_PASSWORD"}
+    assert named - compose_only <= SETTINGS, named - compose_only - SETTINGS
+    passed_through = {
+        "SMTP_USERNAME",
+        "SMTP_PASSWORD",
+        "DKIM_DOMAIN",
+        "DKIM_SELECTOR",
+        "DKIM_PRIVATE_KEY_PATH",
+        "ORGANIZATION_ADDRESS",
+        "FEED_URL",
+        "SECRET_KEY",
+    }
+    assert passed_through <= named
+    for name, service in services.items():
+        if command_of(service)[:1] != ["newsletter"]:
+            continue
+        env_files = service["env_file"]
+        assert ".env" in ([env_files] if isinstance(env_files, str) else env_files), name
+        # env_file brings .env's values in; `environment` must not replace them with fixed ones.
+        for setting in passed_through - {"SECRET_KEY"}:
+            assert setting not in service["environment"], (name, setting)
+        assert any(v.endswith(":/srv/newsletter/dkim:ro") for v in service["volumes"]), name
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_readme_does_not_make_a_new_key_per_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "SECRET_KEY=$(" not in readme
+    assert "cp .env.example .env" in readme
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -131,7 +184,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_runs_newsletter_as_a_non_root_user() -> None:
     instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert instructions[0] == ("FROM", "python:3.11.11-slim-bookworm")
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users
     assert users[-1] not in ("root", "0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +58,9 @@ async def test_metrics_count_the_reader_path_and_read_the_database(
     report = await drain_outbox(app)
     assert report.sent == 3
     link = link_in(smtp_server.messages_to("a@example.org")[0], "confirm")
-    assert (await client.get(link)).status_code == 200
-    assert (await client.get(link)).status_code == 200  # a second click is not a second count
+    assert (await client.get(link)).status_code == 200  # the page: counts nothing
+    assert (await client.post(link)).status_code == 200
+    assert (await client.post(link)).status_code == 200  # a second click is not a second count
 
     reader = await make_subscriber(session, app.state.tokens, email="leaving@example.org")
     assert reader.id is not None
@@ -164,3 +166,70 @@ def test_development_logs_are_text(
     assert "WARNING app: hello worker=w1" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+# uvicorn logs these with a coloured copy of the message in `extra`, for its own formatter.
+UVICORN_STARTED = "Started server process [\x1b[36m%d\x1b[0m]"
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("app_env", ["development", "production"])
+def test_log_lines_carry_no_terminal_escapes(
+    app_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import load_settings
+
+    monkeypatch.setenv("APP_ENV", app_env)
+    monkeypatch.setenv("SECRET_KEY", "a-long-production-secret-0123456789")
+    load_settings()
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 4242, extra={"color_message": UVICORN_STARTED}
+    )
+    logging.getLogger("app").warning("\x1b[31mred\x1b[0m text", extra={"peer": "\x1b[1mx\x1b[0m"})
+    err = capsys.readouterr().err
+    assert "Started server process [4242]" in err
+    assert "red text" in err
+    assert "\x1b" not in err
+    assert "color_message" not in err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logging_after_an_in_process_command_finds_the_current_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CliRunner swaps stderr for a buffer it closes afterwards; a handler bound to that buffer
+    made every later log line (an SMTP test server's thread) print '--- Logging error ---'."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["migrate"],
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "APP_ENV": "development"},
+    )
+    assert result.exit_code == 0, result.output
+    logging.getLogger("mail.log").warning("a line logged after the command")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    assert "closed file" not in err
+    assert "a line logged after the command" in err
+
+
+async def test_api_docs_are_served_by_the_app(client: httpx.AsyncClient) -> None:
+    """/docs works offline: the page and every file it loads come from the app."""
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert re.findall(r"https?://", page.text) == []  # no CDN, no validator, no other host
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/docs/assets/swagger-ui-bundle.js" in assets
+    assert "/docs/assets/swagger-ui.css" in assets
+    for asset in assets:
+        loaded = await client.get(asset)
+        assert loaded.status_code == 200, asset
+        assert len(loaded.content) > 0
+    assert (await client.get("/openapi.json")).status_code == 200
+    assert (await client.get("/redoc")).status_code == 404  # it loaded from a CDN: removed
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+    assert "http" not in csp

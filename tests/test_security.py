@@ -94,6 +94,7 @@ async def test_forged_tokens_change_nothing_and_answer_400(
         for why, token in forged_tokens(tokens, target).items():
             for method, path in (
                 ("GET", f"/confirm/{token}"),
+                ("POST", f"/confirm/{token}"),
                 ("GET", f"/unsubscribe/{token}"),
                 ("POST", f"/unsubscribe/{token}"),
                 ("POST", f"/resubscribe/{token}"),
@@ -142,7 +143,7 @@ async def test_cross_purpose_tokens_are_refused_both_ways(
     # An unsubscribe token must never confirm a pending address.
     unsubscribe = tokens.unsubscribe_token(pending_id, pending_hash)
     assert (await client.get(f"/confirm/{unsubscribe}")).status_code == 400
-    assert (await client.post(f"/confirm/{unsubscribe}")).status_code == 405
+    assert (await client.post(f"/confirm/{unsubscribe}")).status_code == 400
     assert await status_of(session, pending_id) == SubscriberStatus.pending
 
 
@@ -674,6 +675,24 @@ async def test_html_pages_load_nothing_from_elsewhere(client: httpx.AsyncClient)
     assert "<script" not in page.text
     assert 'href="/static/pages.css"' in page.text
     assert 'content="no-referrer"' in page.text
+
+
+async def test_only_the_confirmation_page_runs_a_script_and_only_ours(
+    client: httpx.AsyncClient, app: FastAPI, session: AsyncSession
+) -> None:
+    pending = await make_subscriber(session, app.state.tokens, status=SubscriberStatus.pending)
+    assert pending.id is not None
+    page = await client.get(
+        f"/confirm/{app.state.tokens.confirm_token(pending.id, pending.email_hash)}"
+    )
+    assert page.status_code == 200
+    assert csp_directives(page)["script-src"] == "'self'"  # no inline script, no other host
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/confirm.js" defer>']
+    script = await client.get("/static/confirm.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    for other in ("/subscribe", "/confirm/forged", "/healthz"):
+        assert csp_directives(await client.get(other))["script-src"] == "'none'", other
 
 
 async def test_security_headers_also_on_errors(client: httpx.AsyncClient) -> None:

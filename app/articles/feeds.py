@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import html
 import io
+import multiprocessing
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,10 +49,15 @@ class ParsedFeed:
 
 
 def parse_feed(
-    data: bytes, *, url: str | None = None, content_type: str | None = None
+    data: bytes,
+    *,
+    url: str | None = None,
+    content_type: str | None = None,
+    max_items: int | None = None,
 ) -> ParsedFeed:
     """Parse a feed document. The encoding comes from the HTTP header, the XML declaration or a
-    BOM (feedparser follows RFC 3023); relative links resolve against `url`."""
+    BOM (feedparser follows RFC 3023); relative links resolve against `url`. Only the first
+    `max_items` items are read (a feed lists its newest first)."""
     headers = {}
     if url:
         headers["content-location"] = url
@@ -58,7 +68,12 @@ def parse_feed(
     problem = parsed.get("bozo_exception")
     entries: list[FeedEntry] = []
     skipped = 0
-    for raw in parsed.entries:
+    raw_entries = parsed.entries
+    dropped = 0
+    if max_items is not None and len(raw_entries) > max_items:
+        dropped = len(raw_entries) - max_items
+        raw_entries = raw_entries[:max_items]
+    for raw in raw_entries:
         entry = _entry(raw)
         if entry is None:
             skipped += 1
@@ -70,12 +85,51 @@ def parse_feed(
     if problem is not None and not entries:
         raise MalformedFeed(f"the feed could not be read: {_reason(problem)}")
     title = plain_text(parsed.feed.get("title")) or None
+    warnings = [_reason(problem)] if problem is not None else []
+    if dropped:
+        warnings.append(
+            f"the feed has {len(parsed.entries)} items: only the first {max_items} were read "
+            "(FEED_MAX_ITEMS)"
+        )
     return ParsedFeed(
-        title=title,
-        entries=entries,
-        skipped=skipped,
-        warning=_reason(problem) if problem is not None else None,
+        title=title, entries=entries, skipped=skipped, warning="; ".join(warnings) or None
     )
+
+
+# One process parses at a time, away from the server's event loop: feedparser and the HTML
+# sanitiser are CPU-bound (a 10 MB feed takes seconds) and, in a thread, would still hold the
+# GIL against the loop. A fresh process per document gives its memory back afterwards.
+_parser: ProcessPoolExecutor | None = None
+
+
+def _parser_pool() -> ProcessPoolExecutor:
+    global _parser
+    if _parser is None:
+        _parser = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
+        )
+    return _parser
+
+
+async def parse_feed_elsewhere(
+    data: bytes,
+    *,
+    url: str | None = None,
+    content_type: str | None = None,
+    max_items: int | None = None,
+) -> ParsedFeed:
+    """parse_feed in a separate process, so the server keeps answering meanwhile."""
+    global _parser
+    work = functools.partial(
+        parse_feed, data, url=url, content_type=content_type, max_items=max_items
+    )
+    try:
+        # Submitted from a thread: starting the process (fork, exec) stays off the loop too.
+        future = await asyncio.to_thread(_parser_pool().submit, work)
+        return await asyncio.wrap_future(future)
+    except BrokenProcessPool as exc:  # the parser died (out of memory, killed): start afresh
+        _parser = None
+        raise MalformedFeed("the feed could not be parsed") from exc
 
 
 def _reason(problem: object) -> str:

@@ -33,7 +33,12 @@ async def poll_feed_once(
         return None
     try:
         async with sessionmaker() as session:
-            result = await service.import_feed_url(session, url=url, conditional=True)
+            result = await service.import_feed_url(
+                session,
+                url=url,
+                conditional=True,
+                limits=service.FeedLimits.from_settings(settings),
+            )
             await session.commit()
     except (service.FeedUnreachable, MalformedFeed) as exc:
         log.warning("feed poll failed: %s", exc, extra={"feed": url})

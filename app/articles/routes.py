@@ -17,7 +17,7 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
-from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep
+from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
 from app.models import Article
 
 router = APIRouter(prefix="/api/v1", tags=["articles"])
@@ -104,11 +104,14 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
     },
 )
 async def import_feed(
-    body: FeedImportIn, session: SessionDep, _editor: EditorDep
+    body: FeedImportIn, session: SessionDep, settings: SettingsDep, _editor: EditorDep
 ) -> FeedImportResult:
-    """Fetch an RSS/Atom feed now and upsert its articles. Re-importing creates no duplicates."""
+    """Fetch an RSS/Atom feed now and upsert its articles. Re-importing creates no duplicates.
+    Addresses in private networks are refused unless FEED_ALLOW_PRIVATE_NETWORKS is set."""
     try:
-        result = await service.import_feed_url(session, url=body.url)
+        result = await service.import_feed_url(
+            session, url=body.url, limits=service.FeedLimits.from_settings(settings)
+        )
     except service.FeedUnreachable as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"feed unreachable: {exc}") from exc
     except MalformedFeed as exc:

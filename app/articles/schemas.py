@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from app.articles.sanitize import is_http_url
 from app.models import as_utc
 
+# An absolute http(s) URI (RFC 3986) of ASCII characters: a host name, an IPv4 address or a
+# bracketed IPv6 one, an optional port, then path, query and fragment with other characters
+# percent-encoded. The
+# OpenAPI document publishes this same pattern, so a client knows exactly what is accepted.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PCHARS = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*"
+_QCHARS = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*"
+HTTP_URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+    rf"(?:/{_PCHARS})?(?:\?{_QCHARS})?(?:#{_QCHARS})?$"
+)
+_HTTP_URL = re.compile(HTTP_URL_PATTERN.removeprefix("^").removesuffix("$"))
+
 
 def _http_url(value: str) -> str:
-    if not is_http_url(value):
-        raise ValueError("must be an absolute http:// or https:// URL")
+    if not _HTTP_URL.fullmatch(value) or not is_http_url(value):
+        raise ValueError(
+            "must be an absolute http:// or https:// URL (other characters than ASCII letters, "
+            "digits and URL punctuation percent-encoded)"
+        )
+    return value
+
+
+def json_datetime(value: object) -> object:
+    """A date-time in a JSON body is an RFC 3339 string, as the schema says: pydantic would also
+    take a number of seconds (`0` became 1970-01-01)."""
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("must be a date-time string (RFC 3339)")
     return value
 
 
@@ -27,15 +59,24 @@ def to_utc(value: datetime | None) -> datetime | None:
 # Answers always carry the zone: SQLite hands back naive datetimes, stored in UTC.
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 HttpUrlStr = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=2000), AfterValidator(_http_url)
+    str,
+    StringConstraints(max_length=2000),
+    Field(json_schema_extra={"format": "uri", "pattern": HTTP_URL_PATTERN}),
+    AfterValidator(_http_url),
 ]
-Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# Surrounding whitespace is trimmed; the pattern says something else must be there.
+Category = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")
+]
+BodyDatetime = Annotated[datetime | None, BeforeValidator(json_datetime), AfterValidator(to_utc)]
 
 
 class ArticleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+    title: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"\S")
+    ]
     url: HttpUrlStr = Field(description="The article's permalink: the key of create-or-update")
     summary: str | None = Field(
         default=None, max_length=5000, description="Plain text; cut to 500 characters"
@@ -45,7 +86,7 @@ class ArticleIn(BaseModel):
     )
     author: Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)] | None = None
     categories: list[Category] = Field(default_factory=list, max_length=20)
-    published_at: Annotated[datetime | None, AfterValidator(to_utc)] = None
+    published_at: BodyDatetime = None
     image_url: HttpUrlStr | None = None
 
 

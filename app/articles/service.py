@@ -13,25 +13,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.articles.feeds import FeedEntry, parse_feed
+from app.articles.feeds import FeedEntry, parse_feed_elsewhere
+from app.articles.fetch import DEFAULT_MAX_ITEMS, FeedLimits, FeedUnreachable, fetch_feed
+
+__all__ = ["FeedLimits", "FeedUnreachable"]  # the errors and limits of an import, in one place
 from app.models import Article, Feed, as_utc, utcnow
 
-FETCH_TIMEOUT_SECONDS = 20.0
-MAX_FEED_BYTES = 10_000_000
-USER_AGENT = "newsletter/0.1 (+feed import)"
 _CHUNK = 500
 
 Outcome = Literal["created", "updated", "unchanged"]
-
-
-class FeedUnreachable(Exception):
-    """The feed could not be fetched (network, timeout, HTTP error); the message says why."""
 
 
 @dataclass(slots=True)
@@ -186,68 +181,18 @@ async def list_articles(
 # --- Feeds -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    content: bytes | None  # None: 304 Not Modified
-    content_type: str | None
-    etag: str | None
-    modified: str | None
-
-
-async def fetch_feed(
-    url: str,
-    *,
-    etag: str | None = None,
-    modified: str | None = None,
-    fetch_timeout_seconds: float = FETCH_TIMEOUT_SECONDS,
-) -> Fetched:
-    headers = {
-        "User-Agent": USER_AGENT,
-        "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
-    }
-    if etag:
-        headers["If-None-Match"] = etag
-    if modified:
-        headers["If-Modified-Since"] = modified
-    try:
-        async with (
-            httpx.AsyncClient(
-                timeout=fetch_timeout_seconds, follow_redirects=True, max_redirects=5
-            ) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
-            if response.status_code == 304:
-                return Fetched(None, None, etag, modified)
-            if response.status_code >= 400:
-                raise FeedUnreachable(f"{url} answered HTTP {response.status_code}")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_FEED_BYTES:
-                    raise FeedUnreachable(f"{url} is larger than {MAX_FEED_BYTES} bytes")
-                chunks.append(chunk)
-            return Fetched(
-                b"".join(chunks),
-                response.headers.get("content-type"),
-                response.headers.get("etag"),
-                response.headers.get("last-modified"),
-            )
-    except httpx.TimeoutException as exc:
-        raise FeedUnreachable(
-            f"{url} did not answer within {fetch_timeout_seconds:g} seconds"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise FeedUnreachable(
-            f"{url} could not be fetched: {exc.__class__.__name__}: {exc}"
-        ) from exc
-
-
 async def import_feed_document(
-    session: AsyncSession, *, data: bytes, url: str | None = None, content_type: str | None = None
+    session: AsyncSession,
+    *,
+    data: bytes,
+    url: str | None = None,
+    content_type: str | None = None,
+    max_items: int = DEFAULT_MAX_ITEMS,
 ) -> ImportResult:
-    """Parse and upsert a feed document. Raises MalformedFeed."""
-    parsed = parse_feed(data, url=url, content_type=content_type)
+    """Parse (in another process) and upsert a feed document. Raises MalformedFeed."""
+    parsed = await parse_feed_elsewhere(
+        data, url=url, content_type=content_type, max_items=max_items
+    )
     result, _ = await upsert_articles(session, entries=parsed.entries)
     result.skipped = parsed.skipped
     result.warning = parsed.warning
@@ -273,7 +218,7 @@ async def import_feed_url(
     *,
     url: str,
     conditional: bool = False,
-    fetch_timeout_seconds: float = FETCH_TIMEOUT_SECONDS,
+    limits: FeedLimits = FeedLimits(),
 ) -> ImportResult:
     """Fetch and import a feed; remember its validators. `conditional`: send the stored ETag /
     Last-Modified, so an unchanged feed costs one 304. Raises FeedUnreachable, MalformedFeed."""
@@ -282,14 +227,18 @@ async def import_feed_url(
         url,
         etag=feed.etag if conditional else None,
         modified=feed.modified if conditional else None,
-        fetch_timeout_seconds=fetch_timeout_seconds,
+        limits=limits,
     )
     feed.last_polled_at = utcnow()
     if fetched.content is None:
         result = ImportResult(not_modified=True)
     else:
         result = await import_feed_document(
-            session, data=fetched.content, url=url, content_type=fetched.content_type
+            session,
+            data=fetched.content,
+            url=url,
+            content_type=fetched.content_type,
+            max_items=limits.max_items,
         )
         feed.etag = (fetched.etag or "")[:500] or None
         feed.modified = (fetched.modified or "")[:100] or None
@@ -299,17 +248,19 @@ async def import_feed_url(
     return result
 
 
-async def import_feed_source(session: AsyncSession, *, source: str) -> ImportResult:
-    """The CLI: an http(s) URL, or a path to a feed file."""
+async def import_feed_source(
+    session: AsyncSession, *, source: str, limits: FeedLimits = FeedLimits()
+) -> ImportResult:
+    """The CLI (the only place a local file may be read): an http(s) URL, or a path."""
     if source.lower().startswith(("http://", "https://")):
-        return await import_feed_url(session, url=source)
+        return await import_feed_url(session, url=source, limits=limits)
     try:
         data = await asyncio.to_thread(Path(source).read_bytes)
     except OSError as exc:
         raise FeedUnreachable(
             f"{source}: {exc.strerror or exc} (give a feed file or an http(s) URL)"
         ) from exc
-    return await import_feed_document(session, data=data)
+    return await import_feed_document(session, data=data, max_items=limits.max_items)
 
 
 async def record_feed_error(session: AsyncSession, *, url: str, error: str) -> None:

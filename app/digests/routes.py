@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -14,6 +14,7 @@ from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, To
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
+    DigestActionIn,
     DigestArticlePublic,
     DigestCreate,
     DigestList,
@@ -29,6 +30,8 @@ router = APIRouter(prefix="/api/v1/digests", tags=["digests"])
 
 AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, wrong or revoked API key"}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such digest"}}
+# Optional: no body, or `{}`; any field is a 422 naming it.
+ActionBody = Annotated[DigestActionIn | None, Body()]
 # The preview is the email itself: its inline styles and remote images must show, nothing runs.
 PREVIEW_CSP = "default-src 'none'; img-src http: https: data:; style-src 'unsafe-inline'; sandbox"
 
@@ -212,7 +215,7 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -251,7 +254,7 @@ async def _control(
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
@@ -260,7 +263,7 @@ async def pause(
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
     return await _control(session, digest_id, service.resume_send)
@@ -268,7 +271,7 @@ async def resume(
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep
+    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
     return await _control(session, digest_id, service.cancel_send)

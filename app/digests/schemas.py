@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
-from app.articles.schemas import UtcDatetime, to_utc
+from app.articles.schemas import BodyDatetime, UtcDatetime
 from app.deps import MAX_DB_INT
 from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
 from app.models import Language
+from app.openapi import EMAIL_FORMAT
+
+# One line of text with something in it; surrounding whitespace (newlines too) is trimmed.
+ONE_LINE_PATTERN = r"^\s*[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*\s*$"
 
 
 def _one_line(value: str | None) -> str | None:
@@ -23,20 +26,27 @@ class DigestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject: Annotated[
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+        Annotated[
+            str,
+            StringConstraints(
+                strip_whitespace=True, min_length=1, max_length=300, pattern=ONE_LINE_PATTERN
+            ),
+        ]
         | None,
         AfterValidator(_one_line),
     ] = Field(default=None, description="Omit for the default subject in each reader's language")
-    article_ids: list[Annotated[int, Field(ge=1, le=MAX_DB_INT)]] | None = Field(
+    article_ids: list[Annotated[int, Strict(), Field(ge=1, le=MAX_DB_INT)]] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_ARTICLES,
         description="These articles in this order; omit to take the articles not yet sent",
     )
-    since: Annotated[datetime | None, AfterValidator(to_utc)] = Field(
+    since: BodyDatetime = Field(
         default=None, description="Without article_ids: only articles published since then"
     )
-    max_articles: int = Field(default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES)
+    max_articles: Annotated[int, Strict()] = Field(
+        default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES
+    )
 
 
 class DigestArticlePublic(BaseModel):
@@ -95,11 +105,19 @@ class DigestList(BaseModel):
 class TestSendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    emails: list[Annotated[str, StringConstraints(max_length=320)]] = Field(
-        min_length=1, max_length=MAX_TEST_ADDRESSES
-    )
+    emails: list[
+        Annotated[str, StringConstraints(max_length=320), Field(json_schema_extra=EMAIL_FORMAT)]
+    ] = Field(min_length=1, max_length=MAX_TEST_ADDRESSES)
     language: Language = Language.fr
 
 
 class TestSendAccepted(BaseModel):
     queued: int
+
+
+class DigestActionIn(BaseModel):
+    """The body of send, pause, resume and cancel: optional, and empty. It exists so that a field
+    these actions do not take (`send_at`: there is no scheduled send here) is a 422 naming it
+    instead of being ignored while the action happens at once."""
+
+    model_config = ConfigDict(extra="forbid", title="DigestAction")

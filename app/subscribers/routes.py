@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from app.deps import EditorDep, OffsetQuery, SessionDep, TokensDep
-from app.models import SubscriberStatus
+from app.models import SubscriberStatus, as_utc
+from app.openapi import EMAIL_FORMAT
 from app.subscribers import service
 from app.subscribers.schemas import (
     BouncePublic,
@@ -20,6 +21,9 @@ from app.subscribers.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1/subscribers", tags=["subscribers"])
+EmailPath = Annotated[
+    str, Path(description="The subscriber's address", json_schema_extra=EMAIL_FORMAT)
+]
 
 
 def _not_found(email: str) -> HTTPException:
@@ -47,11 +51,18 @@ async def list_subscribers(
 
 @router.get("/{email}", response_model=SubscriberRecordPublic, responses={404: {}})
 async def get_subscriber(
-    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+    email: EmailPath, session: SessionDep, tokens: TokensDep, _editor: EditorDep
 ) -> SubscriberRecordPublic:
     record = await service.subscriber_record(session, tokens=tokens, email=email)
     if record is None:
         raise _not_found(email)
+    if record.subscriber.erased_at is not None:
+        # Erased: nothing personal is held any more (only the keyed hash that keeps the address
+        # suppressed), so there is no record to give; a GET after the DELETE is a 404.
+        erased = as_utc(record.subscriber.erased_at)
+        raise HTTPException(
+            status_code=404, detail=f"the address was erased on {erased.isoformat()}"
+        )
     s = record.subscriber
     return SubscriberRecordPublic(
         subscriber=SubscriberPublic.model_validate(s, from_attributes=True),
@@ -77,7 +88,7 @@ async def get_subscriber(
 
 @router.delete("/{email}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
 async def erase_subscriber(
-    email: str, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+    email: EmailPath, session: SessionDep, tokens: TokensDep, _editor: EditorDep
 ) -> Response:
     """Erase the personal data (GDPR erasure). The address stays suppressed through a keyed
     hash: it is never mailed again unless its owner signs up again (a new double opt-in)."""

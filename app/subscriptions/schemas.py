@@ -7,12 +7,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import Language
+from app.openapi import EMAIL_FORMAT
 
 
 class SubscriptionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=320, description="The reader's email address")
+    email: str = Field(
+        max_length=320, description="The reader's email address", json_schema_extra=EMAIL_FORMAT
+    )
     name: str | None = Field(default=None, max_length=200)
     language: Language = Language.fr
     website: str | None = Field(

@@ -145,13 +145,21 @@ async def _subscriber_for(session: AsyncSession, subscriber_id: int, tag: str) -
     return subscriber
 
 
-async def confirm(session: AsyncSession, *, tokens: Tokens, token: str) -> Subscriber:
+async def subscriber_for_confirm(
+    session: AsyncSession, *, tokens: Tokens, token: str
+) -> Subscriber:
+    """The pending or confirmed reader a confirmation link names; changes nothing."""
     subscriber_id, tag = tokens.read_confirm_token(token)
     subscriber = await _subscriber_for(session, subscriber_id, tag)
+    if subscriber.status not in (SubscriberStatus.pending, SubscriberStatus.confirmed):
+        raise TokenError("this link is no longer valid")
+    return subscriber
+
+
+async def confirm(session: AsyncSession, *, tokens: Tokens, token: str) -> Subscriber:
+    subscriber = await subscriber_for_confirm(session, tokens=tokens, token=token)
     if subscriber.status == SubscriberStatus.confirmed:
         return subscriber  # a second click shows the same success
-    if subscriber.status != SubscriberStatus.pending:
-        raise TokenError("this link is no longer valid")
     await change_status(
         session, subscriber, to=SubscriberStatus.confirmed, event=SubscriberEventType.confirmed
     )

@@ -22,6 +22,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "check_body": "Si cette adresse peut recevoir notre newsletter, un e-mail de confirmation "
         "vient de lui être envoyé. Cliquez sur le lien qu'il contient pour confirmer votre "
         "inscription.",
+        "confirm_title": "Confirmez votre inscription",
+        "confirm_body": "Un instant : nous confirmons votre inscription. Si rien ne se passe, "
+        "appuyez sur le bouton.",
+        "confirm_button": "Confirmer mon inscription",
         "confirmed_title": "Inscription confirmée",
         "confirmed_body": "Merci ! Vous recevrez désormais notre newsletter.",
         "invalid_title": "Lien invalide ou expiré",
@@ -55,6 +59,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "check_title": "Check your inbox",
         "check_body": "If this address can receive our newsletter, a confirmation email has just "
         "been sent to it. Open the link it contains to confirm your subscription.",
+        "confirm_title": "Confirm your subscription",
+        "confirm_body": "One moment: we are confirming your subscription. If nothing happens, "
+        "press the button.",
+        "confirm_button": "Confirm my subscription",
         "confirmed_title": "Subscription confirmed",
         "confirmed_body": "Thank you! You will now receive our newsletter.",
         "invalid_title": "Invalid or expired link",

@@ -22,7 +22,9 @@ from app.articles.sanitize import sanitize_html, summary_text, truncate
 from app.cli import cli
 from app.config import Settings
 from app.models import Article, Feed
+from tests.conftest import make_settings
 from tests.feed_server import FeedServer, Page
+from tests.smtp_server import SmtpServer
 
 DATA = Path(__file__).parents[1] / "data"
 SAMPLE = DATA / "wordpress-feed-fr.xml"  # a copy of the site's feed (shared/samples)
@@ -30,6 +32,12 @@ SAMPLE = DATA / "wordpress-feed-fr.xml"  # a copy of the site's feed (shared/sam
 
 def data(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+@pytest.fixture
+def settings(database_url: str, smtp_server: SmtpServer, tmp_path: Path) -> Settings:
+    """These tests fetch from a feed server on loopback: a private address, allowed here."""
+    return make_settings(database_url, smtp_server, tmp_path, feed_allow_private_networks=True)
 
 
 @pytest.fixture
@@ -337,6 +345,7 @@ def test_cli_import_feed(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("SECRET_KEY", "test-secret-key-0123456789abcdef")
+    monkeypatch.setenv("FEED_ALLOW_PRIVATE_NETWORKS", "false")  # a file is no fetch
     runner = CliRunner()
     first = runner.invoke(cli, ["import-feed", str(SAMPLE)])
     assert first.exit_code == 0, first.output

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,9 +23,12 @@ from app.db import sync_url
 from app.main import create_app
 from app.models import SubscriberStatus
 from tests.conftest import make_settings
-from tests.factories import text_part
+from tests.factories import html_part, text_part
 from tests.live_server import LiveServer
 from tests.smtp_server import SmtpServer, free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
 pytestmark = pytest.mark.browser
 
@@ -178,11 +181,16 @@ def test_reader_signs_up_confirms_and_unsubscribes(
         assert "Amélie <b>Poulain</b>" in text
         link = re.search(rf"{re.escape(url)}/confirm/[A-Za-z0-9_.\-]+", text)
         assert link, text
+        # The email fits a 390 px phone: no horizontal scrolling (the fallback link wraps).
+        assert email_overflow(browser, html_part(message), shots / "2b-email-390.png") <= 390
 
-        # 3. The link from the email: confirmed.
+        # 3. The link from the email: the page posts its form at once, and the reader is
+        # confirmed with no extra step.
         response = page.goto(link.group(0))
         assert response is not None
         assert response.status == 200
+        page.wait_for_url(link.group(0))
+        page.locator("h1", has_text=t["confirmed"]).wait_for(timeout=10_000)
         assert page.locator("h1").inner_text() == t["confirmed"]
         assert page.locator("html").get_attribute("lang") == lang
         page.screenshot(path=str(shots / "3-confirmed.png"), full_page=True)
@@ -217,6 +225,55 @@ def test_reader_signs_up_confirms_and_unsubscribes(
         context.close()
 
 
+def email_overflow(browser: Any, html: str, screenshot: Path) -> int:
+    """The width the email's HTML takes in a 390 px wide phone screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_content(html)
+        page.screenshot(path=str(screenshot), full_page=True)
+        return int(page.evaluate("() => document.documentElement.scrollWidth"))
+    finally:
+        context.close()
+
+
+def test_confirmation_without_javascript_is_one_button(
+    browser: Any,
+    live_app: tuple[FastAPI, str],
+    smtp_server: SmtpServer,
+    database_url: str,
+    backend: str,
+) -> None:
+    _, url = live_app
+    email = "sans.js@example.org"
+    shots = ARTIFACTS / f"{backend}-no-js"
+    shots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(locale="fr-FR", java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(f"{url}/subscribe")
+        page.locator("#email").fill(email)
+        page.get_by_role("button", name=TEXT["fr"]["submit"]).click()
+        page.wait_for_load_state()
+        link = re.search(
+            rf"{re.escape(url)}/confirm/[A-Za-z0-9_.\-]+",
+            text_part(wait_for_mail(smtp_server, email)),
+        )
+        assert link
+        response = page.goto(link.group(0))
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == "Confirmez votre inscription"
+        page.screenshot(path=str(shots / "confirm-page.png"), full_page=True)
+        assert subscriber_row(database_url, email)[2] == SubscriberStatus.pending
+        page.get_by_role("button", name="Confirmer mon inscription").click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == TEXT["fr"]["confirmed"]
+        assert subscriber_row(database_url, email)[2] == SubscriberStatus.confirmed
+    finally:
+        context.close()
+
+
 def test_tampered_link_shows_the_error_page(
     browser: Any, live_app: tuple[FastAPI, str], backend: str
 ) -> None:
@@ -234,3 +291,41 @@ def test_tampered_link_shows_the_error_page(
         assert page.locator("h1").inner_text() == "Subscribe to the newsletter"
     finally:
         page.close()
+
+
+def test_api_docs_render_with_no_other_host(
+    browser: Any, live_app: tuple[FastAPI, str], backend: str
+) -> None:
+    """Swagger UI renders every operation with only the app's own files: requests to any other
+    host are cut, as on a machine with no internet access."""
+    app, url = live_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    elsewhere: list[str] = []
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+
+    def refuse(route: Route) -> None:
+        elsewhere.append(route.request.url)
+        route.abort()
+
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"), refuse)
+    page = context.new_page()
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        response = page.goto(f"{url}/docs")
+        assert response is not None
+        assert response.status == 200
+        page.locator(".opblock").first.wait_for(timeout=15_000)
+        operations = sum(
+            1
+            for item in app.openapi()["paths"].values()
+            for method in item
+            if method in ("get", "post", "put", "patch", "delete")
+        )
+        assert page.locator(".opblock").count() == operations
+        page.screenshot(path=str(ARTIFACTS / f"{backend}-docs.png"))
+        assert elsewhere == []
+        assert problems == []
+    finally:
+        context.close()

@@ -70,17 +70,36 @@ async def test_form_signup_email_link_confirmed(
     assert "Amélie" in html_part(message)
     link = link_in(message, "confirm")
 
-    confirmed = await client.get(link)
+    # Opening the link (what a mail scanner does too) shows a form and changes nothing.
+    shown = await client.get(link)
+    assert shown.status_code == 200
+    assert "Confirmez votre inscription" in shown.text
+    assert f'<form method="post" action="{link}"' in shown.text
+    assert '<script src="/static/confirm.js" defer></script>' in shown.text
+    subscriber = await subscriber_by_email(session, "lecteur@example.org")
+    assert subscriber is not None
+    assert subscriber.status == SubscriberStatus.pending
+    assert (await client.get(link)).status_code == 200
+    session.expire_all()
+    subscriber = await subscriber_by_email(session, "lecteur@example.org")
+    assert subscriber is not None
+    assert subscriber.status == SubscriberStatus.pending
+
+    # The form's POST (its script, or the button) confirms.
+    confirmed = await client.post(link, data={"lang": "fr"})
     assert confirmed.status_code == 200
     assert "Inscription confirmée" in confirmed.text
+    session.expire_all()
     subscriber = await subscriber_by_email(session, "lecteur@example.org")
     assert subscriber is not None
     assert subscriber.status == SubscriberStatus.confirmed
     first_confirmed_at = subscriber.confirmed_at
 
-    again = await client.get(link)  # idempotent: same success page, same timestamp
+    again = await client.post(link)  # idempotent: same success page, same timestamp
     assert again.status_code == 200
     assert "Inscription confirmée" in again.text
+    # The old link, opened again, shows the success page too.
+    assert "Inscription confirmée" in (await client.get(link)).text
     subscriber = await subscriber_by_email(session, "lecteur@example.org")
     assert subscriber is not None
     assert subscriber.confirmed_at == first_confirmed_at
@@ -97,7 +116,10 @@ async def test_json_signup_in_english(
     await drain_outbox(app)
     [message] = smtp_server.messages_to("reader@example.com")
     assert "confirm your subscription" in message["Subject"]
-    confirmed = await client.get(link_in(message, "confirm"))
+    shown = await client.get(link_in(message, "confirm"))
+    assert "Confirm your subscription" in shown.text
+    assert 'lang="en"' in shown.text
+    confirmed = await client.post(link_in(message, "confirm"), data={"lang": "en"})
     assert "Subscription confirmed" in confirmed.text
     subscriber = await subscriber_by_email(session, "reader@example.com")
     assert subscriber is not None
@@ -269,9 +291,10 @@ async def test_tampered_and_cross_purpose_tokens_get_400_page(
         "x",
         tokens.unsubscribe_token(subscriber.id, subscriber.email_hash),
     ):
-        response = await client.get(f"/confirm/{bad}")
-        assert response.status_code == 400
-        assert "/subscribe" in response.text
+        for method in ("GET", "POST"):
+            response = await client.request(method, f"/confirm/{bad}")
+            assert response.status_code == 400
+            assert "/subscribe" in response.text
     unsubscribe = await client.post(f"/unsubscribe/{good}")
     assert unsubscribe.status_code == 400
     subscriber_id = subscriber.id
@@ -288,10 +311,11 @@ async def test_expired_confirm_token(
     subscriber = await make_subscriber(session, tokens, status=SubscriberStatus.pending)
     token = tokens.confirm_token(subscriber.id, subscriber.email_hash)
     tokens.confirm_max_age_seconds = -1
-    response = await client.get(f"/confirm/{token}")
-    assert response.status_code == 400
-    assert "expiré" in response.text
-    assert "/subscribe" in response.text
+    for method in ("GET", "POST"):
+        response = await client.request(method, f"/confirm/{token}")
+        assert response.status_code == 400
+        assert "expiré" in response.text
+        assert "/subscribe" in response.text
 
 
 async def test_signup_rate_limit_per_ip(app: FastAPI, client: httpx.AsyncClient) -> None:
