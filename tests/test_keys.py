@@ -129,9 +129,9 @@ async def test_rotation_keeps_old_links_and_every_suppression(
         await drain_outbox(app)
         for email in ("amelie@example.org", "john@example.com", "marc@example.fr"):
             link = link_in(last_message_to(smtp_server, email), "confirm")
-            assert (await client.get(link)).status_code == 200
+            assert (await client.post(link)).status_code == 200
         ibrahim_confirm = link_in(last_message_to(smtp_server, "ibrahim@example.sn"), "confirm")
-        assert (await client.get(ibrahim_confirm)).status_code == 200
+        assert (await client.post(ibrahim_confirm)).status_code == 200
         # Paul has not clicked yet: his confirmation link waits in his mailbox.
         paul_confirm = link_in(last_message_to(smtp_server, "paul@example.org"), "confirm")
 
@@ -192,7 +192,9 @@ async def test_rotation_keeps_old_links_and_every_suppression(
         john_left = await client.post(old_unsubscribe["john@example.com"])
         assert john_left.status_code == 200
         assert (await subscriber(app, john_id)).status == "unsubscribed"
-        paul = await client.get(paul_confirm)
+        paul = await client.post(
+            paul_confirm
+        )  # a person confirms (POST); a GET only shows the form
         assert paul.status_code == 200
         assert "Inscription confirmée" in paul.text
         # ... including the erased reader's: unsubscribing stays possible, nothing revives.
