@@ -343,7 +343,7 @@ def dkim_check(
 ) -> None:
     """Check that each configured key's public half is published in DNS and matches."""
     from app.mail.dkim import DkimConfigError, DkimSigner
-    from app.mail.dkim_dns import check_published_key, make_resolver
+    from app.mail.dkim_dns import NoResolver, check_published_key, make_resolver
 
     settings = load_settings()
     try:
@@ -356,7 +356,7 @@ def dkim_check(
         resolver = make_resolver(nameserver, timeout=timeout)
     except ValueError as exc:
         fail(f"--nameserver {nameserver!r}: {exc}", code=2)
-    except Exception as exc:  # dnspython: no /etc/resolv.conf, unreadable configuration
+    except NoResolver as exc:
         fail(f"DNS cannot be reached: {exc}; pass --nameserver")
     failed = 0
     for key in signer.keys:

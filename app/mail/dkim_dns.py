@@ -33,11 +33,19 @@ class MalformedRecord(ValueError):
     pass
 
 
+class NoResolver(Exception):
+    """The system has no usable DNS configuration (no /etc/resolv.conf, say)."""
+
+
 def make_resolver(nameserver: str | None = None, *, timeout: float = 5.0) -> dns.resolver.Resolver:
     """The system's resolver, or one that asks only `nameserver` ("IP" or "IP:port",
-    "[IPv6]:port"). EDNS0 so that a 2048-bit key's record (~420 bytes) fits over UDP."""
+    "[IPv6]:port"; ValueError otherwise). EDNS0 so that a 2048-bit key's record (~420 bytes)
+    fits in a UDP answer."""
     if nameserver is None:
-        resolver = dns.resolver.Resolver()
+        try:
+            resolver = dns.resolver.Resolver()
+        except (dns.exception.DNSException, OSError) as exc:
+            raise NoResolver(str(exc)) from exc
     else:
         host, port = parse_nameserver(nameserver)
         resolver = dns.resolver.Resolver(configure=False)
