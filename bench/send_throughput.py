@@ -229,6 +229,15 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 @dataclass
 class Run:
     workers: int
@@ -238,6 +247,7 @@ class Run:
     peak_rss_mb: float
     sustained: float = 0.0
     dkim: bool = False
+    cpu_per_message: float = 0.0  # the workers' CPU seconds per message sent
 
 
 def run_workers(
@@ -274,6 +284,8 @@ def run_workers(
     ]
     peak = 0.0
     done = 0
+    # CPU time and count at the first progress seen: start-up (imports) is not per message.
+    first: tuple[float, int] | None = None
     last_progress = time.monotonic()
     progress = Progress(database_url, digest_id)
     try:
@@ -283,6 +295,8 @@ def run_workers(
             decided = progress.decided()
             if decided > done:
                 last_progress = time.monotonic()
+                if first is None:
+                    first = (sum(cpu_seconds(p.pid) for p in processes), decided)
             done = decided
             if done >= total:
                 break
@@ -297,12 +311,25 @@ def run_workers(
         sustained = progress.sustained_rate()
     finally:
         progress.close()
+        cpu = 0.0
         for p in processes:
             peak = max(peak, peak_rss_mb(p.pid))
+            cpu += cpu_seconds(p.pid)
             p.terminate()
         for p in processes:
             p.wait(timeout=30)
-    return Run(workers, done, seconds, done / seconds, peak, sustained, dkim=bool(dkim_env))
+    cpu_start, done_start = first or (0.0, 0)
+    measured = done - done_start
+    return Run(
+        workers,
+        done,
+        seconds,
+        done / seconds,
+        peak,
+        sustained,
+        dkim=bool(dkim_env),
+        cpu_per_message=(cpu - cpu_start) / measured if measured > 0 else 0.0,
+    )
 
 
 def message_size(database_url: str, digest_id: int) -> int:
@@ -430,14 +457,15 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
     print(
         f"send throughput: {args.subscribers:,} messages of {size / 1024:.1f} KiB to smtp-sink on loopback"
     )
-    print("msg/s: wall clock from process start; sustained: first to last recorded send")
+    print("msg/s: wall clock from process start; sustained: first to last recorded send;")
+    print("CPU/msg: the workers' CPU time (user + system) per message, in µs")
     print(
         f"{'sender':<28}{'msg/s':>9}{'sustained':>11}{'seconds':>9}"
-        f"{'vs smtp-source':>16}{'peak RSS':>10}"
+        f"{'vs smtp-source':>16}{'peak RSS':>10}{'CPU/msg':>9}"
     )
     print(
         f"{'smtp-source -d -s 8':<28}{anchor.rate:>9,.0f}{'':>11}{anchor.seconds:>9.1f}"
-        f"{1:>16.2f}{'-':>10}"
+        f"{1:>16.2f}{'-':>10}{'-':>9}"
     )
     for run in runs:
         label = f"newsletter x{run.workers} (c={args.concurrency})"
@@ -446,6 +474,7 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
         print(
             f"{label:<28}{run.rate:>9,.0f}{run.sustained:>11,.0f}{run.seconds:>9.1f}"
             f"{run.rate / anchor.rate:>16.2f}{run.peak_rss_mb:>8.0f}MB"
+            f"{run.cpu_per_message * 1e6:>9,.0f}"
         )
     off = [r for r in runs if not r.dkim]
     target = 0.35 * anchor.rate
