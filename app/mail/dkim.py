@@ -57,6 +57,7 @@ ED25519_SELECTOR_SUFFIX = "-ed25519"
 # One header field: its name, then its value with any folded continuation lines (CRLF only).
 _FIELD = re.compile(rb"^([!-9;-~]+):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n", re.MULTILINE)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_SPACE_RUN = re.compile(rb"  +")
 # RFC 6376 3.1 selector and 3.5 d= tag: dot-separated DNS labels, ASCII (A-labels for IDNs).
 _LABELS = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -86,13 +87,13 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
 
 
 def _collapse_wsp(text: bytes) -> bytes:
-    """Every run of spaces and tabs made one space, with bytes.replace: a regex visits every
-    byte in Python's engine, several times slower on a 25 KB body. Each pass of the loop
-    halves the longest run (deep indentation takes three or four)."""
+    """Every run of spaces and tabs made one space. Tabs first (bytes.replace), then runs of
+    spaces with a regex that starts with a literal, which the engine searches fast; a regex
+    for both ([ \t]{2,}|\t) tries every space of a 25 KB body and is ten times slower."""
     if b"\t" in text:
         text = text.replace(b"\t", b" ")
-    while b"  " in text:
-        text = text.replace(b"  ", b" ")
+    if b"  " in text:
+        text = _SPACE_RUN.sub(b" ", text)
     return text
 
 
