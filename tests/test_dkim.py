@@ -527,7 +527,7 @@ def test_signing_is_cheap(signer: DkimSigner) -> None:
     [message] = digest_copies(random.Random(5), 1, 1)
     best = min(_time_per_message(signer, message) for _ in range(3))
     print(f"DKIM signing (RSA-2048 + Ed25519): {best * 1000:.2f} ms per message")
-    assert best < 0.004
+    assert best < 0.005  # under heavy load too; idle it is about 0.5 ms
 
 
 def _time_per_message(signer: DkimSigner, message: bytes, count: int = 40) -> float:
