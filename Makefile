@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-signup browser-deps pg-client clean schemathesis
+.PHONY: install run test lint bench bench-dkim bench-signup browser-deps pg-client clean schemathesis
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -68,8 +68,13 @@ schemathesis: $(STAMP)
 	@test -n "$(KEY)" || { echo "error: KEY=<editor API key> is needed (newsletter create-api-key NAME)"; exit 2; }
 	$(BIN)/st run $(URL)/openapi.json --checks all --header "Authorization: Bearer $(KEY)" $(ARGS)
 
+# Send throughput with DKIM off and on (RSA-2048) in one run; ARGS="--dkim both" adds Ed25519.
 bench: $(STAMP)
-	$(BIN)/python bench/send_throughput.py
+	$(BIN)/python bench/send_throughput.py --dkim $(ARGS)
+
+# DKIM signatures per second on one core (RSA-2048, Ed25519, dkimpy for comparison).
+bench-dkim: $(STAMP)
+	$(BIN)/python bench/dkim.py $(ARGS)
 
 # Signup flood on loopback (SQLite; add ARGS="--database-url postgresql://..." for PostgreSQL).
 bench-signup: $(STAMP)

@@ -6,9 +6,7 @@ import asyncio
 import csv
 import gc
 import logging
-import re
 import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -311,38 +309,66 @@ cli.add_typer(dkim_cli, name="dkim")
 @dkim_cli.command("generate")
 def dkim_generate(
     selector: str | None = typer.Option(
-        None, help="DNS selector (default: DKIM_SELECTOR or nl<year>)."
+        None,
+        help="DNS selector (default: DKIM_SELECTOR or nl<year>; "
+        "for ed25519, DKIM_ED25519_SELECTOR or that with -ed25519).",
     ),
     domain: str | None = typer.Option(
         None, help="Signing domain (default: DKIM_DOMAIN or MAIL_FROM's)."
     ),
     out: Path = typer.Option(Path("var/dkim"), help="Directory for the key files."),
+    algorithm: str = typer.Option(
+        "rsa",
+        help="rsa (2048 bits; every receiver verifies it) or ed25519 (RFC 8463, a second "
+        "signature next to RSA).",
+    ),
 ) -> None:
-    """Write an RSA 2048 key pair and print the DNS TXT record to publish."""
+    """Write a key pair (RSA 2048 or Ed25519) and print the DNS TXT record to publish."""
     from datetime import date
 
-    from app.mail.dkim import DkimConfigError, generate_key
+    from app.mail.dkim import (
+        DkimConfigError,
+        KeyAlgorithm,
+        default_ed25519_selector,
+        generate_key,
+        valid_dns_labels,
+    )
     from app.mail.message import mail_from_domain
 
+    if algorithm not in {"rsa", "ed25519"}:
+        fail(f"--algorithm {algorithm!r}: rsa or ed25519", code=2)
     settings = load_settings()
-    selector = selector or settings.dkim_selector or f"nl{date.today().year}"
+    kind = KeyAlgorithm(algorithm)
+    rsa_selector = settings.dkim_selector or f"nl{date.today().year}"
+    if kind is KeyAlgorithm.rsa:
+        selector = selector or rsa_selector
+    else:
+        selector = (
+            selector or settings.dkim_ed25519_selector or default_ed25519_selector(rsa_selector)
+        )
     domain = domain or settings.dkim_domain or mail_from_domain(settings.mail_from)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", selector):
-        fail(f"--selector {selector!r}: letters, digits and '-' only")
+    if not valid_dns_labels(selector):
+        fail(f"--selector {selector!r}: letters, digits and '-' only (dot-separated labels)")
     try:
-        key = generate_key(domain=domain, selector=selector, out_dir=out)
+        key = generate_key(domain=domain, selector=selector, out_dir=out, algorithm=kind)
     except DkimConfigError as exc:
         fail(str(exc))
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except OSError as exc:
         fail(f"key generation failed: {exc}")
+    path = key.private_key_path.resolve()
     typer.echo(f"private key: {key.private_key_path} (keep it secret)", err=True)
     typer.echo(f"public key:  {key.public_key_path}", err=True)
-    typer.echo("set:", err=True)
-    typer.echo(
-        f"  DKIM_DOMAIN={domain} DKIM_SELECTOR={selector} "
-        f"DKIM_PRIVATE_KEY_PATH={key.private_key_path.resolve()}",
-        err=True,
-    )
+    if kind is KeyAlgorithm.rsa:
+        typer.echo("set:", err=True)
+        typer.echo(
+            f"  DKIM_DOMAIN={domain} DKIM_SELECTOR={selector} DKIM_PRIVATE_KEY_PATH={path}",
+            err=True,
+        )
+    else:
+        typer.echo("set (next to the RSA key's DKIM_DOMAIN, DKIM_SELECTOR, ...):", err=True)
+        typer.echo(
+            f"  DKIM_ED25519_SELECTOR={selector} DKIM_ED25519_PRIVATE_KEY_PATH={path}", err=True
+        )
     typer.echo("publish this DNS TXT record (DNS web panels: the name, then the value):", err=True)
     typer.echo(f"  {key.record_name}", err=True)
     typer.echo(f"  {key.record_value}", err=True)
@@ -350,6 +376,45 @@ def dkim_generate(
     value = key.record_value
     strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
     typer.echo(f"{key.record_name}. IN TXT ( {strings} )")
+
+
+@dkim_cli.command("check")
+def dkim_check(
+    nameserver: str | None = typer.Option(
+        None, help="Ask this DNS server (IP or IP:port) instead of the system's resolvers."
+    ),
+    timeout: float = typer.Option(5.0, min=0.1, max=60, help="Seconds to wait for DNS."),
+) -> None:
+    """Check that each configured key's public half is published in DNS and matches."""
+    from app.mail.dkim import DkimConfigError, DkimSigner
+    from app.mail.dkim_dns import NoResolver, check_published_key, make_resolver
+
+    settings = load_settings()
+    try:
+        signer = DkimSigner.from_settings(settings)
+    except DkimConfigError as exc:
+        fail(str(exc), code=2)
+    if signer is None:
+        fail("DKIM is off: set DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_PATH", code=2)
+    try:
+        resolver = make_resolver(nameserver, timeout=timeout)
+    except ValueError as exc:
+        fail(f"--nameserver {nameserver!r}: {exc}", code=2)
+    except NoResolver as exc:
+        fail(f"DNS cannot be reached: {exc}; pass --nameserver")
+    failed = 0
+    for key in signer.keys:
+        result = check_published_key(key, domain=signer.domain, resolver=resolver)
+        line = f"{result.record_name} ({key.description}, {key.setting}): {result.message}"
+        if result.ok:
+            typer.echo(f"ok: {line}")
+        else:
+            failed += 1
+            typer.echo(f"error: {line}", err=True)
+            if not result.unreachable:
+                typer.echo(f"  expected: {key.dns_record_value()}", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 # --- subscribers --------------------------------------------------------------------------------

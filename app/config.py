@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_private_key_path: Path | None = None
+    # A second signature (RFC 8463) next to RSA; its selector defaults to <DKIM_SELECTOR>-ed25519.
+    dkim_ed25519_private_key_path: Path | None = None
+    dkim_ed25519_selector: str | None = None
 
     # Backups (PostgreSQL): where pg_dump and pg_restore are; unset: Debian's
     # /usr/lib/postgresql/<server major>/bin, then PATH.
