@@ -196,9 +196,11 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 
 
 def methods_by_path(openapi: dict[str, Any]) -> list[tuple[re.Pattern[str], list[str]]]:
-    """Each documented path as a pattern, with the methods it supports."""
+    """Each documented path as a pattern, with the methods it supports; the most specific path
+    first (a literal path is a resource of its own, not one value of a `{param}`)."""
+    templates = sorted(openapi.get("paths", {}).items(), key=lambda pair: pair[0].count("{"))
     table = []
-    for template, item in openapi.get("paths", {}).items():
+    for template, item in templates:
         pattern = "".join(
             "[^/]+" if part.startswith("{") else re.escape(part)
             for part in re.split(r"(\{[^}]+\})", template)

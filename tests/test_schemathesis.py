@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app import editors
+from app import editors, keys
 from app.articles import service as articles
 from app.config import ROOT
 from app.db import make_engine, make_sessionmaker
@@ -40,6 +40,7 @@ async def _seed(app: FastAPI) -> str:
     """An editor key, the sample feed's articles and a confirmed reader."""
     engine = make_engine(app.state.settings.database_url)
     try:
+        await keys.ensure_hashing_key(app.state.tokens, engine)
         async with make_sessionmaker(engine)() as session:
             _, key = await editors.create_api_key(session, name="schemathesis")
             await articles.import_feed_document(session, data=SAMPLE.read_bytes())

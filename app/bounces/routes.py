@@ -78,9 +78,8 @@ async def report_bounce(
 
 
 @router.post(
-    "/subscribers/unbounce",
+    "/bounces/undo",
     response_model=UnbounceOut,
-    tags=["subscribers"],
     responses={401: {"description": "Missing, wrong or revoked API key"}},
 )
 async def unbounce(body: UnbounceIn, session: SessionDep, _editor: EditorDep) -> UnbounceOut:

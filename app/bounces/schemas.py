@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from app.articles.schemas import UtcDatetime
+from app.articles.schemas import json_datetime, to_utc
 from app.deps import MAX_DB_INT
 from app.models import BounceType
 
@@ -27,11 +27,16 @@ class BounceAccepted(BaseModel):
 class UnbounceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: UtcDatetime = Field(description="Restore readers marked bounced at or after this time")
-    digest_id: int | None = Field(
+    since: Annotated[datetime, BeforeValidator(json_datetime), AfterValidator(to_utc)] = Field(
+        description="Restore readers marked bounced at or after this time (ISO 8601)"
+    )
+    digest_id: Annotated[int, Strict()] | None = Field(
         default=None, ge=1, le=MAX_DB_INT, description="Only readers whose copy of it failed"
     )
-    dry_run: bool = Field(default=False, description="List them, change nothing")
+    # Strict: `"dry_run": 0` is not a boolean, and a mistyped dry run must not restore anyone.
+    dry_run: Annotated[bool, Strict()] = Field(
+        default=False, description="List them, change nothing"
+    )
 
 
 class UnbouncedPublic(BaseModel):

@@ -590,19 +590,19 @@ async def test_unbounce_restores_readers_a_broken_relay_bounced(
     # The API does the same; nothing is left to restore now.
     headers = await editor_headers(session)
     response = await client.post(
-        "/api/v1/subscribers/unbounce",
+        "/api/v1/bounces/undo",
         json={"since": since, "dry_run": True},
         headers=headers,
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"dry_run": True, "count": 0, "subscribers": []}
     response = await client.post(
-        "/api/v1/subscribers/unbounce",
+        "/api/v1/bounces/undo",
         json={"since": long_ago.isoformat(), "dry_run": True},
         headers=headers,
     )
     assert [s["email"] for s in response.json()["subscribers"]] == ["gone@example.org"]
     unknown = await client.post(
-        "/api/v1/subscribers/unbounce", json={"since": since, "when": 1}, headers=headers
+        "/api/v1/bounces/undo", json={"since": since, "when": 1}, headers=headers
     )
     assert unknown.status_code == 422
