@@ -75,8 +75,11 @@ def test_every_check_passes_on_every_operation(
                 str(MAX_EXAMPLES),
                 "--seed",
                 str(SEED),
+                # One worker: with two threads, CPython 3.11's ast.parse (Hypothesis reads lambda
+                # sources with it) can fail with "AST constructor recursion depth mismatch"
+                # (python/cpython#106905), a crash of the tool, not a finding.
                 "--workers",
-                "2",
+                "1",
             ],
             cwd=ROOT,  # schemathesis.toml
             capture_output=True,
