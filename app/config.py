@@ -21,6 +21,12 @@ class SmtpSecurity(StrEnum):
     tls = "tls"
 
 
+class ClickTracking(StrEnum):
+    off = "off"
+    aggregate = "aggregate"
+    per_reader = "per_reader"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -82,6 +88,13 @@ class Settings(BaseSettings):
     # WordPress is on its own network); off, an import cannot reach into the private network.
     feed_allow_private_networks: bool = False
     feed_max_items: int = Field(default=500, ge=1, le=100_000)
+
+    # Archive and clicks (app/archive, app/clicks)
+    # Sent digests on the web (/archive, /archive/feed.xml) and the "view in browser" link.
+    archive_enabled: bool = True
+    # off: links go straight to the site; aggregate: counts per digest and article and unique
+    # readers, no per-reader record; per_reader: also each reader's clicks in their history.
+    track_clicks: ClickTracking = ClickTracking.aggregate
 
     # Compliance
     organization_address: str = ""

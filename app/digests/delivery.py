@@ -22,7 +22,7 @@ from app.bounces.service import bounce_at_send
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, compose_test_copy, digest_template
-from app.digests.render import render_digest
+from app.digests.render import digest_links, render_digest
 from app.mail.message import MessageTemplate
 from app.mail.render import RenderedEmail, language_or_default
 from app.models import Delivery, DeliveryKind, Digest, DigestStatus, SubscriberStatus
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 class DigestRendering:
     rendered: RenderedEmail  # with placeholders: for test copies (slow path, a handful)
     template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
+    links: list[tuple[int, str]]  # (position, URL) of each article link, from the frozen copy
 
 
 class RenderCache:
@@ -55,7 +56,8 @@ class RenderCache:
             rendered = await render_digest(
                 session, digest_id=digest_id, language=key[1], settings=self.settings
             )
-            entry = DigestRendering(rendered, digest_template(self.settings, rendered))
+            links = await digest_links(session, digest_id=digest_id)
+            entry = DigestRendering(rendered, digest_template(self.settings, rendered), links)
             self._entries[key] = entry
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -101,6 +103,8 @@ class DigestKind(BaseKind):
                     self.tokens,
                     template=rendering.template,
                     delivery_id=delivery.id,
+                    digest_id=delivery.digest_id,
+                    links=rendering.links,
                     recipient=recipient,
                 )
             except Exception as exc:  # one bad delivery must not sink the batch
@@ -151,6 +155,7 @@ class TestCopyKind(BaseKind):
                     self.settings,
                     self.tokens,
                     rendered=rendering.rendered,
+                    links=rendering.links,
                     delivery_id=delivery.id,
                     to_address=delivery.to_address,
                     language=language,

@@ -16,7 +16,9 @@ from app.articles.sanitize import truncate
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import fill_rendered, sample_values
+from app.digests.links import archive_url, direct_values
 from app.mail import personalize
+from app.mail.personalize import link_field
 from app.mail.render import RenderedEmail, language_or_default, render_email
 from app.models import Digest, DigestArticle, as_utc
 from app.security import Tokens
@@ -81,15 +83,24 @@ def digest_subject(digest: Digest, articles: Sequence[DigestArticle], language: 
     return template.format(date=format_date(digest_date(digest, articles), language))
 
 
-def _article_context(article: DigestArticle, language: str) -> dict[str, Any]:
-    categories = [
+def article_categories(article: DigestArticle) -> list[str]:
+    return [
         c for c in article.categories or [] if c.strip().casefold() not in _UNINFORMATIVE_CATEGORIES
     ]
+
+
+def article_link(article: DigestArticle) -> Any:
+    """The link-rewriting hook of the render context: every article link is a per-reader
+    placeholder, filled with a tracked /r/ link (or the article's URL) in each copy."""
+    return personalize.placeholder(link_field(article.position))
+
+
+def _article_context(article: DigestArticle, language: str) -> dict[str, Any]:
     return {
         "title": truncate(article.title, TITLE_MAX_CHARS),
-        "url": article.url,
+        "url": article_link(article),
         "date": format_date(article.published_at, language) if article.published_at else "",
-        "categories": categories,
+        "categories": article_categories(article),
         # The summary, never the body: the digest invites to the site, and stays small.
         "summary": truncate(article.summary or ""),
         "author": article.author or "",
@@ -105,10 +116,17 @@ async def render_digest(
     digest = await service.get_digest(session, digest_id=digest_id)
     articles = await service.digest_articles(session, digest_id=digest_id)
     marks = personalize.placeholders()
+    subject = digest_subject(digest, articles, language)
+    view_url = ""
+    if settings.archive_enabled and digest.archived and digest.id is not None:
+        view_url = archive_url(
+            settings, digest.id, digest_subject(digest, articles, "fr"), language=language
+        )
     return render_email(
         "digest",
         language=language,
-        digest_subject=digest_subject(digest, articles, language),
+        digest_subject=subject,
+        view_url=view_url,
         issue_date=format_date(digest_date(digest, articles), language),
         site_name=settings.site_name,
         articles=[_article_context(a, language) for a in articles],
@@ -125,4 +143,13 @@ async def preview_digest(
     rendered = await render_digest(
         session, digest_id=digest_id, language=language, settings=settings
     )
-    return fill_rendered(rendered, sample_values(settings, tokens, language=language))
+    links = await digest_links(session, digest_id=digest_id)
+    return fill_rendered(
+        rendered, {**sample_values(settings, tokens, language=language), **direct_values(links)}
+    )
+
+
+async def digest_links(session: AsyncSession, *, digest_id: int) -> list[tuple[int, str]]:
+    """(position, URL) of each article link, from the digest's frozen copy."""
+    return [(a.position, a.url) for a in await service.digest_articles(session, digest_id=digest_id)]
+

@@ -47,6 +47,9 @@ class DigestCreate(BaseModel):
     max_articles: Annotated[int, Strict()] = Field(
         default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES
     )
+    archive: Annotated[bool, Strict()] = Field(
+        default=True, description="Show it in the public archive once sent (ARCHIVE_ENABLED)"
+    )
 
 
 class DigestArticlePublic(BaseModel):

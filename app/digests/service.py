@@ -132,6 +132,7 @@ async def create_digest(
     article_ids: Sequence[int] | None = None,
     since: datetime | None = None,
     max_articles: int = DEFAULT_MAX_ARTICLES,
+    archived: bool = True,
 ) -> Digest:
     """A draft digest with a frozen copy of its articles, so later edits do not change it.
     `subject` None: each language gets its default subject at render time."""
@@ -141,7 +142,7 @@ async def create_digest(
         articles = await _new_articles(session, since=since, limit=max_articles)
     if not articles:
         raise NoNewArticles("no new articles: every article is already in a sent digest")
-    digest = Digest(subject=subject)
+    digest = Digest(subject=subject, archived=archived)
     session.add(digest)
     await session.flush()
     assert digest.id is not None
