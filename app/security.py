@@ -153,7 +153,6 @@ class Tokens:
             raise TokenError("the link is not valid") from exc
         return _pair(data)
 
-
     def click_token(self, delivery_id: int, digest_id: int, position: int) -> str:
         body = f"{delivery_id}.{digest_id}.{position}"
         return f"{body}.{_click_signature(self._click_keys[0], body)}"

@@ -15,7 +15,7 @@ SLUG_MAX_CHARS = 80
 
 
 def slugify(text: str) -> str:
-    """"Les articles de la semaine - 1er décembre" -> "les-articles-de-la-semaine-1er-decembre"."""
+    """ "Les articles de la semaine - 1er décembre" -> "les-articles-de-la-semaine-1er-decembre"."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
     return slug[:SLUG_MAX_CHARS].rstrip("-") or "digest"
@@ -34,7 +34,12 @@ def tracks_clicks(settings: Settings) -> bool:
 
 
 def click_values(
-    settings: Settings, tokens: Tokens, *, delivery_id: int, digest_id: int, positions: Sequence[int]
+    settings: Settings,
+    tokens: Tokens,
+    *,
+    delivery_id: int,
+    digest_id: int,
+    positions: Sequence[int],
 ) -> dict[str, str]:
     """One reader's tracked article links (`link<position>` placeholders): one signed token per
     link, naming the copy and the position, never the URL (no open redirect)."""

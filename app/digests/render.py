@@ -151,5 +151,6 @@ async def preview_digest(
 
 async def digest_links(session: AsyncSession, *, digest_id: int) -> list[tuple[int, str]]:
     """(position, URL) of each article link, from the digest's frozen copy."""
-    return [(a.position, a.url) for a in await service.digest_articles(session, digest_id=digest_id)]
-
+    return [
+        (a.position, a.url) for a in await service.digest_articles(session, digest_id=digest_id)
+    ]

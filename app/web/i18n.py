@@ -111,3 +111,47 @@ def request_language(request: Request, explicit: str | None = None) -> str:
         if candidate and candidate.lower() in SUPPORTED:
             return candidate.lower()
     return parse_accept_language(request.headers.get("accept-language")) or Language.fr.value
+
+
+# --- Archive and click links (app/archive, app/clicks) ------------------------------------------
+# One block, so it moves to the catalogs as it is.
+ARCHIVE_STRINGS: dict[str, dict[str, str]] = {
+    "fr": {
+        "archive_title": "Les numéros précédents",
+        "archive_intro": "Toutes les newsletters envoyées, de la plus récente à la plus ancienne.",
+        "archive_empty": "Aucun numéro n'a encore été envoyé.",
+        "archive_newer": "Numéros plus récents",
+        "archive_older": "Numéros plus anciens",
+        "archive_page": "Page {page} sur {pages}",
+        "archive_feed": "Flux Atom des numéros",
+        "archive_back": "Tous les numéros",
+        "archive_signup": "Recevoir la newsletter",
+        "archive_signup_intro": "Ce numéro vous a plu ? Recevez les suivants par e-mail.",
+        "archive_not_found_title": "Numéro introuvable",
+        "archive_not_found_body": "Ce numéro n'existe pas ou n'est pas public.",
+        "archive_read": "Lire l'article",
+        "see_past_issues": "Voir les numéros précédents",
+        "click_invalid_body": "Ce lien n'est pas valide : il a peut-être été coupé ou modifié.",
+        "go_to_site": "Aller sur le site",
+    },
+    "en": {
+        "archive_title": "Past issues",
+        "archive_intro": "Every newsletter sent, newest first.",
+        "archive_empty": "No issue has been sent yet.",
+        "archive_newer": "Newer issues",
+        "archive_older": "Older issues",
+        "archive_page": "Page {page} of {pages}",
+        "archive_feed": "Atom feed of the issues",
+        "archive_back": "All issues",
+        "archive_signup": "Get the newsletter",
+        "archive_signup_intro": "Liked this issue? Get the next ones by email.",
+        "archive_not_found_title": "Issue not found",
+        "archive_not_found_body": "This issue does not exist or is not public.",
+        "archive_read": "Read the article",
+        "see_past_issues": "See past issues",
+        "click_invalid_body": "This link is not valid: it may have been cut or changed.",
+        "go_to_site": "Go to the site",
+    },
+}
+for _language, _strings in ARCHIVE_STRINGS.items():
+    STRINGS[_language].update(_strings)

@@ -21,6 +21,12 @@ def render_page(
     return templates.TemplateResponse(
         request,
         name,
-        {"t": STRINGS[lang], "lang": lang, "site_name": settings.site_name, **context},
+        {
+            "t": STRINGS[lang],
+            "lang": lang,
+            "site_name": settings.site_name,
+            "archive_enabled": settings.archive_enabled,
+            **context,
+        },
         status_code=status_code,
     )
