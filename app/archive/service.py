@@ -66,7 +66,7 @@ async def archive_page(
             await session.exec(
                 select(Digest)
                 .where(_archived())
-                .order_by(col(Digest.sent_at).desc(), col(Digest.id).desc())
+                .order_by(col(Digest.sent_at).desc().nulls_last(), col(Digest.id).desc())
                 .offset((page - 1) * per_page)
                 .limit(per_page)
             )
