@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
@@ -10,6 +11,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
+from app.clicks import service as click_service
+from app.config import Settings
 from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
@@ -65,18 +68,36 @@ def _summary_fields(
 
 
 async def _public(
-    session: AsyncSession, digest: Digest, progress: service.DigestProgress | None = None
+    session: AsyncSession,
+    digest: Digest,
+    progress: service.DigestProgress | None = None,
+    *,
+    settings: Settings,
 ) -> DigestPublic:
     assert digest.id is not None
     articles = await service.digest_articles(session, digest_id=digest.id)
     if progress is None:
         progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
+    outcomes = await service.digest_outcomes(session, digest=digest)
+    clicks = await click_service.digest_clicks(session, digest_id=digest.id)
     return DigestPublic.model_validate(
         {
             **_summary_fields(digest, articles, progress),
             "articles": [
                 DigestArticlePublic.model_validate(a, from_attributes=True) for a in articles
             ],
+            "numbers": {
+                "tracking": settings.track_clicks.value,
+                "delivered": outcomes.delivered,
+                "bounced": outcomes.bounced,
+                "unsubscribed": outcomes.unsubscribed,
+                "clicks": {
+                    "total": clicks.clicks,
+                    "unique": clicks.unique,
+                    "machine": clicks.machine,
+                },
+                "articles": [asdict(a) for a in clicks.articles],
+            },
         }
     )
 
@@ -97,7 +118,7 @@ async def _fresh_digest(
     responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
 )
 async def create_digest(
-    body: DigestCreate, session: SessionDep, _editor: EditorDep
+    body: DigestCreate, session: SessionDep, settings: SettingsDep, _editor: EditorDep
 ) -> DigestPublic:
     """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
     try:
@@ -113,7 +134,7 @@ async def create_digest(
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 @router.get("", response_model=DigestList, responses=AUTH)
@@ -137,9 +158,12 @@ async def list_digests(
 
 
 @router.get("/{digest_id}", response_model=DigestPublic, responses={**AUTH, **NOT_FOUND})
-async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
-    """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
-    return await _public(session, *await _fresh_digest(session, digest_id))
+async def get_digest(
+    digest_id: IdPath, session: SessionDep, settings: SettingsDep, _editor: EditorDep
+) -> DigestPublic:
+    """Status, articles, delivery counts (test copies not included), rate, ETA and progress;
+    `numbers`: delivered, bounced, unsubscribed after it, clicks (readers apart from machines)."""
+    return await _public(session, *await _fresh_digest(session, digest_id), settings=settings)
 
 
 @router.get(
@@ -216,7 +240,11 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    _editor: EditorDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -227,7 +255,7 @@ async def send(
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -239,6 +267,7 @@ CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _control(
     session: AsyncSession,
+    settings: Settings,
     digest_id: int,
     change: Callable[..., Awaitable[Digest]],
 ) -> Response | DigestPublic:
@@ -250,29 +279,64 @@ async def _control(
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    _editor: EditorDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
-    return await _control(session, digest_id, service.pause_send)
+    return await _control(session, settings, digest_id, service.pause_send)
 
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    _editor: EditorDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
-    return await _control(session, digest_id, service.resume_send)
+    return await _control(session, settings, digest_id, service.resume_send)
 
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    _editor: EditorDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
-    return await _control(session, digest_id, service.cancel_send)
+    return await _control(session, settings, digest_id, service.cancel_send)
+
+
+@router.get(
+    "/{digest_id}/clicks.csv",
+    response_class=PlainTextResponse,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        200: {"content": {"text/csv": {}}, "description": "Per-article figures (CSV)"},
+    },
+)
+async def clicks_csv(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+    """Per-article figures: position, title, url, clicks, unique readers, machine clicks."""
+    try:
+        await service.get_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    figures = await click_service.digest_clicks(session, digest_id=digest_id)
+    return Response(
+        click_service.clicks_csv(figures),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="digest-{digest_id}-clicks.csv"'},
+    )

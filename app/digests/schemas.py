@@ -94,8 +94,35 @@ class DigestSummary(BaseModel):
     )
 
 
+class ArticleClicksPublic(BaseModel):
+    position: int
+    title: str
+    url: str
+    clicks: int = Field(description="Reader clicks (machine clicks excluded)")
+    unique: int = Field(description="Readers who followed this link")
+    machine: int = Field(description="Clicks by scanners and other machines (not readers)")
+
+
+class ClicksPublic(BaseModel):
+    total: int = Field(description="Reader clicks on the digest's links")
+    unique: int = Field(description="Readers who followed at least one link")
+    machine: int = Field(description="Clicks by scanners and other machines, counted apart")
+
+
+class DigestNumbers(BaseModel):
+    """What became of the digest. Clicks are counted in batches: a click shows within seconds."""
+
+    tracking: str = Field(description="TRACK_CLICKS: off, aggregate or per_reader")
+    delivered: int = Field(description="Copies accepted by the relay")
+    bounced: int = Field(description="Copies refused, and bounces reported after delivery")
+    unsubscribed: int = Field(description="Readers who left after their copy, before the next")
+    clicks: ClicksPublic
+    articles: list[ArticleClicksPublic]
+
+
 class DigestPublic(DigestSummary):
     articles: list[DigestArticlePublic]
+    numbers: DigestNumbers
 
 
 class DigestList(BaseModel):
