@@ -53,16 +53,16 @@ async def age_copies(session: AsyncSession, digest_id: int) -> None:
     await session.commit()
 
 
-async def numbers(client: httpx.AsyncClient, headers: dict[str, str], digest_id: int) -> dict:  # type: ignore[type-arg]
+async def numbers(client: httpx.AsyncClient, headers: dict[str, str], digest_id: int) -> dict:
     response = await client.get(f"/api/v1/digests/{digest_id}", headers=headers)
     assert response.status_code == 200, response.text
-    result: dict = response.json()["numbers"]  # type: ignore[type-arg]
+    result: dict = response.json()["numbers"]
     return result
 
 
 async def _send(
     app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, headers: dict[str, str]
-) -> dict:  # type: ignore[type-arg]
+) -> dict:
     tokens: Tokens = app.state.tokens
     for address in READERS:
         await make_subscriber(session, tokens, email=address, name="Zoé")
