@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )
 
+    app.include_router(click_routes.router)  # first: the hot path matches at once
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
     app.include_router(subscriber_routes.router)
@@ -113,7 +114,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
     app.include_router(archive_routes.router)
-    app.include_router(click_routes.router)
     app.include_router(monitoring.router)
     openapi.install(app)
     openapi.install_docs(app)

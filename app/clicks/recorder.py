@@ -30,7 +30,9 @@ from app.security import Tokens
 
 log = logging.getLogger("app.clicks")
 
-FLUSH_SECONDS = 0.5
+# Small, frequent flushes: each one's Python work runs on the event loop that answers clicks, so
+# at 1,000 clicks/s a flush every 0.1 s (about 100 clicks) keeps those pauses to milliseconds.
+FLUSH_SECONDS = 0.1
 
 
 class ClickRecorder:

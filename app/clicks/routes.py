@@ -28,12 +28,19 @@ REDIRECT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.api_route(
+@router.head(
     "/r/{token}",
-    methods=["GET", "HEAD"],
     status_code=302,
     response_class=RedirectResponse,
     responses=REDIRECT,
+    operation_id="follow_link_head",
+)
+@router.get(
+    "/r/{token}",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses=REDIRECT,
+    operation_id="follow_link",
 )
 async def follow_link(request: Request, token: str) -> Response:
     """A reader's click on an article of a digest. `HEAD` and scanners are counted apart."""

@@ -81,7 +81,7 @@ class _Tally:
     unique: Counter[tuple[int, int]] = field(default_factory=Counter)
 
 
-def _insert(session: AsyncSession, table: type) -> Any:
+def _insert(session: AsyncSession, table: Any) -> Any:
     """INSERT with ON CONFLICT, in the session's dialect (both spell it the same way)."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -89,16 +89,17 @@ def _insert(session: AsyncSession, table: type) -> Any:
 
 
 async def _new_tags(session: AsyncSession, tags: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
-    """Insert the (digest, tag) pairs; those that were not there yet."""
+    """Insert the (digest, tag) pairs; those that were not there yet. One statement, executed
+    for many rows (compiled once and cached: a flush must not hold the event loop)."""
     if not tags:
         return set()
     statement = (
-        _insert(session, ClickSeen)
-        .values([{"digest_id": d, "tag": t} for d, t in tags])
+        _insert(session, ClickSeen.__table__)  # type: ignore[attr-defined]  # Core: no ORM bulk path
         .on_conflict_do_nothing()
         .returning(col(ClickSeen.digest_id), col(ClickSeen.tag))
     )
-    return {(d, t) for d, t in (await session.execute(statement)).all()}
+    rows = [{"digest_id": d, "tag": t} for d, t in tags]
+    return {(d, t) for d, t in (await session.execute(statement, rows)).all()}
 
 
 async def delivery_facts(
