@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         )
 
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    app.add_middleware(click_routes.ClickFastPath, state=app.state)
     app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
     app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)

@@ -18,7 +18,7 @@ from app.clicks.recorder import ClickRecorder
 from app.clicks.service import Click
 from app.config import Settings
 from app.main import create_app
-from app.models import ClickSeen, Delivery, SubscriberEvent
+from app.models import ClickSeen, Delivery, Digest, DigestArticle, SubscriberEvent
 from app.security import Tokens
 from tests.conftest import make_settings
 from tests.factories import (
@@ -270,3 +270,31 @@ async def test_recorder_keeps_what_it_could_not_write(app: FastAPI) -> None:
         assert recorder.held == 1
     else:  # SQLite without foreign keys enforced: written, nothing held
         assert recorder.held == 0
+
+
+async def test_fast_path_answers_as_the_route(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    """The first click of a digest goes through the route (it loads the links); the next ones
+    through ClickFastPath: same status, Location (quoted alike) and caching."""
+    digest = Digest(subject="Accents", status="sent")
+    session.add(digest)
+    await session.flush()
+    assert digest.id is not None
+    odd = 'https://www.example.org/été/a b|c?x=1&y="2"#frag'
+    session.add(DigestArticle(digest_id=digest.id, position=0, title="É", url=odd))
+    await session.commit()
+    tokens: Tokens = app.state.tokens
+    link = f"/r/{tokens.click_token(1, digest.id, 0)}"
+    assert app.state.click_links.known(digest.id) is None
+    by_route = await client.get(link, headers={"User-Agent": BROWSER})
+    assert app.state.click_links.known(digest.id) is not None
+    by_fast_path = await client.get(link, headers={"User-Agent": BROWSER})
+    for response in (by_route, by_fast_path):
+        assert response.status_code == 302
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.content == b""
+    assert by_route.headers["location"] == by_fast_path.headers["location"]
+    assert by_route.headers["location"].startswith("https://www.example.org/%C3%A9t%C3%A9/a%20b")
+    assert app.state.click_recorder.held == 2
