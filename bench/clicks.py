@@ -134,6 +134,15 @@ def seed(database_url: str) -> tuple[int, list[int]]:
     return DIGESTS, list(range(1, READERS + 1))
 
 
+FLUSH_WAIT = 6.0  # s: the burst window (5 s) and a flush
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -161,7 +170,9 @@ async def _connection(
     return redirects
 
 
-async def load(port: int, paths: list[str], *, rate: int, seconds: float) -> tuple[list[float], int]:
+async def load(
+    port: int, paths: list[str], *, rate: int, seconds: float
+) -> tuple[list[float], int]:
     """Open loop: request i is due at start + i/rate and queued then for a free connection."""
     queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
     latencies: list[float] = []
@@ -298,9 +309,13 @@ def main() -> None:
         }
         log(f"{args.rate} clicks/s for {args.seconds:g} s against newsletter serve (SQLite)")
         asyncio.run(load(port, paths[:200], rate=200, seconds=1))  # warm up: links cached
+        cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
         latencies, redirects = asyncio.run(
             load(port, paths[200:], rate=args.rate, seconds=args.seconds)
         )
+        time.sleep(FLUSH_WAIT)  # the last clicks' burst window and flush
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+        wall = time.perf_counter() - wall_before
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -323,6 +338,11 @@ def main() -> None:
     print(
         f"  redirects answered {redirects + 200:,}; clicks counted after SIGTERM {counted:,} "
         f"(readers {row[0]:,}, machine {row[1]:,}); lost {redirects + 200 - counted:,}"
+    )
+    print(
+        f"  server CPU {server_cpu / redirects * 1e6:.0f} µs per click (answer, count, write), "
+        f"{server_cpu / wall * 100:.0f}% of one core; machine load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(f"archive, {DIGESTS} sent digests of {ARTICLES} articles (50 sequential GETs):")
     for path, durations in archive.items():
