@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # off: links go straight to the site; aggregate: counts per digest and article and unique
     # readers, no per-reader record; per_reader: also each reader's clicks in their history.
     track_clicks: ClickTracking = ClickTracking.aggregate
+    # A 1x1 image per copy (/o/{token}). Off by default: Apple Mail Privacy Protection and image
+    # proxies fetch it for every copy, so an open count says little and watches readers.
+    track_opens: bool = False
 
     # Compliance
     organization_address: str = ""

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         background: asyncio.Task[None] | None = None
         # Clicks are counted by every process that answers /r/ (not only the worker's).
         clicks: asyncio.Task[None] | None = None
-        if settings.track_clicks != ClickTracking.off:
+        if settings.track_clicks != ClickTracking.off or settings.track_opens:
             recorder = ClickRecorder(
                 settings, app.state.sessionmaker, app.state.tokens, app.state.click_links
             )

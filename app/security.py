@@ -26,8 +26,10 @@ API_KEY_PREFIX = "nl_"
 LEGACY_EMAIL_HASH_INFO = b"newsletter.email-hash.v1"
 CLICK_INFO = b"newsletter.click.v1"
 CLICK_SEEN_INFO = b"newsletter.click-seen.v1"
+OPEN_INFO = b"newsletter.open.v1"
 # delivery.digest.position.signature (96 bits of HMAC-SHA256, base64url): short, since a digest
 # copy holds one per link.
+_OPEN_TOKEN = re.compile(r"^([0-9]{1,10})\.([0-9]{1,10})\.([A-Za-z0-9_-]{16})$")
 _CLICK_TOKEN = re.compile(r"^([0-9]{1,10})\.([0-9]{1,10})\.([0-9]{1,3})\.([A-Za-z0-9_-]{16})$")
 
 if TYPE_CHECKING:
@@ -64,6 +66,9 @@ def verp_tag(secret_key: str, delivery_id: int) -> str:
     return digest.hexdigest()[:10]
 
 
+OPEN_POSITION = -2  # the click_count row of a digest's opens (TRACK_OPENS)
+
+
 @dataclass(frozen=True, slots=True)
 class ClickRef:
     """What a click link names: the copy (delivery), its digest and the link's position."""
@@ -98,6 +103,9 @@ class Tokens:
         # carries one per article, made per reader in the sender's hot path (microseconds each).
         self._click_keys = [
             hmac.digest(key.encode(), CLICK_INFO, "sha256") for key in self._verifying_keys
+        ]
+        self._open_keys = [
+            hmac.digest(key.encode(), OPEN_INFO, "sha256") for key in self._verifying_keys
         ]
 
     @classmethod
@@ -168,6 +176,23 @@ class Tokens:
         ):
             raise TokenError("the link is not valid")
         return ClickRef(int(delivery), int(digest), int(position))
+
+    def open_token(self, delivery_id: int, digest_id: int) -> str:
+        body = f"{delivery_id}.{digest_id}"
+        return f"{body}.{_click_signature(self._open_keys[0], body)}"
+
+    def read_open_token(self, token: str) -> ClickRef:
+        """The copy an open pixel names (position: OPEN_POSITION)."""
+        match = _OPEN_TOKEN.match(token)
+        if match is None:
+            raise TokenError("the link is not valid")
+        delivery, digest, signature = match.groups()
+        body = f"{delivery}.{digest}"
+        if not any(
+            hmac.compare_digest(_click_signature(key, body), signature) for key in self._open_keys
+        ):
+            raise TokenError("the link is not valid")
+        return ClickRef(int(delivery), int(digest), OPEN_POSITION)
 
     def click_seen_tag(self, delivery_id: int, position: int) -> str:
         """A one-way tag of (copy, link): lets a reader count once without recording who. Keyed

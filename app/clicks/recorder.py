@@ -26,7 +26,7 @@ from app.clicks import scanners
 from app.clicks.service import Click, LinkCache, delivery_facts, group_by_delivery, record_clicks
 from app.config import Settings
 from app.models import utcnow
-from app.security import Tokens
+from app.security import OPEN_POSITION, Tokens
 
 log = logging.getLogger("app.clicks")
 
@@ -102,10 +102,16 @@ class ClickRecorder:
                     known if known is not None else await self.links.load(session, digest_id)
                 )
                 sent_at = facts.get(delivery_id, (None, None))[1]
-                timed = [scanners.TimedClick(c.position, c.at) for c in group if c.machine is None]
+                timed = [
+                    scanners.TimedClick(c.position, c.at)
+                    for c in group
+                    if c.machine is None and c.position != OPEN_POSITION
+                ]
                 burst = scanners.burst_positions(timed, link_count=len(urls[digest_id]))
                 for click in group:
-                    if click.machine or burst or scanners.too_soon(click.at, sent_at):
+                    if click.position == OPEN_POSITION:
+                        readers.append(click)  # an open: no rule tells Apple MPP from a reader
+                    elif click.machine or burst or scanners.too_soon(click.at, sent_at):
                         machines.append(click)
                     else:
                         readers.append(click)

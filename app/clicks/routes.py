@@ -9,6 +9,7 @@ a digest whose links are in memory without FastAPI's routing and dependencies; e
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ from app import metrics, openapi
 from app.clicks import scanners
 from app.clicks.recorder import ClickRecorder
 from app.clicks.service import Click, LinkCache
+from app.config import ClickTracking
 from app.models import utcnow
 from app.security import ClickRef, TokenError, Tokens
 from app.web.i18n import STRINGS, request_language
@@ -47,7 +49,7 @@ def redirect_to(ref: ClickRef, urls: dict[int, str]) -> str | None:
 
 def count_click(state: State, ref: ClickRef, method: str, user_agent: str | None) -> None:
     recorder: ClickRecorder | None = state.click_recorder
-    if recorder is not None:
+    if recorder is not None and state.settings.track_clicks != ClickTracking.off:
         reason = scanners.agent_reason(method, user_agent)
         recorder.add(Click(ref.delivery_id, ref.digest_id, ref.position, utcnow(), reason))
     metrics.count_click_redirect()
@@ -148,3 +150,27 @@ class ClickFastPath:
         )
         count_click(self.state, ref, scope["method"], user_agent)
         return quote(url, safe=LOCATION_SAFE)  # as RedirectResponse writes it
+
+
+# A transparent 1x1 GIF.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+OPEN: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/gif": {}}, "description": "A transparent 1x1 image"},
+    400: openapi.html_page("A tampered or truncated link (a page)"),
+}
+
+
+@router.get("/o/{token}", response_class=Response, responses=OPEN)
+async def open_pixel(request: Request, token: str) -> Response:
+    """TRACK_OPENS: a copy's open pixel. Counted as an open, whoever fetched it (Apple Mail
+    Privacy Protection and image proxies fetch every copy's images)."""
+    state = request.app.state
+    tokens: Tokens = state.tokens
+    try:
+        ref = tokens.read_open_token(token)
+    except TokenError:
+        return _bad_link(request)
+    recorder: ClickRecorder | None = state.click_recorder
+    if recorder is not None and state.settings.track_opens:
+        recorder.add(Click(ref.delivery_id, ref.digest_id, ref.position, utcnow(), None))
+    return Response(PIXEL, media_type="image/gif", headers=REDIRECT_HEADERS)

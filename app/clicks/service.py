@@ -30,10 +30,11 @@ from app.models import (
     SubscriberEventType,
     as_utc,
 )
-from app.security import Tokens
+from app.security import OPEN_POSITION, Tokens
 from app.subscribers.csvfile import spreadsheet_safe
 
 WHOLE_DIGEST = -1  # the click_count row of the digest as a whole (unique readers)
+# OPEN_POSITION (-2, app.security): the row of its opens, when TRACK_OPENS is on.
 
 
 class LinkCache:
@@ -135,8 +136,12 @@ async def record_clicks(
     tags: dict[tuple[int, str], tuple[int, int]] = {}
     for click in readers:
         tally.clicks[(click.digest_id, click.position)] += 1
-        tally.clicks[(click.digest_id, WHOLE_DIGEST)] += 1
-        for position in (click.position, WHOLE_DIGEST):
+        if click.position == OPEN_POSITION:  # an open: its own row, not a click
+            positions: tuple[int, ...] = (OPEN_POSITION,)
+        else:
+            tally.clicks[(click.digest_id, WHOLE_DIGEST)] += 1
+            positions = (click.position, WHOLE_DIGEST)
+        for position in positions:
             tag = tokens.click_seen_tag(click.delivery_id, position)
             tags[(click.digest_id, tag)] = (click.digest_id, position)
     for key in await _new_tags(session, list(tags)):
@@ -161,7 +166,7 @@ async def record_clicks(
     if mode == ClickTracking.per_reader:
         for click in readers:
             subscriber_id = subscribers.get(click.delivery_id)
-            if subscriber_id is None:
+            if subscriber_id is None or click.position == OPEN_POSITION:
                 continue
             url = urls.get(click.digest_id, {}).get(click.position, "")
             session.add(
@@ -191,6 +196,8 @@ class DigestClicks:
     unique: int
     machine: int
     articles: list[ArticleClicks]
+    opens: int  # TRACK_OPENS: pixels fetched (image proxies and Apple MPP included)
+    unique_opens: int
 
 
 async def digest_clicks(session: AsyncSession, *, digest_id: int) -> DigestClicks:
@@ -221,11 +228,14 @@ async def digest_clicks(session: AsyncSession, *, digest_id: int) -> DigestClick
             )
         )
     whole = counts.get(WHOLE_DIGEST)
+    opens = counts.get(OPEN_POSITION)
     return DigestClicks(
         clicks=whole.clicks if whole else 0,
         unique=whole.unique_clicks if whole else 0,
         machine=whole.machine_clicks if whole else 0,
         articles=per_article,
+        opens=opens.clicks if opens else 0,
+        unique_opens=opens.unique_clicks if opens else 0,
     )
 
 

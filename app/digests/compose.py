@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from app.addresses import header_safe
 from app.config import Settings
-from app.digests.links import click_values, direct_values, tracks_clicks
+from app.digests.links import click_values, direct_values, open_value, tracks_clicks
 from app.mail.headers import list_headers, list_unsubscribe_header
 from app.mail.message import MessageTemplate, build_message
 from app.mail.personalize import fill
@@ -88,6 +88,10 @@ def compose_copy(
         )
     else:
         values.update(direct_values(links))
+    if settings.track_opens:
+        values["open_url"] = open_value(
+            settings, tokens, delivery_id=delivery_id, digest_id=digest_id
+        )
     message = template.render(
         to_name=recipient.name,
         to_address=recipient.email,

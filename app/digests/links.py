@@ -12,6 +12,8 @@ from app.mail.personalize import link_field
 from app.security import Tokens
 
 SLUG_MAX_CHARS = 80
+# A transparent 1x1 GIF inline: the open pixel of previews and test copies.
+INERT_PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 
 
 def slugify(text: str) -> str:
@@ -51,5 +53,11 @@ def click_values(
 
 
 def direct_values(urls: Sequence[tuple[int, str]]) -> dict[str, str]:
-    """The article links straight to the site: previews, test copies (they count nothing)."""
-    return {link_field(position): url for position, url in urls}
+    """The article links straight to the site, and an open pixel that fetches nothing: previews
+    and test copies count nothing."""
+    return {"open_url": INERT_PIXEL, **{link_field(position): url for position, url in urls}}
+
+
+def open_value(settings: Settings, tokens: Tokens, *, delivery_id: int, digest_id: int) -> str:
+    """One reader's open pixel (TRACK_OPENS)."""
+    return f"{settings.public_base}/o/{tokens.open_token(delivery_id, digest_id)}"

@@ -127,6 +127,7 @@ async def render_digest(
         language=language,
         digest_subject=subject,
         view_url=view_url,
+        open_url=personalize.placeholder("open_url") if settings.track_opens else "",
         issue_date=format_date(digest_date(digest, articles), language),
         site_name=settings.site_name,
         articles=[_article_context(a, language) for a in articles],

@@ -17,6 +17,7 @@ from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, To
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
+    MPP_WARNING,
     DigestActionIn,
     DigestArticlePublic,
     DigestCreate,
@@ -97,6 +98,11 @@ async def _public(
                     "machine": clicks.machine,
                 },
                 "articles": [asdict(a) for a in clicks.articles],
+                "opens": (
+                    {"total": clicks.opens, "unique": clicks.unique_opens, "warning": MPP_WARNING}
+                    if settings.track_opens
+                    else None
+                ),
             },
         }
     )

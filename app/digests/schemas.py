@@ -109,6 +109,18 @@ class ClicksPublic(BaseModel):
     machine: int = Field(description="Clicks by scanners and other machines, counted apart")
 
 
+class OpensPublic(BaseModel):
+    total: int = Field(description="Open pixels fetched")
+    unique: int = Field(description="Copies whose pixel was fetched")
+    warning: str
+
+
+MPP_WARNING = (
+    "Apple Mail Privacy Protection and other image proxies fetch every copy's images when the "
+    "message arrives, whether or not anyone reads it: opens are inflated and say little."
+)
+
+
 class DigestNumbers(BaseModel):
     """What became of the digest. Clicks are counted in batches: a click shows within seconds."""
 
@@ -118,6 +130,7 @@ class DigestNumbers(BaseModel):
     unsubscribed: int = Field(description="Readers who left after their copy, before the next")
     clicks: ClicksPublic
     articles: list[ArticleClicksPublic]
+    opens: OpensPublic | None = Field(description="TRACK_OPENS only (null when off)")
 
 
 class DigestPublic(DigestSummary):

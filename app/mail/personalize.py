@@ -18,7 +18,7 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 # link0, link1...: each article link of a digest, which click tracking makes per reader.
 MAX_LINKS = 64
 LINK_FIELDS = tuple(f"link{i}" for i in range(MAX_LINKS))
-FIELDS = ("name", "greeting_name", "unsubscribe_url", "email", *LINK_FIELDS)
+FIELDS = ("name", "greeting_name", "unsubscribe_url", "email", "open_url", *LINK_FIELDS)
 
 
 def placeholder(field: str) -> Markup:
@@ -36,7 +36,9 @@ def link_field(position: int) -> str:
     return LINK_FIELDS[position]
 
 
-_PATTERN = re.compile(f"{_OPEN}(name|greeting_name|unsubscribe_url|email|link[0-9]{{1,2}}){_CLOSE}")
+_PATTERN = re.compile(
+    f"{_OPEN}(name|greeting_name|unsubscribe_url|email|open_url|link[0-9]{{1,2}}){_CLOSE}"
+)
 
 
 def split_placeholders(rendered: str) -> list[str]:

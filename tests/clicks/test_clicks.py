@@ -298,3 +298,50 @@ async def test_fast_path_answers_as_the_route(
     assert by_route.headers["location"] == by_fast_path.headers["location"]
     assert by_route.headers["location"].startswith("https://www.example.org/%C3%A9t%C3%A9/a%20b")
     assert app.state.click_recorder.held == 2
+
+
+async def test_opens_only_when_turned_on_with_the_warning(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, smtp_server, tmp_path, track_opens=True)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+            application.state.sessionmaker() as session,
+        ):
+            headers = await make_editor_headers(session)
+            digest = await _send(application, client, session, headers)
+            html = html_part(smtp_server.messages_to(READERS[0])[0])
+            pixel = re.search(r'<img src="http://testserver(/o/[A-Za-z0-9._-]+)"', html)
+            assert pixel is not None
+            for _ in range(2):  # Apple's proxy, then the reader: one copy, two fetches
+                image = await client.get(pixel.group(1))
+                assert image.status_code == 200
+                assert image.headers["content-type"] == "image/gif"
+            assert (await client.get("/o/1.1.AAAAAAAAAAAAAAAA")).status_code == 400
+            # The preview's pixel fetches nothing.
+            preview = await client.get(f"/api/v1/digests/{digest['id']}/preview", headers=headers)
+            assert "/o/" not in preview.text
+            assert 'src="data:image/gif' in preview.text
+            await application.state.click_recorder.flush(everything=True)
+            figures = await numbers(client, headers, digest["id"])
+            assert figures["opens"]["total"] == 2
+            assert figures["opens"]["unique"] == 1
+            assert "Apple Mail Privacy Protection" in figures["opens"]["warning"]
+            assert figures["clicks"] == {"total": 0, "unique": 0, "machine": 0}
+
+
+async def test_no_open_pixel_by_default(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+    smtp_server: SmtpServer,
+) -> None:
+    digest = await _send(app, client, session, editor_headers)
+    html = html_part(smtp_server.messages_to(READERS[0])[0])
+    assert "/o/" not in html
+    assert "<img" not in html  # the sample's articles have no image: nothing else fetched
+    assert (await numbers(client, editor_headers, digest["id"]))["opens"] is None
