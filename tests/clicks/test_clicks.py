@@ -238,6 +238,17 @@ async def test_per_reader_history_and_nothing_lost_on_shutdown(
             events = [e for e in record.json()["history"] if e["event"] == "clicked"]
             assert len(events) == 1
             assert digest["articles"][1]["url"] in events[0]["detail"]
+            # Erasure takes the reader's clicks with it; the counters stay.
+            erased = await client.delete(f"/api/v1/subscribers/{READERS[0]}", headers=headers)
+            assert erased.status_code == 204
+            async with application.state.sessionmaker() as session:
+                clicked = await session.exec(
+                    sa.select(sa.func.count())
+                    .select_from(SubscriberEvent)
+                    .where(col(SubscriberEvent.event) == "clicked")
+                )
+                assert clicked.one()[0] == 0
+            assert (await numbers(client, headers, digest["id"]))["clicks"]["total"] == 1
 
 
 async def test_off_links_go_straight_to_the_site(
