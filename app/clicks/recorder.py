@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
 from app.clicks import scanners
 from app.clicks.service import Click, LinkCache, delivery_facts, group_by_delivery, record_clicks
 from app.config import Settings
-from app.models import utcnow
+from app.models import Digest, utcnow
 from app.security import OPEN_POSITION, Tokens
 
 log = logging.getLogger("app.clicks")
@@ -83,11 +85,31 @@ class ClickRecorder:
             if not clicks:
                 return 0
             try:
-                await self._write(clicks)
+                try:
+                    await self._write(clicks)
+                except sa.exc.IntegrityError:
+                    # A digest deleted since its click was answered: those clicks can never be
+                    # written, and must not hold back the others.
+                    clicks = await self._of_existing_digests(clicks)
+                    await self._write(clicks)
             except BaseException:
                 self._held[:0] = clicks  # not counted yet: kept for the next flush
                 raise
             return len(clicks)
+
+    async def _of_existing_digests(self, clicks: list[Click]) -> list[Click]:
+        async with self.sessionmaker() as session:
+            ids = set(
+                (
+                    await session.exec(
+                        select(Digest.id).where(col(Digest.id).in_({c.digest_id for c in clicks}))
+                    )
+                ).all()
+            )
+        kept = [c for c in clicks if c.digest_id in ids]
+        if len(kept) < len(clicks):
+            log.warning("%d clicks of deleted digests dropped", len(clicks) - len(kept))
+        return kept
 
     async def _write(self, clicks: list[Click]) -> None:
         async with self.sessionmaker() as session:

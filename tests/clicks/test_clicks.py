@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlmodel import col
@@ -17,6 +18,7 @@ from app.clicks import scanners
 from app.clicks.recorder import ClickRecorder
 from app.clicks.service import Click
 from app.config import Settings
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.models import ClickSeen, Delivery, Digest, DigestArticle, SubscriberEvent
 from app.security import Tokens
@@ -31,7 +33,7 @@ from tests.factories import (
     sent_digest,
     text_part,
 )
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import SmtpServer, free_port
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
 READERS = [f"reader{i}@example.org" for i in range(5)]
@@ -271,16 +273,30 @@ async def test_off_links_go_straight_to_the_site(
                 assert article["url"] in text
 
 
-async def test_recorder_keeps_what_it_could_not_write(app: FastAPI) -> None:
+async def test_recorder_keeps_what_it_could_not_write(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, editor_headers: dict[str, str]
+) -> None:
+    digest = Digest(subject="Kept", status="sent")
+    session.add(digest)
+    await session.commit()
+    assert digest.id is not None
     recorder: ClickRecorder = app.state.click_recorder
-    # A click naming a digest that does not exist: the write fails (foreign key), kept.
-    recorder.add(Click(1, 999_999, 0, datetime.now(UTC), None))
-    try:
+    now = datetime.now(UTC)
+    # The database is away: nothing is lost, the clicks wait for the next flush.
+    recorder.add(Click(1, digest.id, 0, now, None))
+    real = recorder.sessionmaker
+    nowhere = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    recorder.sessionmaker = make_sessionmaker(nowhere)
+    with pytest.raises(OSError, match="refused|Connect"):
         await recorder.flush(everything=True)
-    except Exception:
-        assert recorder.held == 1
-    else:  # SQLite without foreign keys enforced: written, nothing held
-        assert recorder.held == 0
+    assert recorder.held == 1
+    await nowhere.dispose()
+    recorder.sessionmaker = real
+    # A click of a digest deleted meanwhile can never be written: dropped, the others counted.
+    recorder.add(Click(2, 999_999, 0, now, None))
+    assert await recorder.flush(everything=True) == 1
+    assert recorder.held == 0
+    assert (await numbers(client, editor_headers, digest.id))["clicks"]["total"] == 1
 
 
 async def test_fast_path_answers_as_the_route(
