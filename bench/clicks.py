@@ -301,12 +301,16 @@ def main() -> None:
                 raise RuntimeError("the server did not start")
             time.sleep(0.05)
         timed_gets(client, "/archive", 5)  # warm up
-        archive = {
-            "/archive": timed_gets(client, "/archive", 50),
-            "/archive?page=25": timed_gets(client, "/archive?page=25", 50),
-            f"/archive/{digest_id}-x": timed_gets(client, f"/archive/{digest_id}-x", 50),
-            "/archive/feed.xml": timed_gets(client, "/archive/feed.xml", 50),
-        }
+        archive: dict[str, tuple[list[float], float]] = {}
+        for path in (
+            "/archive",
+            "/archive?page=25",
+            f"/archive/{digest_id}-x",
+            "/archive/feed.xml",
+        ):
+            before = cpu_seconds(server.pid)
+            durations = timed_gets(client, path, 50)
+            archive[path] = (durations, (cpu_seconds(server.pid) - before) / 50)
         log(f"{args.rate} clicks/s for {args.seconds:g} s against newsletter serve (SQLite)")
         asyncio.run(load(port, paths[:200], rate=200, seconds=1))  # warm up: links cached
         cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
@@ -345,10 +349,10 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(f"archive, {DIGESTS} sent digests of {ARTICLES} articles (50 sequential GETs):")
-    for path, durations in archive.items():
+    for path, (durations, cpu) in archive.items():
         print(
             f"  {path:<22} median {statistics.median(durations) * 1000:.1f} ms   "
-            f"p99 {percentile(durations, 0.99) * 1000:.1f} ms"
+            f"p99 {percentile(durations, 0.99) * 1000:.1f} ms   server CPU {cpu * 1000:.1f} ms"
         )
     print(f"digest copy, {ARTICLES} article links (median of 5 x 2,000 copies):")
     print(
