@@ -49,7 +49,7 @@ class RenderCache:
         self._max = max_entries
 
     async def get(self, session: AsyncSession, digest_id: int, language: str) -> DigestRendering:
-        key = (digest_id, language_or_default(language))
+        key = (digest_id, language_or_default(language, self.settings.default_language))
         entry = self._entries.get(key)
         if entry is None:
             rendered = await render_digest(
@@ -144,7 +144,7 @@ class TestCopyKind(BaseKind):
             if delivery.digest_id is None or not delivery.to_address:
                 out.skipped.append((delivery.id, "no digest or address"))
                 continue
-            language = language_or_default(delivery.language)
+            language = language_or_default(delivery.language, self.settings.default_language)
             try:
                 rendering = await self.renders.get(session, delivery.digest_id, language)
                 message, message_id = compose_test_copy(

@@ -10,8 +10,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.addresses import header_safe
 from app.bounces.service import bounce_at_send
 from app.config import Settings
+from app.i18n import translate
 from app.mail.message import build_message
-from app.mail.render import render_email
+from app.mail.render import brand_context, language_or_default, newsletter_name, render_email
 from app.models import DeliveryKind, SubscriberStatus
 from app.outbox.identity import message_id_for
 from app.outbox.kinds import BaseKind, Composition, Outgoing
@@ -28,13 +29,19 @@ def compose_confirmation(
 ) -> tuple[bytes, str]:
     """The double opt-in email. No List-Unsubscribe: the reader is not on the list yet."""
     assert recipient.email is not None
+    language = language_or_default(recipient.language, settings.default_language)
+    newsletter = newsletter_name(settings, language)
     rendered = render_email(
         "confirm",
-        language=recipient.language,
-        site_name=settings.site_name,
+        language=language,
+        subject=translate(
+            language, "Confirm your subscription to %(newsletter)s", newsletter=newsletter
+        ),
+        preheader=translate(language, "One click to confirm, and you are in."),
         name=header_safe(recipient.name or "", max_length=200),
         confirm_url=confirm_url(settings, tokens, recipient),
         valid_days=settings.confirm_token_max_age_days,
+        **brand_context(settings, language),
     )
     message_id = message_id_for(settings, delivery_id)
     msg = build_message(
