@@ -57,6 +57,7 @@ async def put_article(
         author=body.author or None,
         categories=list(dict.fromkeys(body.categories)),
         image_url=body.image_url,
+        image_alt=body.image_alt or None,
         published_at=body.published_at,
     )
     article, outcome = await service.upsert_article(session, entry=entry)
@@ -92,6 +93,37 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
     if article is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no article {article_id}")
     return _detail(article)
+
+
+@router.delete(
+    "/articles/{article_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **AUTH_RESPONSES,
+        404: {"description": "No such article"},
+        409: {"description": "A digest went out with it: it can be hidden, not deleted"},
+    },
+)
+async def delete_article(
+    article_id: IdPath,
+    session: SessionDep,
+    _editor: EditorDep,
+    hide: Annotated[
+        bool,
+        Query(description="Hide it from new digests instead of deleting it (allowed always)"),
+    ] = False,
+) -> Response:
+    """Delete an article, or hide it (`?hide=true`): either way no new digest takes it, and the
+    digests that hold it keep their copy. A digest whose send started holds it: 409 (hide it).
+    A deleted article that is still in the feed comes back at the next import; a hidden one
+    stays hidden."""
+    try:
+        await service.remove_article(session, article_id=article_id, hide=hide)
+    except service.ArticleNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.ArticleInSentDigest as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
