@@ -18,6 +18,8 @@ _PROTECTED = re.compile(r"(?:https?://|www\.|mailto:)\S+|\S+@\S+\.\S+|\d+:\d+")
 # Spaces (or none) before a run of ; : ! ? that ends a word (followed by space, quote or end),
 # after something that is not already a space or an opening bracket.
 _BEFORE_HIGH_PUNCTUATION = re.compile(r"(?<=[^\s(\[«])[ \u00a0\u202f]?([;:!?]+)(?=[\s»)\]\"]|$)")
+_MARK = "\ue010"  # Unicode private use: no feed text has it
+_MARKED = re.compile(f"{_MARK}(\\d+){_MARK}")
 _APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
 _DOUBLE_QUOTED = re.compile(r'"\s*([^"\n]{1,400}?)\s*"')
 _GUILLEMET_OPEN = re.compile(r"«[ \u00a0\u202f]?")
@@ -36,14 +38,16 @@ def french(text: str) -> str:
     """`text` with French spacing and quotes, URLs, addresses and times untouched."""
     if not text:
         return text
-    out: list[str] = []
-    last = 0
-    for match in _PROTECTED.finditer(text):
-        out.append(_french_segment(text[last : match.start()]))
-        out.append(match.group(0))
-        last = match.end()
-    out.append(_french_segment(text[last:]))
-    return "".join(out)
+    # Protected runs are set aside (a private-use mark stands in, which the rules see as a
+    # word) and put back after.
+    kept: list[str] = []
+
+    def set_aside(match: re.Match[str]) -> str:
+        kept.append(match.group(0))
+        return f"{_MARK}{len(kept) - 1}{_MARK}"
+
+    out = _french_segment(_PROTECTED.sub(set_aside, text))
+    return _MARKED.sub(lambda m: kept[int(m.group(1))], out) if kept else out
 
 
 def for_language(text: str, language: str, *, enabled: bool = True) -> str:
