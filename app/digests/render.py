@@ -157,9 +157,16 @@ async def render_digest(
     session: AsyncSession, *, digest_id: int, language: str, settings: Settings
 ) -> RenderedEmail:
     """The digest in one language, with `personalize` placeholders for the reader's parts."""
-    language = language_or_default(language, settings.default_language)
     digest = await service.get_digest(session, digest_id=digest_id)
     articles = await service.digest_articles(session, digest_id=digest_id)
+    return render_digest_of(digest, articles, language=language, settings=settings)
+
+
+def render_digest_of(
+    digest: Digest, articles: Sequence[DigestArticle], *, language: str, settings: Settings
+) -> RenderedEmail:
+    """`render_digest` for a digest and its articles at hand (no database)."""
+    language = language_or_default(language, settings.default_language)
     marks = personalize.placeholders()
     subject = _french(digest_subject(digest, articles, language), language, settings)
     issue_date = format_date(digest_date(digest, articles), language)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
-from tests.factories import drain_outbox, html_part, make_subscriber, text_part
+from tests.factories import drain_outbox, make_subscriber, text_part
 from tests.smtp_server import SmtpServer
 
 IMAGES_FEED = Path(__file__).parents[2] / "samples" / "wordpress-feed-images-fr.xml"
@@ -111,14 +111,15 @@ async def test_a_string_is_for_every_language_and_a_missing_language_gets_the_de
     ).json()
     assert digest["subjects"]["fr"] == "Seulement en français"
     assert digest["subjects"]["en"] == "This week’s articles – January\u00a030,\u00a02022"
-    for bad in (
+    bad_bodies: list[dict[str, Any]] = [
         {"subject": {"de": "Hallo"}},
         {"subject": {}},
         {"subject": {"fr": ""}},
         {"subject": {"fr": "a\r\nBcc: x@y.z"}},
         {"intro": {"es": "Hola"}},
         {"intro": "x" * 5001},
-    ):
+    ]
+    for bad in bad_bodies:
         response = await client.post(
             "/api/v1/digests", json={"article_ids": [first], **bad}, headers=editor_headers
         )
