@@ -68,7 +68,7 @@ async def create_subscription(
             ip=ip,
             user_agent=request.headers.get("user-agent"),
             source=ConsentSource.api,
-            language=body.language,
+            language=body.language or settings.default_language,
         ),
     )
     return SubscriptionAccepted()
