@@ -77,6 +77,7 @@ _ARTICLE_ID = {"article_id": "$response.body#/id"}
 _ARTICLE_LINKS = {
     "GetArticle": ("get", "/api/v1/articles/{article_id}", _ARTICLE_ID),
     "DeleteArticle": ("delete", "/api/v1/articles/{article_id}", _ARTICLE_ID),
+    "HideArticle": ("post", "/api/v1/articles/{article_id}/hide", _ARTICLE_ID),
     "DigestOfArticle": ("post", "/api/v1/digests", {}, {"article_ids": ["$response.body#/id"]}),
 }
 SUBSCRIBER = "/api/v1/subscribers/{email}"

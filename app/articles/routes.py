@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service
 from app.articles.feeds import FeedEntry, MalformedFeed
 from app.articles.sanitize import sanitize_html, summary_text
 from app.articles.schemas import (
+    ArticleActionIn,
     ArticleDetail,
     ArticleIn,
     ArticleList,
@@ -25,6 +27,10 @@ router = APIRouter(prefix="/api/v1", tags=["articles"])
 AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
     401: {"description": "Missing, wrong or revoked API key"}
 }
+
+
+# Optional: no body, or `{}`.
+ActionBody = Annotated[ArticleActionIn | None, Body()]
 
 
 def _detail(article: Article) -> ArticleDetail:
@@ -104,26 +110,50 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
         409: {"description": "A digest went out with it: it can be hidden, not deleted"},
     },
 )
-async def delete_article(
-    article_id: IdPath,
-    session: SessionDep,
-    _editor: EditorDep,
-    hide: Annotated[
-        bool,
-        Query(description="Hide it from new digests instead of deleting it (allowed always)"),
-    ] = False,
-) -> Response:
-    """Delete an article, or hide it (`?hide=true`): either way no new digest takes it, and the
-    digests that hold it keep their copy. A digest whose send started holds it: 409 (hide it).
-    A deleted article that is still in the feed comes back at the next import; a hidden one
-    stays hidden."""
+async def delete_article(article_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+    """Delete an article. Drafts that hold it keep their copy. A digest whose send started
+    holds it: 409 (hide it instead). An article still in the feed comes back at the next
+    import: hide it to keep it out of digests for good."""
     try:
-        await service.remove_article(session, article_id=article_id, hide=hide)
+        await service.delete_article(session, article_id=article_id)
     except service.ArticleNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.ArticleInSentDigest as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/articles/{article_id}/hide",
+    response_model=ArticleDetail,
+    responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
+)
+async def hide_article(
+    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+) -> ArticleDetail:
+    """Keep the article (and the digests that hold it) but offer it to no new digest; a feed's
+    update does not bring it back. Allowed whatever digests hold it."""
+    return await _set_hidden(session, article_id, hidden=True)
+
+
+@router.post(
+    "/articles/{article_id}/unhide",
+    response_model=ArticleDetail,
+    responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
+)
+async def unhide_article(
+    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+) -> ArticleDetail:
+    """Offer a hidden article to new digests again."""
+    return await _set_hidden(session, article_id, hidden=False)
+
+
+async def _set_hidden(session: AsyncSession, article_id: int, *, hidden: bool) -> ArticleDetail:
+    try:
+        article = await service.set_hidden(session, article_id=article_id, hidden=hidden)
+    except service.ArticleNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    return _detail(article)
 
 
 @router.post(

@@ -134,3 +134,9 @@ class FeedImportResult(BaseModel):
     skipped: int
     not_modified: bool
     warning: str | None
+
+
+class ArticleActionIn(BaseModel):
+    """The body of hide and unhide: optional, and empty; any field is a 422 naming it."""
+
+    model_config = ConfigDict(extra="forbid", title="ArticleAction")

@@ -304,25 +304,33 @@ class ArticleInSentDigest(Exception):
     def __init__(self, digest_ids: Sequence[int]) -> None:
         listed = ", ".join(str(i) for i in digest_ids)
         super().__init__(
-            f"digest {listed} went out with this article: it can be hidden (?hide=true), not "
-            "deleted"
+            f"digest {listed} went out with this article: it can be hidden "
+            "(POST /api/v1/articles/{id}/hide), not deleted"
         )
         self.digest_ids = list(digest_ids)
 
 
-async def remove_article(session: AsyncSession, *, article_id: int, hide: bool) -> None:
-    """Hide the article (no new digest takes it; a feed's update does not bring it back) or
-    delete it. Digests keep their frozen copy either way; deleting one a started digest holds
-    is refused: that digest's archive and statistics still point to it."""
-    article = await session.get(Article, article_id, with_for_update=not hide)
+async def set_hidden(session: AsyncSession, *, article_id: int, hidden: bool) -> Article:
+    """Hidden: kept, offered to no new digest, not brought back by a feed's update."""
+    article = await session.get(Article, article_id)
     if article is None:
         raise ArticleNotFound(f"no article {article_id}")
-    if hide:
-        if article.hidden_at is None:
-            article.hidden_at = utcnow()
-            session.add(article)
-            await session.flush()
-        return
+    if hidden and article.hidden_at is None:
+        article.hidden_at = utcnow()
+    elif not hidden:
+        article.hidden_at = None
+    session.add(article)
+    await session.flush()
+    await session.refresh(article)
+    return article
+
+
+async def delete_article(session: AsyncSession, *, article_id: int) -> None:
+    """Delete the article; drafts keep their frozen copy. Refused when a digest whose send
+    started holds it (its archive and statistics still point to it): hide it instead."""
+    article = await session.get(Article, article_id, with_for_update=True)
+    if article is None:
+        raise ArticleNotFound(f"no article {article_id}")
     started = (
         await session.exec(
             select(Digest.id)

@@ -262,4 +262,5 @@ async def resubscribe(
         lang=lang,
         title=translate(lang, "You are subscribed again"),
         body=translate(lang, "Welcome back! You will receive the newsletter again."),
+        language_switch=False,  # its address answers POST only
     )

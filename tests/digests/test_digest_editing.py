@@ -191,10 +191,9 @@ async def test_delete_or_hide_an_article(
     assert copy["articles"][0]["title"] == "Article 5"
     assert copy["articles"][0]["article_id"] is None
     # Hidden: still there, taken by no new digest, and a feed update does not bring it back.
-    response = await client.delete(
-        f"/api/v1/articles/{hidden}", params={"hide": "true"}, headers=editor_headers
-    )
-    assert response.status_code == 204
+    response = await client.post(f"/api/v1/articles/{hidden}/hide", headers=editor_headers)
+    assert response.status_code == 200
+    assert response.json()["hidden_at"] is not None
     shown = (await client.get(f"/api/v1/articles/{hidden}", headers=editor_headers)).json()
     assert shown["hidden_at"] is not None
     await post_article(client, editor_headers, 6, summary="mis à jour")
@@ -208,12 +207,17 @@ async def test_delete_or_hide_an_article(
     assert refused.status_code == 409
     assert "hide" in refused.json()["detail"]
     assert (
-        await client.delete(
-            f"/api/v1/articles/{kept}", params={"hide": "true"}, headers=editor_headers
-        )
-    ).status_code == 204
+        await client.post(f"/api/v1/articles/{kept}/hide", headers=editor_headers)
+    ).status_code == 200
+    unhidden = await client.post(f"/api/v1/articles/{hidden}/unhide", headers=editor_headers)
+    assert unhidden.json()["hidden_at"] is None
+    again = (await client.post("/api/v1/digests", json={}, headers=editor_headers)).json()
+    assert [a["article_id"] for a in again["articles"]] == [hidden]
     assert (
         await client.delete("/api/v1/articles/999999", headers=editor_headers)
+    ).status_code == 404
+    assert (
+        await client.post("/api/v1/articles/999999/hide", headers=editor_headers)
     ).status_code == 404
 
 
