@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
-from tests.factories import drain_outbox, make_subscriber, text_part
+from tests.factories import drain_outbox, html_part, make_sender, make_subscriber, text_part
 from tests.smtp_server import SmtpServer
 
 IMAGES_FEED = Path(__file__).parents[2] / "samples" / "wordpress-feed-images-fr.xml"
@@ -238,3 +238,48 @@ async def test_featured_images_from_every_wordpress_form(
     assert html.count('<img class="thumb"') == len(images)
     assert 'alt=""' not in html
     assert 'width="552"' in html
+
+
+async def test_an_edit_after_a_test_copy_reaches_the_next_copies_and_the_send(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+    smtp_server: SmtpServer,
+) -> None:
+    """Renderings are cached per digest and language in the worker: a draft edited after a test
+    copy must not go out as it was when tested."""
+    first = await post_article(client, editor_headers, 7)
+    digest = (
+        await client.post(
+            "/api/v1/digests",
+            json={"article_ids": [first], "subject": "Avant"},
+            headers=editor_headers,
+        )
+    ).json()
+    url = f"/api/v1/digests/{digest['id']}"
+    sender = make_sender(app)  # one worker throughout, as in production: one render cache
+
+    async def drain() -> None:
+        while (await sender.run_batch()).claimed:
+            pass
+
+    test = {"emails": ["editor@example.org"], "language": "fr"}
+    assert (await client.post(f"{url}/test", json=test, headers=editor_headers)).status_code == 202
+    await drain()
+    patched = await client.patch(
+        url, json={"subject": "Après", "intro": "Nouvelle intro"}, headers=editor_headers
+    )
+    assert patched.status_code == 200
+    assert (await client.post(f"{url}/test", json=test, headers=editor_headers)).status_code == 202
+    await drain()
+    before, after = smtp_server.messages_to("editor@example.org")
+    assert before["Subject"] == "[TEST] Avant"
+    assert after["Subject"] == "[TEST] Après"
+    assert "Nouvelle intro" in text_part(after)
+    await make_subscriber(session, app.state.tokens, email="amelie@example.org", name="Amélie")
+    assert (await client.post(f"{url}/send", headers=editor_headers)).status_code == 202
+    await drain()
+    [copy] = smtp_server.messages_to("amelie@example.org")
+    assert copy["Subject"] == "Après"
+    assert "Nouvelle intro" in html_part(copy)
