@@ -12,8 +12,8 @@ from app import openapi
 from app.archive import service
 from app.deps import MAX_DB_INT, SessionDep, SettingsDep
 from app.digests.render import article_categories, format_date
-from app.web.i18n import STRINGS, request_language
-from app.web.templates import render_page, templates
+from app.i18n import translate
+from app.web.templates import render_page, request_language, site_link, templates
 
 router = APIRouter(tags=["public pages"])
 
@@ -37,15 +37,14 @@ def _cacheable(request: Request, response: Response) -> Response:
 
 
 def _not_found(request: Request, lang: str) -> HTMLResponse:
-    t = STRINGS[lang]
     return render_page(
         request,
         "message.html",
         lang=lang,
         status_code=404,
-        title=t["archive_not_found_title"],
-        body=t["archive_not_found_body"],
-        site_link=True,
+        title=translate(lang, "Issue not found"),
+        body=translate(lang, "This issue does not exist or is not public."),
+        site_link=site_link(request.app.state.settings, lang),
     )
 
 
@@ -93,10 +92,9 @@ async def archive_feed(request: Request, session: SessionDep, settings: Settings
     base = settings.public_base
     newest = service.newest(issues)
     body = templates.get_template("archive_feed.xml").render(
-        site_name=settings.site_name,
+        site_name=settings.brand_name,
         base=base,
         lang=language,
-        t=STRINGS[language],
         feed_id=f"{base}/archive/feed.xml",
         updated=(newest.isoformat() if newest else "1970-01-01T00:00:00+00:00"),
         entries=[

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.digests.links import archive_path
+from app.digests.links import SLUG_LANGUAGE, archive_path
 from app.digests.render import digest_date, digest_subject
 from app.digests.service import articles_of_digests, digest_articles
 from app.models import Digest, DigestArticle, DigestStatus, as_utc
@@ -40,8 +40,7 @@ class Issue:
 
     @property
     def path(self) -> str:
-        # The slug always comes from the French subject: one address per issue.
-        return archive_path(self.id, self.subject("fr"))
+        return archive_path(self.id, self.subject(SLUG_LANGUAGE))
 
     @property
     def date(self) -> datetime:

@@ -23,10 +23,10 @@ from app.clicks import scanners
 from app.clicks.recorder import ClickRecorder
 from app.clicks.service import Click, LinkCache
 from app.config import ClickTracking
+from app.i18n import translate
 from app.models import utcnow
 from app.security import ClickRef, TokenError, Tokens
-from app.web.i18n import STRINGS, request_language
-from app.web.templates import render_page
+from app.web.templates import render_page, request_language, site_link
 
 router = APIRouter(tags=["public pages"])
 
@@ -91,15 +91,14 @@ async def follow_link(request: Request, token: str) -> Response:
 
 def _bad_link(request: Request) -> HTMLResponse:
     lang = request_language(request)
-    t = STRINGS[lang]
     return render_page(
         request,
         "message.html",
         lang=lang,
         status_code=400,
-        title=t["invalid_title"],
-        body=t["click_invalid_body"],
-        site_link=True,
+        title=translate(lang, "Invalid link"),
+        body=translate(lang, "This link is not valid: it may have been cut or changed."),
+        site_link=site_link(request.app.state.settings, lang),
     )
 
 

@@ -12,6 +12,7 @@ from app.mail.personalize import link_field
 from app.security import Tokens
 
 SLUG_MAX_CHARS = 80
+SLUG_LANGUAGE = "fr"  # one address per issue: its slug is made from the French subject
 # A transparent 1x1 GIF inline: the open pixel of previews and test copies.
 INERT_PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 

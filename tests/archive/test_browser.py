@@ -155,7 +155,7 @@ def test_archive_pages_and_feed(
         assert page.get_by_role(
             "link", name="Article numéro 1 : une enquête", exact=True
         ).is_visible()
-        assert page.get_by_role("link", name="Recevoir la newsletter").is_visible()
+        assert page.get_by_role("link", name="Recevoir la lettre").is_visible()
         assert "/unsubscribe/" not in page.content()
         assert_accessible(page, "archived digest")
         issue_url = page.url
