@@ -241,6 +241,7 @@ def bounces_process(
     from rich.table import Table
 
     from app.bounces import reports, service
+    from app.kinds import delivery_kinds
 
     settings = load_settings()
     tokens = _tokens(settings)
@@ -252,7 +253,11 @@ def bounces_process(
         _in_transaction(
             settings,
             lambda s: service.process_returned_mail(
-                s, settings=settings, tokens=tokens, messages=messages
+                s,
+                settings=settings,
+                tokens=tokens,
+                messages=messages,
+                kinds=delivery_kinds(settings, tokens),
             ),
         )
     )

@@ -71,7 +71,9 @@ async def check(
         if kind is None or not kind.stops_with_send:
             continue
         now = await tally.totals(session, kind=kind_name, send_id=send_id)
-        reason = tripped(settings, now.minus(await _baseline(session, kind=kind_name, send_id=send_id)))
+        reason = tripped(
+            settings, now.minus(await _baseline(session, kind=kind_name, send_id=send_id))
+        )
         if reason is None:
             continue
         if not await kind.pause_send(session, send_id=send_id, reason=reason):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,7 +58,8 @@ class Counts:
         )
 
 
-def _insert(session: AsyncSession, table: type[SendTally] | type[SendPace]) -> sa.Insert:
+def _insert(session: AsyncSession, table: type[SendTally] | type[SendPace]) -> Any:
+    """INSERT ... ON CONFLICT, in the dialect's spelling (both have it)."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
@@ -84,8 +86,9 @@ async def add(session: AsyncSession, counts: Mapping[TallyKey, Mapping[str, int]
 async def totals(session: AsyncSession, *, kind: str, send_id: int) -> Counts:
     row = (
         await session.execute(
-            sa.select(*(sa.func.coalesce(sa.func.sum(col(getattr(SendTally, o))), 0) for o in OUTCOMES))
-            .where(col(SendTally.kind) == kind, col(SendTally.send_id) == send_id)
+            sa.select(
+                *(sa.func.coalesce(sa.func.sum(col(getattr(SendTally, o))), 0) for o in OUTCOMES)
+            ).where(col(SendTally.kind) == kind, col(SendTally.send_id) == send_id)
         )
     ).one()
     return Counts(*(int(v) for v in row))
@@ -95,9 +98,9 @@ async def by_domain(
     session: AsyncSession, *, kind: str, send_id: int, limit: int
 ) -> tuple[list[tuple[str, Counts]], int]:
     """The `limit` domains with the most messages, and how many domains there are."""
-    volume = (
-        col(SendTally.delivered) + col(SendTally.deferred) + col(SendTally.bounced)
-    ).label("volume")
+    volume = (col(SendTally.delivered) + col(SendTally.deferred) + col(SendTally.bounced)).label(
+        "volume"
+    )
     where = (col(SendTally.kind) == kind, col(SendTally.send_id) == send_id)
     rows = (
         await session.execute(

@@ -35,6 +35,7 @@ INCREASE_SHARE = 0.05  # of the pace at the last halving, per second of clean se
 MIN_INCREASE = 1.0  # messages per second, per second
 LANE_BACK_AFTER = 200  # clean deliveries before one more connection
 MEASURE_SECONDS = 1.0
+FIRST_RATE = 10.0  # throttled before anything was measured
 
 
 def is_throttling(exc: SendError) -> bool:
@@ -44,7 +45,9 @@ def is_throttling(exc: SendError) -> bool:
     if exc.code in THROTTLE_CODES:
         # 452 4.2.2 is a full mailbox, the reader's; 452 4.5.3 too many recipients is ours.
         return "4.2.2" not in exc.reply
-    return exc.code is not None and 400 <= exc.code < 500 and bool(_THROTTLE_WORDS.search(exc.reply))
+    return (
+        exc.code is not None and 400 <= exc.code < 500 and bool(_THROTTLE_WORDS.search(exc.reply))
+    )
 
 
 class Pace:
@@ -62,7 +65,7 @@ class Pace:
         self._decreased = 0.0
         self._clean = 0
         self._next = 0.0
-        self._recent: deque[float] = deque(maxlen=4096)  # monotonic times of deliveries
+        self._recent: deque[float] = deque(maxlen=4096)  # monotonic times of answers
 
     async def wait_turn(self) -> None:
         """Wait for this message's slot: slots are 1/rate apart."""
@@ -88,28 +91,33 @@ class Pace:
                 raised = self.ceiling
             self.rate = raised
 
-    def measured_rate(self) -> float:
-        """Deliveries per second over the last MEASURE_SECONDS of sending."""
+    def measured_rate(self) -> float | None:
+        """Messages the relay answered per second over the last MEASURE_SECONDS; None with
+        fewer than two."""
         now = time.monotonic()
         recent = [t for t in self._recent if t >= now - MEASURE_SECONDS]
-        if len(recent) >= 2:
-            span = max(recent[-1] - recent[0], 1e-3)
-            return max(MIN_RATE, (len(recent) - 1) / span)
-        return MIN_RATE
+        if len(recent) < 2:
+            return None
+        span = max(recent[-1] - recent[0], 1e-3)
+        return max(MIN_RATE, (len(recent) - 1) / span)
 
     def throttling(self) -> None:
         """The relay said: slower."""
+        now = time.monotonic()
+        self._recent.append(now)
         self.throttled += 1
         self.throttled_at = time.time()
         self._clean = 0
-        now = time.monotonic()
         if now - self._decreased < DECREASE_EVERY:
             return
         self._decreased = now
         # The pace may have run ahead of what was really sent (a slow database, few messages):
         # halve what the relay saw.
         measured = self.measured_rate()
-        current = measured if self.rate is None else min(self.rate, measured)
+        if self.rate is None:
+            current = measured or FIRST_RATE
+        else:
+            current = self.rate if measured is None else min(self.rate, measured)
         self.rate = max(MIN_RATE, current * DECREASE_FACTOR)
         self._step = max(MIN_INCREASE, INCREASE_SHARE * current)
 
