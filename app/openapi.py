@@ -66,6 +66,7 @@ _DIGEST_ID = {"digest_id": "$response.body#/id"}
 _DIGEST_LINKS = {
     "GetDigest": ("get", DIGEST, _DIGEST_ID),
     "PreviewDigest": ("get", f"{DIGEST}/preview", _DIGEST_ID),
+    "DigestDeliverability": ("get", f"{DIGEST}/deliverability", _DIGEST_ID),
     "TestDigest": ("post", f"{DIGEST}/test", _DIGEST_ID),
     "SendDigest": ("post", f"{DIGEST}/send", _DIGEST_ID),
     "PauseDigest": ("post", f"{DIGEST}/pause", _DIGEST_ID),

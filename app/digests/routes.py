@@ -14,12 +14,14 @@ from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, To
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
+    DeliverabilityPublic,
     DigestActionIn,
     DigestArticlePublic,
     DigestCreate,
     DigestList,
     DigestPublic,
     DigestSummary,
+    DomainFiguresPublic,
     TestSendAccepted,
     TestSendIn,
 )
@@ -61,6 +63,11 @@ def _summary_fields(
         "rate_per_second": progress.rate_per_second,
         "eta_seconds": progress.eta_seconds,
         "progress": progress.progress,
+        "pace_per_second": progress.pace_per_second,
+        "throttled_by_relay": progress.throttled_at is not None,
+        "throttled_at": progress.throttled_at,
+        "bounce_rate": progress.bounce_rate,
+        "complaint_rate": progress.complaint_rate,
     }
 
 
@@ -139,6 +146,47 @@ async def list_digests(
 async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
     """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
     return await _public(session, *await _fresh_digest(session, digest_id))
+
+
+@router.get(
+    "/{digest_id}/deliverability",
+    response_model=DeliverabilityPublic,
+    responses={**AUTH, **NOT_FOUND},
+)
+async def deliverability(
+    digest_id: IdPath,
+    session: SessionDep,
+    _editor: EditorDep,
+    domains: Annotated[
+        int, Query(ge=1, le=1000, description="How many recipient domains to list")
+    ] = 50,
+) -> DeliverabilityPublic:
+    """Bounce rate, complaint rate, and delivered / deferred / bounced per recipient domain,
+    from the counters workers keep (cheap at any list size: one row per domain)."""
+    try:
+        figures = await service.deliverability(session, digest_id=digest_id, domains=domains)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    return DeliverabilityPublic(
+        digest_id=digest_id,
+        delivered=figures.delivered,
+        deferred=figures.deferred,
+        bounced=figures.bounced,
+        complaints=figures.complaints,
+        bounce_rate=figures.bounce_rate,
+        complaint_rate=figures.complaint_rate,
+        domains=[
+            DomainFiguresPublic(
+                domain=d.domain,
+                delivered=d.delivered,
+                deferred=d.deferred,
+                bounced=d.bounced,
+                complaints=d.complaints,
+            )
+            for d in figures.domains
+        ],
+        domain_count=figures.domain_count,
+    )
 
 
 @router.get(
