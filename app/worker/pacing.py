@@ -11,7 +11,9 @@ the relay, as TCP's congestion window follows the network (AIMD):
   increase: about INCREASE_PER_SECOND more every second of clean sending), never above
   SEND_RATE_PER_SECOND;
 - a refused connection halves the number of connections (lanes); clean deliveries bring them
-  back one at a time, up to SEND_CONCURRENCY.
+  back one at a time, up to SEND_CONCURRENCY;
+- after FORGET_AFTER seconds with no throttling reply the pace is SEND_RATE_PER_SECOND again:
+  one greylisted confirmation in a quiet hour must not slow the next digest to a crawl.
 
 The pace changes only on replies, so it does not drift while the worker is idle; and it spaces
 messages evenly (no burst of a second's worth after a pause), which is what relays count.
@@ -28,6 +30,7 @@ from app.mail.transport import SendError
 
 THROTTLE_CODES = frozenset({421, 450, 451, 452})
 _THROTTLE_WORDS = re.compile(r"\brate\b|too many|throttl|4\.7\.\d", re.IGNORECASE)
+_VOLUME_WORDS = re.compile(r"\brate\b|too many|throttl", re.IGNORECASE)
 DECREASE_EVERY = 0.5  # seconds: one halving per burst of throttling replies
 DECREASE_FACTOR = 0.5
 MIN_RATE = 1.0  # messages per second: the slowest pace
@@ -35,19 +38,26 @@ INCREASE_SHARE = 0.05  # of the pace at the last halving, per second of clean se
 MIN_INCREASE = 1.0  # messages per second, per second
 LANE_BACK_AFTER = 200  # clean deliveries before one more connection
 MEASURE_SECONDS = 1.0
-FIRST_RATE = 10.0  # throttled before anything was measured
+FORGET_AFTER = 60.0  # seconds without a throttling reply: back to SEND_RATE_PER_SECOND
 
 
 def is_throttling(exc: SendError) -> bool:
-    """A temporary refusal that speaks of volume, not of the reader's mailbox."""
-    if exc.permanent:
+    """A temporary refusal that tells the worker to slow down: the relay's busy codes, or a
+    reply that speaks of volume."""
+    if exc.permanent or exc.code is None:
         return False
     if exc.code in THROTTLE_CODES:
-        # 452 4.2.2 is a full mailbox, the reader's; 452 4.5.3 too many recipients is ours.
+        # 452 4.2.2 is a full mailbox: the reader's, not the relay's load.
         return "4.2.2" not in exc.reply
-    return (
-        exc.code is not None and 400 <= exc.code < 500 and bool(_THROTTLE_WORDS.search(exc.reply))
-    )
+    return 400 <= exc.code < 500 and bool(_THROTTLE_WORDS.search(exc.reply))
+
+
+def speaks_of_volume(exc: SendError) -> bool:
+    """The reply says outright that we send too much ("rate", "too many", "throttled"): it
+    says nothing of the reader, so it is not counted against their copy's attempts. A bare
+    451 or a 4.7.x (greylisting) may be about the reader's host as well: counted, as any
+    4xx, so that a copy cannot be retried forever."""
+    return not exc.permanent and bool(_VOLUME_WORDS.search(exc.reply))
 
 
 class Pace:
@@ -63,6 +73,7 @@ class Pace:
         self.throttled_at: float | None = None  # time.time() of the last one
         self._step = MIN_INCREASE
         self._decreased = 0.0
+        self._last_throttle = 0.0  # monotonic
         self._clean = 0
         self._next = 0.0
         self._recent: deque[float] = deque(maxlen=4096)  # monotonic times of answers
@@ -85,7 +96,9 @@ class Pace:
         self._clean += 1
         if self._clean % LANE_BACK_AFTER == 0 and self.lanes < self.max_lanes:
             self.lanes += 1
-        if self.rate is not None:
+        if self.rate != self.ceiling and now - self._last_throttle > FORGET_AFTER:
+            self.rate = self.ceiling
+        elif self.rate is not None:
             raised = self.rate + self._step / self.rate
             if self.ceiling is not None and raised >= self.ceiling:
                 raised = self.ceiling
@@ -105,6 +118,7 @@ class Pace:
         """The relay said: slower."""
         now = time.monotonic()
         self._recent.append(now)
+        self._last_throttle = now
         self.throttled += 1
         self.throttled_at = time.time()
         self._clean = 0
@@ -115,7 +129,9 @@ class Pace:
         # halve what the relay saw.
         measured = self.measured_rate()
         if self.rate is None:
-            current = measured or FIRST_RATE
+            if measured is None:
+                return  # nothing measured yet: no rate to halve; the next replies will tell
+            current = measured
         else:
             current = self.rate if measured is None else min(self.rate, measured)
         self.rate = max(MIN_RATE, current * DECREASE_FACTOR)

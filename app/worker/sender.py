@@ -41,7 +41,7 @@ from app.outbox.identity import verp_sender
 from app.outbox.kinds import Composition, Kinds, Outgoing
 from app.outbox.queue import Claimed
 from app.worker.control import Control, Stop, Watcher
-from app.worker.pacing import Pace, is_throttling
+from app.worker.pacing import Pace, is_throttling, speaks_of_volume
 from app.worker.recorder import Recorder
 from app.worker.relay import BounceGuard, RelayHealth, Verdict
 
@@ -422,8 +422,10 @@ class Sender:
             await self._setup_error(item, exc, report)
             return
         if is_throttling(exc):
-            await self._throttled(item, exc, report)
-            return
+            self.pace.throttling()
+            if speaks_of_volume(exc):
+                await self._throttled(item, exc, report)
+                return
         if not exc.permanent:
             self.recorder.count(item, "deferred")
         async with self.sessionmaker() as session:
@@ -444,7 +446,6 @@ class Sender:
     async def _throttled(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         """The relay asks us to slow down: the pace drops (pacing.py) and the message is tried
         again in a moment. No attempt is counted: the reply says nothing of the reader."""
-        self.pace.throttling()
         self.recorder.count(item, "deferred")
         delay = outbox.backoff_seconds(
             1, base=min(2.0, self.settings.send_retry_base_seconds), cap=2.0
