@@ -298,8 +298,8 @@ class SendPace(SQLModel, table=True):
 
 
 class SendBreaker(SQLModel, table=True):
-    """The counters of a send when a breaker last paused it: after a resume, the breakers judge
-    only what came since (else they would pause it again at once)."""
+    """The counters of a send when it was last resumed: the breakers judge only what came
+    since (else a send a breaker paused would pause again at once)."""
 
     __tablename__ = "send_breaker"
 
@@ -308,7 +308,7 @@ class SendBreaker(SQLModel, table=True):
     delivered: int = 0
     bounced: int = 0
     complaints: int = 0
-    tripped_at: datetime = _ts(default_factory=utcnow)
+    rebased_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- Keys --------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def upgrade() -> None:
         sa.Column("delivered", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("bounced", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("complaints", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("tripped_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("rebased_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("kind", "send_id"),
     )
     # Nullable, added in place (no table copy on SQLite).

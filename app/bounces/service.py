@@ -1,7 +1,8 @@
 """Bounces and complaints: one rule for the webhook, the editor API and returned mail.
 
-hard -> `bounced`; complaint -> `complained`; soft -> counted: SOFT_BOUNCE_LIMIT (3) within 30
-days, or on SOFT_BOUNCE_LIMIT digests in a row with no delivery between -> `bounced`. A subscriber
+hard -> `bounced`; complaint -> `complained`; soft -> counted: on SOFT_BOUNCE_LIMIT (3) digests
+in a row with no delivery between -> `bounced` (soft bounces tied to no digest: SOFT_BOUNCE_LIMIT
+within 30 days). A subscriber
 who becomes bounced or complained is mailed nothing more, including deliveries already queued.
 
 Each bounce or complaint is tied to the digest it is about (the copy a report names, else the
@@ -168,7 +169,19 @@ async def apply_bounce(
     elif subscriber.status not in (SubscriberStatus.bounced, SubscriberStatus.complained):
         if type == BounceType.hard:
             new_status = SubscriberStatus.bounced
+        elif digest_id is not None:
+            # A soft bounce on a digest: suppressed after SOFT_BOUNCE_LIMIT digests in a row
+            # with no delivery between (a reader whose box was full once a month stays).
+            if await _soft_bounced_in_a_row(
+                session, subscriber_id=subscriber.id, digest_id=digest_id, limit=soft_bounce_limit
+            ):
+                new_status = SubscriberStatus.bounced
+                why = (
+                    f"soft bounces on {soft_bounce_limit} digests in a row with no delivery "
+                    f"between (SOFT_BOUNCE_LIMIT), the last on digest {digest_id}"
+                )
         else:
+            # Tied to no digest (the reader never got one): SOFT_BOUNCE_LIMIT within 30 days.
             recent_soft = (
                 await session.exec(
                     select(func.count()).where(
@@ -181,14 +194,6 @@ async def apply_bounce(
             if recent_soft >= soft_bounce_limit:
                 new_status = SubscriberStatus.bounced
                 why = f"{recent_soft} soft bounces within {SOFT_BOUNCE_WINDOW.days} days"
-            elif digest_id is not None and await _soft_bounced_in_a_row(
-                session, subscriber_id=subscriber.id, digest_id=digest_id, limit=soft_bounce_limit
-            ):
-                new_status = SubscriberStatus.bounced
-                why = (
-                    f"soft bounces on {soft_bounce_limit} digests in a row with no delivery "
-                    f"between (SOFT_BOUNCE_LIMIT), the last on digest {digest_id}"
-                )
 
     if new_status is None:
         return BounceOutcome(subscriber.id, subscriber.status, changed=False, digest_id=digest_id)

@@ -24,8 +24,8 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.outbox import breakers, signals, tally
 from app.outbox import queue as outbox
-from app.outbox import signals, tally
 
 DEFAULT_MAX_ARTICLES = 15
 MAX_ARTICLES = 50
@@ -369,6 +369,8 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
     if not getattr(result, "rowcount", 0):
         raise await _conflict(session, digest_id=digest_id, action="resume", allowed=["paused"])
     await signals.publish(session, signals.resume_signal(digest_id))
+    # The editor resumes knowing the figures: the breakers judge what comes from here on.
+    await breakers.rebase(session, kind=DeliveryKind.digest, send_id=digest_id)
     await session.execute(
         sa.update(Delivery)
         .where(

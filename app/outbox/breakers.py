@@ -8,8 +8,9 @@ send's kind (`Kind.pause_send`), the path of every other pause.
 - complaints: at SEND_PAUSE_COMPLAINT_RATE of the delivered copies, the delivered count taken
   as at least SEND_BREAKER_MIN_ATTEMPTS (two complaints on a send's first copies are not 100%).
 
-A breaker judges what came since it last tripped (`send_breaker`): after the editor resumes, the
-send goes on until the copies sent since trip it again.
+A breaker judges what came since the send was last resumed (`send_breaker`, written by
+`rebase` when a send resumes): the editor resumed knowing the figures, so the send goes on until
+what comes after trips a breaker again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ async def _baseline(session: AsyncSession, *, kind: str, send_id: int) -> tally.
     if row is None:
         return tally.Counts()
     return tally.Counts(delivered=row.delivered, bounced=row.bounced, complaints=row.complaints)
+
+
+async def rebase(session: AsyncSession, *, kind: str, send_id: int) -> None:
+    """The send resumes: from now on the breakers judge only what comes after."""
+    now = await tally.totals(session, kind=kind, send_id=send_id)
+    row = await session.get(SendBreaker, (kind, send_id))
+    if row is None:
+        row = SendBreaker(kind=kind, send_id=send_id)
+    row.delivered, row.bounced, row.complaints = now.delivered, now.bounced, now.complaints
+    row.rebased_at = utcnow()
+    session.add(row)
+    await session.flush()
 
 
 def tripped(settings: Settings, counts: tally.Counts) -> str | None:
@@ -78,13 +91,6 @@ async def check(
             continue
         if not await kind.pause_send(session, send_id=send_id, reason=reason):
             continue  # not sending (already paused, finished, cancelled): nothing to trip
-        row = await session.get(SendBreaker, (kind_name, send_id))
-        if row is None:
-            row = SendBreaker(kind=kind_name, send_id=send_id)
-        row.delivered, row.bounced, row.complaints = now.delivered, now.bounced, now.complaints
-        row.tripped_at = utcnow()
-        session.add(row)
-        await session.flush()
         log.error("send %s paused: %s", send_id, reason)
         paused.append((kind_name, send_id, reason))
     return paused
