@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
@@ -149,7 +149,7 @@ async def test_soft_bounces_on_three_digests_in_a_row_suppress(
     await _soft(client, "awa@boite-pleine.sn")  # fourth, fifth, sixth: three in a row
     reader = await fresh(session, reader.id)
     assert reader.status == SubscriberStatus.bounced
-    events = (await session.exec(select(BounceEvent).order_by(BounceEvent.id))).all()
+    events = (await session.exec(select(BounceEvent).order_by(col(BounceEvent.id)))).all()
     assert [e.digest_id for e in events] == [second, fourth, fifth, sixth]
     history = (
         await session.exec(select(SubscriberEvent).where(SubscriberEvent.event == "bounced"))

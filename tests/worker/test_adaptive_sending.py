@@ -76,7 +76,9 @@ async def test_a_throttling_relay_slows_the_worker_and_loses_nothing(
         deadline = time.monotonic() + 120
         while len(snapshot(smtp_server)) < total:
             assert time.monotonic() < deadline, "timed out"
-            state = (await client.get(f"/api/v1/digests/{digest_id}", headers=editor_headers)).json()
+            state = (
+                await client.get(f"/api/v1/digests/{digest_id}", headers=editor_headers)
+            ).json()
             if state["throttled_by_relay"]:
                 seen_throttled.append(state)
             await asyncio.sleep(0.25)
@@ -194,7 +196,7 @@ async def test_held_bounces_of_a_send_paused_meanwhile_are_given_back(
     assert paused.status_code == 200, paused.text
     # Nothing left to claim: the worker decides on what it holds. The send is paused: given back.
     idle = await sender.run_batch()
-    assert idle.failed == 0 and idle.released == len(refused)
+    assert (idle.failed, idle.released) == (0, len(refused))
     session.expire_all()
     statuses = Counter((await session.exec(select(Subscriber.status))).all())
     assert statuses == {SubscriberStatus.confirmed: 100}, statuses
