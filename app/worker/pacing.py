@@ -38,6 +38,7 @@ INCREASE_SHARE = 0.1  # of the pace before the last cut, per second of clean sen
 MIN_INCREASE = 1.0  # messages per second, per second
 LANE_BACK_AFTER = 200  # clean deliveries before one more connection
 MEASURE_SECONDS = 1.0
+MEASURE_MIN = 10  # answers in MEASURE_SECONDS
 FORGET_AFTER = 60.0  # seconds without a throttling reply: back to SEND_RATE_PER_SECOND
 
 
@@ -106,10 +107,10 @@ class Pace:
 
     def measured_rate(self) -> float | None:
         """Messages the relay answered per second over the last MEASURE_SECONDS; None with
-        fewer than two."""
+        fewer than MEASURE_MIN (too few to tell a rate from noise)."""
         now = time.monotonic()
         recent = [t for t in self._recent if t >= now - MEASURE_SECONDS]
-        if len(recent) < 2:
+        if len(recent) < MEASURE_MIN:
             return None
         span = max(recent[-1] - recent[0], 1e-3)
         return max(MIN_RATE, (len(recent) - 1) / span)
