@@ -66,21 +66,24 @@ def _insert(session: AsyncSession, table: type[SendTally] | type[SendPace]) -> A
 
 
 async def add(session: AsyncSession, counts: Mapping[TallyKey, Mapping[str, int]]) -> None:
-    """Add to the counters, one upsert per (send, domain): atomic with any number of workers."""
-    for (kind, send_id, domain), added in counts.items():
-        values = {o: int(added.get(o, 0)) for o in OUTCOMES}
-        if not any(values.values()):
-            continue
-        stmt = _insert(session, SendTally).values(
-            kind=kind, send_id=send_id, domain=domain, **values
+    """Add to the counters in ONE statement (a multi-row INSERT ... ON CONFLICT DO UPDATE that
+    adds): atomic with any number of workers, one round trip whatever the number of domains."""
+    rows = [
+        {"kind": kind, "send_id": send_id, "domain": domain}
+        | {o: int(added.get(o, 0)) for o in OUTCOMES}
+        for (kind, send_id, domain), added in counts.items()
+        if any(added.values())
+    ]
+    if not rows:
+        return
+    stmt = _insert(session, SendTally).values(rows)
+    table = SendTally.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["kind", "send_id", "domain"],
+            set_={o: table.c[o] + stmt.excluded[o] for o in OUTCOMES},
         )
-        table = SendTally.__table__  # type: ignore[attr-defined]
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["kind", "send_id", "domain"],
-                set_={o: table.c[o] + stmt.excluded[o] for o in OUTCOMES if values[o]},
-            )
-        )
+    )
 
 
 async def totals(session: AsyncSession, *, kind: str, send_id: int) -> Counts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -26,6 +27,11 @@ log = logging.getLogger("app.worker")
 
 RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
 RECORD_DELAY = 0.05  # seconds: and never older than this
+# Outcome counters (app.outbox.tally) are figures, not the outcomes: written with the outcomes
+# at most this often, at the end of each batch and before a breaker reads them, so that they
+# cost the hot path a few statements a second, not one per group. A crash loses at most this
+# much of them; another worker's breaker sees this worker's deliveries this late at most.
+TALLY_SECONDS = 0.25
 LEFT_REASON = "the reader left the list"
 
 
@@ -37,6 +43,7 @@ class Recorder:
         self._left: list[int] = []
         # Outcome counters of sends (app.outbox.tally), written with the outcomes.
         self._counts: defaultdict[tally.TallyKey, dict[str, int]] = defaultdict(dict)
+        self._counted_at = time.monotonic()
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -58,13 +65,20 @@ class Recorder:
         counts = self._counts[key]
         counts[outcome] = counts.get(outcome, 0) + 1
 
-    async def flush(self) -> None:
+    async def flush(self, *, counters: bool = False) -> None:
+        """Record what is pending; the outcome counters too when `counters` (end of a batch) or
+        TALLY_SECONDS after they were last written."""
         async with self._lock:
-            if not self._sent and not self._left and not self._counts:
+            now = time.monotonic()
+            counters = bool(self._counts) and (counters or now - self._counted_at >= TALLY_SECONDS)
+            if not self._sent and not self._left and not counters:
                 return
             sent, self._sent = self._sent, []
             left, self._left = self._left, []
-            counts, self._counts = self._counts, defaultdict(dict)
+            counts: defaultdict[tally.TallyKey, dict[str, int]] = defaultdict(dict)
+            if counters:
+                counts, self._counts = self._counts, counts
+                self._counted_at = now
             self._full.clear()
             try:
                 async with self.sessionmaker() as session:

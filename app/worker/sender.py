@@ -186,7 +186,7 @@ class Sender:
                 await self._release([h.item.delivery for h in self.guard.release_all()])
             await self.pool.close_all()
             try:
-                await self.recorder.flush()
+                await self.recorder.flush(counters=True)
             except Exception:
                 log.exception("could not record the last sent messages; they may be resent")
             stop_listening.set()
@@ -289,7 +289,7 @@ class Sender:
             await flusher
             await watcher
             try:
-                await self.recorder.flush()
+                await self.recorder.flush(counters=True)
             except Exception:  # kept by the recorder; the next batch's flusher tries again
                 log.warning("could not record this batch's sent messages yet", exc_info=True)
             unsent.extend(item.delivery for item in pending)
@@ -546,6 +546,7 @@ class Sender:
         sends = {(d.kind, d.digest_id) for d in deliveries if d.digest_id is not None}
         if not sends:
             return
+        await self.recorder.flush(counters=True)  # the rate over this worker's latest answers
         async with self.sessionmaker() as session:
             paused = await breakers.check(
                 session, settings=self.settings, kinds=self.kinds, sends=sends
