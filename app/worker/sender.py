@@ -429,8 +429,11 @@ class Sender:
         if not exc.permanent:
             self.recorder.count(item, "deferred")
         async with self.sessionmaker() as session:
+            # Failing for a temporary refusal of the recipient (4xx at RCPT) is a soft bounce;
+            # for a dropped connection or a timeout it says nothing of the reader.
+            soft_bounce = exc.recipient and exc.code is not None and not exc.permanent
             retried = await self._retry_or_fail(
-                session, item.delivery, exc.reply, soft_bounce=not exc.permanent
+                session, item.delivery, exc.reply, soft_bounce=soft_bounce
             )
             await session.commit()
         if retried:
