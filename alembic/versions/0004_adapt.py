@@ -2,7 +2,7 @@
 bounce_event.digest_id
 
 Revision ID: 0004_adapt
-Revises: 0003_hashing_key
+Revises: 0004_email
 Create Date: 2026-11-29 14:00:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_adapt"
-down_revision: str | None = "0003_hashing_key"
+down_revision: str | None = "0004_email"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
