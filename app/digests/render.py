@@ -6,7 +6,7 @@ the preview fills the same rendering with a sample reader, so it shows exactly w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,12 +98,20 @@ def _article_context(article: DigestArticle, language: str) -> dict[str, Any]:
 
 
 async def render_digest(
-    session: AsyncSession, *, digest_id: int, language: str, settings: Settings
+    session: AsyncSession,
+    *,
+    digest_id: int,
+    language: str,
+    settings: Settings,
+    positions: Collection[int] | None = None,
 ) -> RenderedEmail:
-    """The digest in one language, with `personalize` placeholders for the reader's parts."""
+    """The digest in one language, with `personalize` placeholders for the reader's parts.
+    `positions`: only these of its articles (a reader's topics); None: all of them."""
     language = language_or_default(language)
     digest = await service.get_digest(session, digest_id=digest_id)
     articles = await service.digest_articles(session, digest_id=digest_id)
+    if positions is not None:
+        articles = [a for a in articles if a.position in positions]
     marks = personalize.placeholders()
     return render_email(
         "digest",
@@ -114,6 +122,8 @@ async def render_digest(
         articles=[_article_context(a, language) for a in articles],
         greeting_name=marks["greeting_name"],
         unsubscribe_url=marks["unsubscribe_url"],
+        preferences_url=marks["preferences_url"],
+        intro=digest.intro or "",
         organization_address=settings.organization_address.strip(),
     )
 
