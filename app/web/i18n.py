@@ -84,6 +84,51 @@ STRINGS: dict[str, dict[str, str]] = {
     },
 }
 
+# --- Cadence, topics and preferences (issue 15: signup choices, /preferences/{token}) ----------
+# Kept apart so that they move to the Babel catalogs in one piece.
+_PREFERENCE_STRINGS: dict[str, dict[str, str]] = {
+    "fr": {
+        "cadence_label": "Fréquence",
+        "cadence_daily": "Chaque jour",
+        "cadence_weekly": "Chaque semaine",
+        "topics_label": "Sujets (aucun coché : tous les sujets)",
+        "cadence_invalid": "Choisissez une fréquence proposée.",
+        "topics_invalid": "Choisissez parmi les sujets proposés.",
+        "preferences_title": "Vos préférences",
+        "preferences_intro": "Choisissez à quelle fréquence et sur quels sujets vous recevez "
+        "la newsletter de {site}.",
+        "language_label": "Langue",
+        "language_fr": "Français",
+        "language_en": "English",
+        "preferences_save": "Enregistrer",
+        "preferences_saved": "Vos préférences sont enregistrées.",
+        "preferences_unsubscribe": "Ne plus rien recevoir : se désinscrire",
+        "preferences_inactive": "Vous n'êtes pas inscrit : vos choix seront gardés si vous "
+        "vous réinscrivez.",
+    },
+    "en": {
+        "cadence_label": "How often",
+        "cadence_daily": "Every day",
+        "cadence_weekly": "Every week",
+        "topics_label": "Topics (none ticked: every topic)",
+        "cadence_invalid": "Choose one of the offered frequencies.",
+        "topics_invalid": "Choose among the offered topics.",
+        "preferences_title": "Your preferences",
+        "preferences_intro": "Choose how often and about what you receive the {site} newsletter.",
+        "language_label": "Language",
+        "language_fr": "Français",
+        "language_en": "English",
+        "preferences_save": "Save",
+        "preferences_saved": "Your preferences are saved.",
+        "preferences_unsubscribe": "Receive nothing more: unsubscribe",
+        "preferences_inactive": "You are not subscribed: your choices are kept should you "
+        "subscribe again.",
+    },
+}
+for _lang, _strings in _PREFERENCE_STRINGS.items():
+    STRINGS[_lang].update(_strings)
+# --- end of the cadence, topics and preferences strings ---------------------------------------
+
 SUPPORTED = tuple(lang.value for lang in Language)
 
 
