@@ -585,7 +585,10 @@ def schedules_list() -> None:
         runs = await service.recent_runs(
             session, schedule_ids=[s.id for s in schedules if s.id is not None], limit=1
         )
-        return [(s, service.next_run_at(s), (runs[s.id] or [None])[0]) for s in schedules]
+        return [
+            (s, service.next_run_at(s), next(iter(runs.get(s.id or 0, [])), None))
+            for s in schedules
+        ]
 
     settings = load_settings()
     rows = asyncio.run(_in_transaction(settings, read))

@@ -190,7 +190,7 @@ async def import_chunk(
         else:
             result.already_subscribed += 1
     status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
-    values = [
+    values: list[dict[str, object]] = [
         {
             "email": row.email,
             "email_hash": row.email_hash,
