@@ -385,8 +385,8 @@ async def _take_over_abandoned(
 
 
 async def _since(session: AsyncSession, schedule: Schedule, run: ClaimedRun) -> datetime:
-    """Articles newer than this: when the schedule's last sent digest was composed, or, for its
-    first, the slot before this one."""
+    """Articles newer than this: when the schedule's last sent digest was composed, or, before
+    its first, the slot before the schedule was created (skipped slots let articles add up)."""
     last = (
         await session.exec(
             select(func.max(col(ScheduleRun.started_at))).where(
@@ -399,14 +399,14 @@ async def _since(session: AsyncSession, schedule: Schedule, run: ClaimedRun) -> 
     if last is not None:
         return as_utc(last)
     zone = parse_zone(schedule.timezone)
-    return previous_slot(schedule.cron, zone, run.slot_at - timedelta(microseconds=1))
+    return previous_slot(schedule.cron, zone, as_utc(schedule.active_since))
 
 
 async def articles_for_run(
     session: AsyncSession, *, schedule: Schedule, run: ClaimedRun
 ) -> list[Article]:
     """Newest first, at most `max_articles`: articles newer than the schedule's last sent
-    digest, in its categories (when it has some), and in none of its digests already sent."""
+    digest and not newer than the run, in its categories (when it has some), and in none of its digests already sent."""
     since = await _since(session, schedule, run)
     sent_by_schedule = (
         select(DigestArticle.article_id)
@@ -420,7 +420,12 @@ async def articles_for_run(
     newest = func.coalesce(col(Article.published_at), col(Article.created_at))
     rows = await session.exec(
         select(Article)
-        .where(newest >= since, col(Article.id).not_in(sent_by_schedule))
+        # Up to the run's start: an article dated later (a post scheduled ahead) waits its turn.
+        .where(
+            newest >= since,
+            newest <= run.started_at,
+            col(Article.id).not_in(sent_by_schedule),
+        )
         .order_by(newest.desc(), col(Article.id).desc())
         .limit(CANDIDATES)
     )
