@@ -85,7 +85,8 @@ async def test_weekly_schedule_over_eight_weeks_sends_eight_times_at_eight_local
         clock.advance(timedelta(minutes=30))
 
     runs = await runs_of(session, schedule.id)
-    assert len(runs) == 8 and len(sent_at) == 8
+    assert len(runs) == 8
+    assert len(sent_at) == 8
     for run, at in zip(runs, sent_at, strict=True):
         local = run.slot_at.replace(tzinfo=UTC).astimezone(PARIS)
         assert (local.weekday(), local.hour, local.minute) == (4, 8, 0)
@@ -111,14 +112,16 @@ async def test_a_slot_with_too_few_articles_is_skipped_then_articles_add_up(
     clock.now = datetime(2026, 11, 27, 7, 0, 30, tzinfo=UTC)  # Friday 08:00:30 Paris
     [run] = await worker.run_due()
     assert run.outcome == "skipped_not_enough_articles"
-    assert run.article_count == 2 and run.digest_id is None
+    assert run.article_count == 2
+    assert run.digest_id is None
     assert await digest_count(session) == 0
     assert await worker.run_due() == []  # the slot is done
 
     await make_article(session, title="A3", published_at=clock.now + timedelta(days=2))
     clock.now = datetime(2026, 12, 4, 7, 1, tzinfo=UTC)
     [run] = await worker.run_due()
-    assert run.outcome == "sent" and run.article_count == 3  # the skipped week's two as well
+    assert run.outcome == "sent"
+    assert run.article_count == 3
     assert [r.outcome for r in await runs_of(session, schedule.id)] == [
         "skipped_not_enough_articles",
         "sent",
@@ -139,7 +142,8 @@ async def test_categories_and_max_articles(app: FastAPI, session: AsyncSession) 
         )
     clock.now = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
     [run] = await scheduler(app, clock).run_due()
-    assert run.outcome == "sent" and run.article_count == 2
+    assert run.outcome == "sent"
+    assert run.article_count == 2
     titles = (
         await session.exec(
             select(DigestArticle.title)
@@ -149,7 +153,8 @@ async def test_categories_and_max_articles(app: FastAPI, session: AsyncSession) 
     ).all()
     assert titles == ["Article 4", "Article 3"]  # the newest two in the categories
     digest = await session.get(Digest, run.digest_id)
-    assert digest is not None and digest.cadence == "weekly"
+    assert digest is not None
+    assert digest.cadence == "weekly"
 
 
 async def test_two_workers_racing_on_a_due_slot_send_one_digest(
@@ -181,7 +186,8 @@ async def test_a_worker_down_for_three_slots_sends_one_catch_up(
         )
     clock.now = datetime(2026, 11, 23, 13, 40, tzinfo=UTC)
     [catch_up] = await worker.run_due()
-    assert catch_up.outcome == "sent" and catch_up.article_count == 3
+    assert catch_up.outcome == "sent"
+    assert catch_up.article_count == 3
     assert catch_up.slot_at.replace(tzinfo=UTC) == datetime(2026, 11, 23, 13, tzinfo=UTC)
     clock.advance(timedelta(minutes=10))
     assert await worker.run_due() == []
@@ -209,7 +215,8 @@ async def test_a_new_schedule_does_not_send_for_a_slot_before_it_existed(
     await make_article(session, title="News", published_at=clock.now - timedelta(hours=2))
     assert await scheduler(app, clock).run_due() == []
     next_run = service.next_run_at(schedule, now=clock.now)
-    assert next_run is not None and next_run.isoformat() == "2026-12-04T08:00:00+01:00"
+    assert next_run is not None
+    assert next_run.isoformat() == "2026-12-04T08:00:00+01:00"
 
 
 async def test_a_crashed_run_is_taken_over_once_its_lease_runs_out(
@@ -229,7 +236,8 @@ async def test_a_crashed_run_is_taken_over_once_its_lease_runs_out(
     assert await survivor.run_due() == []  # the lease still holds
     clock.advance(timedelta(seconds=301))
     [run] = await survivor.run_due()
-    assert run.id == claimed.id and run.outcome == "sent"
+    assert run.id == claimed.id
+    assert run.outcome == "sent"
     # Were the dead worker only slow, its late work is refused and rolled back.
     async with app.state.sessionmaker() as s:
         with pytest.raises(service.LeaseLost):
