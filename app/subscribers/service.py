@@ -198,6 +198,7 @@ async def erase_subscriber(
     previous = subscriber.status
     subscriber.email = None
     subscriber.name = None
+    subscriber.topics = []  # what a reader reads about is personal too
     subscriber.consent_ip = None
     subscriber.consent_user_agent = None
     subscriber.erased_at = now
