@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 
 MAX_TOPICS = 50
 MAX_TOPIC_LENGTH = 100
+# One line with something in it: no control characters.
+TOPIC_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 
 
 class UnknownTopics(ValueError):

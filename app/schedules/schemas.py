@@ -8,11 +8,13 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from app.articles.schemas import UtcDatetime
-from app.digests.schemas import ONE_LINE_PATTERN
 from app.models import Cadence, ScheduleRunOutcome
 from app.schedules.recurrence import check_cron, parse_zone
 from app.schedules.service import MAX_ARTICLES
-from app.topics import MAX_TOPIC_LENGTH, MAX_TOPICS
+from app.topics import MAX_TOPIC_LENGTH, MAX_TOPICS, TOPIC_PATTERN
+
+# One line with something in it, without control characters (names, subjects, categories).
+ONE_LINE_PATTERN = TOPIC_PATTERN
 
 OneLine = Annotated[
     str,

@@ -53,6 +53,9 @@ log = logging.getLogger("app.schedules")
 
 RUNS_SHOWN = 10
 MAX_ARTICLES = digests.MAX_ARTICLES
+# A slot found this soon after its time is on time, not a catch-up (workers look every 20 s):
+# SCHEDULE_CATCH_UP_HOURS=0 turns catch-ups off, not the schedules.
+ON_TIME = timedelta(minutes=5)
 # Articles looked at per run before the categories filter (newest first).
 CANDIDATES = 1000
 FIELDS = (
@@ -244,7 +247,7 @@ def due_slot(schedule: Schedule, *, now: datetime, catch_up: timedelta) -> datet
     if not schedule.enabled:
         return None
     slot = previous_slot(schedule.cron, parse_zone(schedule.timezone), now)
-    if slot < as_utc(schedule.active_since) or now - slot > catch_up:
+    if slot < as_utc(schedule.active_since) or now - slot > max(catch_up, ON_TIME):
         return None
     return slot
 

@@ -8,9 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models import Cadence, Language
 from app.openapi import EMAIL_FORMAT
-from app.topics import MAX_TOPIC_LENGTH, MAX_TOPICS
+from app.topics import MAX_TOPIC_LENGTH, MAX_TOPICS, TOPIC_PATTERN
 
-Topic = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOPIC_LENGTH)]
+Topic = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=TOPIC_PATTERN)
+]
 
 
 class SubscriptionCreate(BaseModel):

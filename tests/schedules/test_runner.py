@@ -265,3 +265,18 @@ async def test_a_failed_run_is_recorded_by_report_failed_run(
     assert await digest_count(session) == 0  # the digest was rolled back with the run
     assert any("failed" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     assert [r.outcome for r in await runs_of(session, schedule.id)] == ["failed"]
+
+
+async def test_no_catch_up_at_all_still_runs_slots_on_time(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    settings = app.state.settings.model_copy(update={"schedule_catch_up_hours": 0})
+    clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=UTC))
+    await new_schedule(session, now=clock.now, cron="0 8 * * *", timezone="UTC")
+    await make_article(session, title="News", published_at=clock.now)
+    worker = Scheduler(settings, app.state.sessionmaker, clock=clock, worker_id="w")
+    clock.now = datetime(2026, 11, 23, 8, 0, 40, tzinfo=UTC)  # a look 40 s after the slot
+    assert [r.outcome for r in await worker.run_due()] == ["sent"]
+    await make_article(session, title="More", published_at=clock.now)
+    clock.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # an hour late: no catch-up
+    assert await worker.run_due() == []
