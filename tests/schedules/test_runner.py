@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,10 +15,15 @@ from fastapi import FastAPI
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import Digest, DigestArticle, Schedule, ScheduleRun
+from app.db import make_engine, make_sessionmaker
+from app.keys import load_hashing_key
+from app.main import create_app
+from app.models import Digest, DigestArticle, Schedule, ScheduleRun, utcnow
 from app.schedules import service
 from app.schedules.runner import Scheduler
-from tests.factories import Clock, drain_outbox, make_article, make_subscriber
+from app.security import Tokens
+from tests.conftest import make_settings
+from tests.factories import Clock, drain_outbox, make_article, make_subscriber, text_part
 from tests.smtp_server import SmtpServer
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -280,3 +286,31 @@ async def test_no_catch_up_at_all_still_runs_slots_on_time(
     await make_article(session, title="More", published_at=clock.now)
     clock.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # an hour late: no catch-up
     assert await worker.run_due() == []
+
+
+async def test_serve_runs_the_schedules_inside(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    """The embedded default: an app started with its worker (newsletter serve) runs a due slot
+    and sends its digest, with the real clock."""
+    settings = make_settings(database_url, smtp_server, tmp_path)
+    engine = make_engine(database_url)  # the data first: the worker's first look finds it
+    try:
+        tokens = Tokens.from_settings(settings, hashing_key=await load_hashing_key(engine))
+        async with make_sessionmaker(engine)() as session:
+            await make_subscriber(session, tokens, email="now@example.org")
+            now = utcnow()
+            await new_schedule(
+                session, now=now - timedelta(minutes=2), cron="* * * * *", timezone="UTC"
+            )
+            await make_article(session, title="Flash", published_at=now - timedelta(minutes=1))
+    finally:
+        await engine.dispose()
+    app = create_app(settings, run_worker=True)
+    async with app.router.lifespan_context(app):
+        for _ in range(400):  # up to 20 s
+            if smtp_server.messages_to("now@example.org"):
+                break
+            await asyncio.sleep(0.05)
+    [message] = smtp_server.messages_to("now@example.org")[:1]
+    assert "Flash" in text_part(message)
