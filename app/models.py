@@ -182,6 +182,9 @@ class Article(SQLModel, table=True):
     author: str | None = Field(default=None, max_length=300)
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     image_url: str | None = Field(default=None, max_length=2000)
+    image_alt: str | None = Field(default=None, max_length=500)
+    # Hidden: kept for the digests that hold it, offered to no new digest.
+    hidden_at: datetime | None = _ts(default=None)
     published_at: datetime | None = _ts(default=None, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
@@ -200,7 +203,11 @@ class Feed(SQLModel, table=True):
 
 class Digest(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    subject: str | None = Field(default=None, max_length=300)
+    subject: str | None = Field(default=None, max_length=300)  # every language
+    # Per language ({"fr": ..., "en": ...}): a language here wins over `subject`.
+    subject_translations: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
+    # The editor's introduction: {"*": text} for every language, or per language.
+    intro: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
     status: str = Field(default=DigestStatus.draft, max_length=16, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
     send_started_at: datetime | None = _ts(default=None)
@@ -208,7 +215,6 @@ class Digest(SQLModel, table=True):
     cancelled_at: datetime | None = _ts(default=None)
     paused_reason: str | None = Field(default=None, max_length=2000)
     recipients: int = 0
-    intro: str | None = Field(default=None, sa_type=sa.Text)
     # Set for a schedule's digest: it goes only to readers of this cadence. None: to everyone.
     cadence: str | None = Field(default=None, max_length=16)
     schedule_id: int | None = Field(
@@ -234,6 +240,7 @@ class DigestArticle(SQLModel, table=True):
     author: str | None = Field(default=None, max_length=300)
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     image_url: str | None = Field(default=None, max_length=2000)
+    image_alt: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = _ts(default=None)
 
 
@@ -251,8 +258,9 @@ class Schedule(SQLModel, table=True):
     min_articles: int = 1
     max_articles: int = 15
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
-    subject: str | None = Field(default=None, max_length=300)
-    intro: str | None = Field(default=None, sa_type=sa.Text)
+    # As a digest's: one text for every language, or {"fr": ..., "en": ...}; None: the default.
+    subject: str | dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    intro: str | dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
     enabled: bool = True
     # Slots before this instant are never run (set at creation and when re-enabled), so a new
     # schedule does not send at once for a slot that passed before it existed.

@@ -1,7 +1,7 @@
 """schedules: recurring digests, their runs (one per slot), readers' cadence and topics
 
 Revision ID: 0004_schedules
-Revises: 0003_hashing_key
+Revises: 0004_email
 Create Date: 2026-11-29 13:45:00.000000
 
 `schedule_run` has a unique (schedule_id, slot_at): of any number of workers that find a slot
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_schedules"
-down_revision: str | None = "0003_hashing_key"
+down_revision: str | None = "0004_email"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -32,8 +32,8 @@ def upgrade() -> None:
         sa.Column("min_articles", sa.Integer(), nullable=False),
         sa.Column("max_articles", sa.Integer(), nullable=False),
         sa.Column("categories", sa.JSON(), nullable=False),
-        sa.Column("subject", sa.String(length=300), nullable=True),
-        sa.Column("intro", sa.Text(), nullable=True),
+        sa.Column("subject", sa.JSON(), nullable=True),
+        sa.Column("intro", sa.JSON(), nullable=True),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("active_since", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -41,7 +41,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("digest") as batch:
-        batch.add_column(sa.Column("intro", sa.Text(), nullable=True))
         batch.add_column(sa.Column("cadence", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("schedule_id", sa.Integer(), nullable=True))
         batch.create_index("ix_digest_schedule_id", ["schedule_id"])
@@ -91,5 +90,4 @@ def downgrade() -> None:
         batch.drop_index("ix_digest_schedule_id")
         batch.drop_column("schedule_id")
         batch.drop_column("cadence")
-        batch.drop_column("intro")
     op.drop_table("schedule")

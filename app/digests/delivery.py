@@ -39,7 +39,7 @@ NOTHING_IN_TOPICS = "nothing in the reader's topics"
 
 @dataclass(frozen=True, slots=True)
 class DigestRendering:
-    rendered: RenderedEmail  # with placeholders: for test copies (slow path, a handful)
+    rendered: RenderedEmail  # with placeholders, as rendered
     template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
 
 
@@ -84,7 +84,11 @@ class RenderCache:
         language: str,
         positions: frozenset[int] | None = None,
     ) -> DigestRendering:
-        key = (digest_id, language_or_default(language), positions)
+        key = (
+            digest_id,
+            language_or_default(language, self.settings.default_language),
+            positions,
+        )
         entry = self._entries.get(key)
         if entry is None:
             rendered = await render_digest(
@@ -189,17 +193,28 @@ class TestCopyKind(BaseKind):
 
     async def compose(self, session: AsyncSession, deliveries: Sequence[Claimed]) -> Composition:
         out = Composition()
+        # Rendered afresh for each batch, never from the shared cache: a draft can still be
+        # edited (PATCH) between two test copies, and a cached draft would then be stale for
+        # the send. (A digest's copies are cached only once it is sending: no edit then.)
+        fresh: dict[tuple[int, str], RenderedEmail] = {}
         for delivery in deliveries:
             if delivery.digest_id is None or not delivery.to_address:
                 out.skipped.append((delivery.id, "no digest or address"))
                 continue
-            language = language_or_default(delivery.language)
+            language = language_or_default(delivery.language, self.settings.default_language)
             try:
-                rendering = await self.renders.get(session, delivery.digest_id, language)
+                key = (delivery.digest_id, language)
+                if key not in fresh:
+                    fresh[key] = await render_digest(
+                        session,
+                        digest_id=delivery.digest_id,
+                        language=language,
+                        settings=self.settings,
+                    )
                 message, message_id = compose_test_copy(
                     self.settings,
                     self.tokens,
-                    rendered=rendering.rendered,
+                    rendered=fresh[key],
                     delivery_id=delivery.id,
                     to_address=delivery.to_address,
                     language=language,

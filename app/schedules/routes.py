@@ -71,7 +71,7 @@ async def create_schedule(
     """A schedule: at each slot of `cron` in `timezone`, a digest of the articles that are new
     since its last one (in its `categories`), to the readers of its `cadence`, when there are at
     least `min_articles`."""
-    values = body.model_dump()
+    values = body.model_dump(mode="json")
     values["categories"] = values["categories"] or []
     try:
         schedule = await service.create_schedule(session, values=values)
@@ -98,7 +98,7 @@ async def update_schedule(
     schedule_id: IdPath, body: ScheduleUpdate, session: SessionDep, _editor: EditorDep
 ) -> SchedulePublic:
     """Any field; `enabled: false` stops it, `true` starts it again from now."""
-    changes = body.model_dump(exclude_unset=True)
+    changes = body.model_dump(mode="json", exclude_unset=True)
     await _found(session, schedule_id)
     for field in REQUIRED:
         if field in changes and changes[field] is None:

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from app.articles.schemas import UtcDatetime
+from app.digests.schemas import INTRO_DESCRIPTION, SUBJECT_DESCRIPTION, Intro, Subject
 from app.models import Cadence, ScheduleRunOutcome
 from app.schedules.recurrence import check_cron, parse_zone
 from app.schedules.service import MAX_ARTICLES
@@ -57,13 +58,6 @@ Categories = list[
         ),
     ]
 ]
-Subject = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=300, pattern=ONE_LINE_PATTERN
-    ),
-]
-Intro = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
 class ScheduleCreate(BaseModel):
@@ -80,8 +74,8 @@ class ScheduleCreate(BaseModel):
     categories: Categories | None = Field(
         default=None, max_length=MAX_TOPICS, description="Only articles in these; omit for all"
     )
-    subject: Subject | None = Field(default=None, description="Omit for the default subject")
-    intro: Intro | None = Field(default=None, description="A paragraph above the articles")
+    subject: Subject | None = Field(default=None, description=SUBJECT_DESCRIPTION)
+    intro: Intro | None = Field(default=None, description=INTRO_DESCRIPTION)
     enabled: Annotated[bool, Strict()] = True
 
 
@@ -97,8 +91,8 @@ class ScheduleUpdate(BaseModel):
     min_articles: ArticleCount | None = None
     max_articles: Annotated[int, Strict(), Field(ge=1, le=MAX_ARTICLES)] | None = None
     categories: Categories | None = Field(default=None, max_length=MAX_TOPICS)
-    subject: Subject | None = None
-    intro: Intro | None = None
+    subject: Subject | None = Field(default=None, description=SUBJECT_DESCRIPTION)
+    intro: Intro | None = Field(default=None, description=INTRO_DESCRIPTION)
     enabled: Annotated[bool, Strict()] | None = None
 
 
@@ -121,8 +115,8 @@ class SchedulePublic(BaseModel):
     min_articles: int
     max_articles: int
     categories: list[str]
-    subject: str | None
-    intro: str | None
+    subject: str | dict[str, str] | None
+    intro: str | dict[str, str] | None
     enabled: bool
     next_run_at: datetime | None = Field(
         description="The next slot, ISO 8601 with the zone's offset; null when disabled"

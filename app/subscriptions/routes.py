@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from babel import Locale
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 
@@ -12,14 +13,14 @@ from app.addresses import InvalidEmail, clean_name, normalize_email
 from app.config import Settings
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.http import PAGE_CSP_OWN_SCRIPTS, field_error
-from app.models import Cadence, ConsentSource, Language, Subscriber, SubscriberStatus
+from app.i18n import available_languages, translate
+from app.models import Cadence, ConsentSource, Subscriber, SubscriberStatus
 from app.ratelimit import RateLimiter
 from app.security import TokenError, TokenExpired, Tokens
 from app.subscriptions import service
 from app.subscriptions.schemas import SubscriptionAccepted, SubscriptionCreate
 from app.topics import MAX_TOPICS, UnknownTopics, canonical_topics
-from app.web.i18n import STRINGS, request_language
-from app.web.templates import render_page
+from app.web.templates import render_page, request_language
 
 pages = APIRouter(tags=["public pages"], include_in_schema=True)
 api = APIRouter(prefix="/api/v1", tags=["public"])
@@ -76,7 +77,7 @@ async def create_subscription(
             ip=ip,
             user_agent=request.headers.get("user-agent"),
             source=ConsentSource.api,
-            language=body.language,
+            language=body.language or settings.default_language,
         ),
         cadence=body.cadence.value if body.cadence else None,
         topics=topics,
@@ -100,20 +101,21 @@ async def subscribe_form(
 
 
 def _form_choices(
-    t: dict[str, str], settings: Settings, cadence: str, topics: list[str]
+    lang: str, settings: Settings, cadence: str, topics: list[str]
 ) -> tuple[str | None, list[str], dict[str, str]]:
     """A form's cadence (None: not given) and topics, as TOPICS spells them, and its errors."""
     errors: dict[str, str] = {}
     chosen_cadence = cadence or None
     if chosen_cadence is not None and chosen_cadence not in {c.value for c in Cadence}:
-        errors["cadence"] = t["cadence_invalid"]
+        errors["cadence"] = translate(lang, "Choose one of the offered frequencies.")
     chosen: list[str] = []
     try:
         chosen = canonical_topics(topics, settings.topic_list)
     except UnknownTopics:
-        errors["topics"] = t["topics_invalid"]
+        errors["topics"] = translate(lang, "Choose among the offered topics.")
     if topics and not settings.topic_list:
-        errors["topics"] = t["topics_invalid"]  # the form offers no topics: nothing to tick
+        # The form offers no topics: nothing to tick.
+        errors["topics"] = translate(lang, "Choose among the offered topics.")
     return chosen_cadence, chosen, errors
 
 
@@ -137,17 +139,16 @@ async def subscribe_submit(
     topics: Annotated[list[str] | None, Form(max_length=MAX_TOPICS)] = None,
 ) -> HTMLResponse:
     lang = request_language(request, language)
-    t = STRINGS[lang]
-    chosen_cadence, chosen_topics, errors = _form_choices(t, settings, cadence, topics or [])
+    chosen_cadence, chosen_topics, errors = _form_choices(lang, settings, cadence, topics or [])
     normalized = ""
     try:
         normalized = normalize_email(
             email, check_deliverability=settings.email_check_deliverability
         )
     except InvalidEmail:
-        errors["email"] = t["email_invalid"]
+        errors["email"] = translate(lang, "This email address is not valid.")
     if len(name) > 200:
-        errors["name"] = t["name_too_long"]
+        errors["name"] = translate(lang, "The name must be at most 200 characters.")
     if errors:
         return render_page(
             request,
@@ -180,19 +181,31 @@ async def subscribe_submit(
             topics=chosen_topics,
         )
     return render_page(
-        request, "message.html", lang=lang, title=t["check_title"], body=t["check_body"]
+        request,
+        "message.html",
+        lang=lang,
+        title=translate(lang, "Check your inbox"),
+        body=translate(
+            lang,
+            "If this address can receive our newsletter, a confirmation email has just been "
+            "sent to it. Open the link it contains to confirm your subscription.",
+        ),
     )
 
 
 def _invalid_link(request: Request, lang: str, exc: TokenError) -> HTMLResponse:
-    t = STRINGS[lang]
-    body = t["expired_body"] if isinstance(exc, TokenExpired) else t["invalid_body"]
+    if isinstance(exc, TokenExpired):
+        body = translate(
+            lang, "This confirmation link has expired. Sign up again to get a new link."
+        )
+    else:
+        body = translate(lang, "This link is not valid or has expired. You can sign up again.")
     return render_page(
         request,
         "message.html",
         lang=lang,
         status_code=400,
-        title=t["invalid_title"],
+        title=translate(lang, "Invalid or expired link"),
         body=body,
         signup_link=True,
     )
@@ -235,9 +248,12 @@ async def confirm(
 
 
 def _confirmed_page(request: Request, lang: str) -> HTMLResponse:
-    t = STRINGS[lang]
     return render_page(
-        request, "message.html", lang=lang, title=t["confirmed_title"], body=t["confirmed_body"]
+        request,
+        "message.html",
+        lang=lang,
+        title=translate(lang, "Subscription confirmed"),
+        body=translate(lang, "Thank you! You will now receive our newsletter."),
     )
 
 
@@ -289,13 +305,13 @@ async def resubscribe(
         return _invalid_link(request, lang, exc)
     form = await request.form()
     lang = request_language(request, str(form.get("lang") or "") or subscriber.language)
-    t = STRINGS[lang]
     return render_page(
         request,
         "message.html",
         lang=lang,
-        title=t["resubscribed_title"],
-        body=t["resubscribed_body"],
+        title=translate(lang, "You are subscribed again"),
+        body=translate(lang, "Welcome back! You will receive the newsletter again."),
+        language_switch=False,  # its address answers POST only
     )
 
 
@@ -332,6 +348,11 @@ def _preferences_page(
         unsubscribe_token=tokens.unsubscribe_token(subscriber.id, subscriber.email_hash),
         active=subscriber.status in (SubscriberStatus.pending, SubscriberStatus.confirmed),
         topics=settings.topic_list,
+        # Every language, each named in itself ("English", "Français").
+        language_choices=[
+            {"code": code, "name": (Locale.parse(code).get_display_name(code) or code).capitalize()}
+            for code in available_languages()
+        ],
         values=values,
         errors=errors or {},
         saved=saved,
@@ -377,11 +398,10 @@ async def save_preferences(
         subscriber = await service.subscriber_for_preferences(session, tokens=tokens, token=token)
     except TokenError as exc:
         return _invalid_link(request, lang, exc)
-    t = STRINGS[lang]
-    chosen_cadence, chosen_topics, errors = _form_choices(t, settings, cadence, topics or [])
+    chosen_cadence, chosen_topics, errors = _form_choices(lang, settings, cadence, topics or [])
     if len(name) > 200:
-        errors["name"] = t["name_too_long"]
-    chosen_language = language if language in {x.value for x in Language} else subscriber.language
+        errors["name"] = translate(lang, "The name must be at most 200 characters.")
+    chosen_language = language if language in available_languages() else subscriber.language
     if errors:
         return _preferences_page(
             request,

@@ -20,7 +20,7 @@ WEEKLY = {
     "min_articles": 3,
     "max_articles": 15,
     "categories": ["International", "Économie"],
-    "subject": "La semaine",
+    "subject": {"fr": "La semaine", "en": "The week"},
     "intro": "Bonne lecture.",
 }
 
@@ -144,7 +144,8 @@ async def test_cli_list_and_run_now(
     digest = (
         await client.get(f"/api/v1/digests/{runs[0]['digest_id']}", headers=editor_headers)
     ).json()
-    assert digest["subject"] == "La semaine"
+    assert digest["subjects"]["fr"] == "La semaine"
+    assert digest["subjects"]["en"] == "The week"
     assert digest["article_count"] == 3
 
     missing = await run_cli(["schedules", "run-now", "999"], env)
