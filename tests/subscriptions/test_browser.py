@@ -395,7 +395,7 @@ def test_reader_chooses_topics_and_cadence_on_a_phone(
         page.get_by_label("Chaque semaine").check()
         page.get_by_label("Culture").check()
         page.get_by_label("Économie").uncheck()
-        page.get_by_label("Langue").select_option("en")
+        page.locator("#language").select_option("en")
         page.get_by_role("button", name="Enregistrer").click()
         page.wait_for_load_state()
         assert page.locator("[role=status]").inner_text() == "Your preferences are saved."
