@@ -1,7 +1,7 @@
 """schedules: recurring digests, their runs (one per slot), readers' cadence and topics
 
 Revision ID: 0004_schedules
-Revises: 0004_email
+Revises: 0004_adapt
 Create Date: 2026-11-29 13:45:00.000000
 
 `schedule_run` has a unique (schedule_id, slot_at): of any number of workers that find a slot
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_schedules"
-down_revision: str | None = "0004_email"
+down_revision: str | None = "0004_adapt"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
