@@ -1,4 +1,4 @@
-"""Signed, scoped tokens (confirm / unsubscribe), keyed address hashes and API-key hashing.
+"""Signed, scoped tokens (confirm / unsubscribe / preferences), keyed address hashes and API-key hashing.
 
 Two keys, two jobs. Links are signed with SECRET_KEY and still accepted when signed with one of
 SECRET_KEY_FALLBACKS, so the signing key can be replaced. Address hashes use the hashing key kept
@@ -22,6 +22,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 # One salt per purpose: a token signed for one purpose never verifies for another.
 CONFIRM_SALT = "newsletter.confirm.v1"
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
+PREFERENCES_SALT = "newsletter.preferences.v1"
 API_KEY_PREFIX = "nl_"
 LEGACY_EMAIL_HASH_INFO = b"newsletter.email-hash.v1"
 CLICK_INFO = b"newsletter.click.v1"
@@ -97,6 +98,8 @@ class Tokens:
         self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM_SALT)
         # Unsubscribe links never expire: a link in a two-year-old email must still work.
         self._unsubscribe = URLSafeSerializer(keys, salt=UNSUBSCRIBE_SALT)
+        # Nor do preferences links (every digest's footer carries one).
+        self._preferences = URLSafeSerializer(keys, salt=PREFERENCES_SALT)
         self.confirm_max_age_seconds = confirm_max_age_seconds
         self.hashing_key = hashing_key
         # Click links are signed with HMAC directly rather than itsdangerous: a digest copy
@@ -202,6 +205,16 @@ class Tokens:
         key = hmac.digest(self.hashing_key, CLICK_SEEN_INFO, "sha256")
         body = f"{delivery_id}.{position}".encode()
         return hmac.digest(key, body, "sha256")[:12].hex()
+
+    def preferences_token(self, subscriber_id: int, email_hash: str) -> str:
+        return self._preferences.dumps([subscriber_id, email_hash[:16]])
+
+    def read_preferences_token(self, token: str) -> tuple[int, str]:
+        try:
+            data = self._preferences.loads(token)
+        except BadSignature as exc:
+            raise TokenError("the link is not valid") from exc
+        return _pair(data)
 
 
 def _pair(data: object) -> tuple[int, str]:

@@ -15,19 +15,27 @@ from app.mail.render import RenderedEmail
 from app.outbox.identity import message_id_for
 from app.security import Tokens
 from app.subscribers.service import Recipient
-from app.subscriptions.links import sample_unsubscribe_url, unsubscribe_url
+from app.subscriptions.links import (
+    preferences_url,
+    sample_preferences_url,
+    sample_unsubscribe_url,
+    unsubscribe_url,
+)
 
 SAMPLE_NAMES = {"fr": "Camille", "en": "Alex"}
 SAMPLE_EMAIL = "reader@example.org"
 
 
-def recipient_values(*, name: str | None, email: str, unsubscribe_url: str) -> dict[str, str]:
+def recipient_values(
+    *, name: str | None, email: str, unsubscribe_url: str, preferences_url: str
+) -> dict[str, str]:
     """What replaces each `personalize` placeholder for one reader."""
     clean = header_safe(name or "", max_length=200)
     return {
         "name": clean,
         "greeting_name": f" {clean}" if clean else "",
         "unsubscribe_url": unsubscribe_url,
+        "preferences_url": preferences_url,
         "email": email,
     }
 
@@ -38,6 +46,7 @@ def sample_values(settings: Settings, tokens: Tokens, *, language: str) -> dict[
         name=SAMPLE_NAMES.get(language, SAMPLE_NAMES["fr"]),
         email=SAMPLE_EMAIL,
         unsubscribe_url=sample_unsubscribe_url(settings, tokens),
+        preferences_url=sample_preferences_url(settings, tokens),
     )
 
 
@@ -70,12 +79,17 @@ def compose_copy(
     links: Sequence[tuple[int, str]],
     recipient: Recipient,
 ) -> tuple[bytes, str]:
-    """One subscriber's copy: their name, unsubscribe link, article links (a signed click link
-    each when tracking), Message-ID; nothing re-rendered."""
+    """One subscriber's copy: their name, unsubscribe and preferences links, article links (a
+    signed click link each when tracking), Message-ID; nothing re-rendered."""
     assert recipient.email is not None
     url = unsubscribe_url(settings, tokens, recipient)
     message_id = message_id_for(settings, delivery_id)
-    values = recipient_values(name=recipient.name, email=recipient.email, unsubscribe_url=url)
+    values = recipient_values(
+        name=recipient.name,
+        email=recipient.email,
+        unsubscribe_url=url,
+        preferences_url=preferences_url(settings, tokens, recipient),
+    )
     if tracks_clicks(settings):
         values.update(
             click_values(

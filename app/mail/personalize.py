@@ -18,7 +18,8 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 # link0, link1...: each article link of a digest, which click tracking makes per reader.
 MAX_LINKS = 64
 LINK_FIELDS = tuple(f"link{i}" for i in range(MAX_LINKS))
-FIELDS = ("name", "greeting_name", "unsubscribe_url", "email", "open_url", *LINK_FIELDS)
+READER_FIELDS = ("name", "greeting_name", "unsubscribe_url", "preferences_url", "email")
+FIELDS = (*READER_FIELDS, "open_url", *LINK_FIELDS)
 
 
 def placeholder(field: str) -> Markup:
@@ -28,7 +29,7 @@ def placeholder(field: str) -> Markup:
 
 
 def placeholders() -> dict[str, Markup]:
-    return {field: placeholder(field) for field in FIELDS[:4]}
+    return {field: placeholder(field) for field in READER_FIELDS}
 
 
 def link_field(position: int) -> str:
@@ -37,7 +38,8 @@ def link_field(position: int) -> str:
 
 
 _PATTERN = re.compile(
-    f"{_OPEN}(name|greeting_name|unsubscribe_url|email|open_url|link[0-9]{{1,2}}){_CLOSE}"
+    f"{_OPEN}(name|greeting_name|unsubscribe_url|preferences_url|email|open_url|link[0-9]{{1,2}})"
+    f"{_CLOSE}"
 )
 
 
