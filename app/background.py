@@ -1,4 +1,5 @@
-"""What a worker process runs besides requests: the sender and the rooms' periodic jobs.
+"""What a worker process runs besides requests: the sender, the rooms' periodic jobs (feed
+polling, telling alert incidents) and the heartbeat /healthz reads.
 
 The one place that wires the sender to the delivery kinds and starts the rooms' loops, used by
 `newsletter worker` and by `newsletter serve` (which runs them inside the server unless
@@ -12,8 +13,10 @@ import asyncio
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts.telling import tell_incidents_forever
 from app.articles.polling import poll_feeds_forever
 from app.config import Settings
+from app.health import heartbeat_forever
 from app.kinds import delivery_kinds
 from app.mail.transport import Mailer
 from app.security import Tokens
@@ -40,6 +43,12 @@ async def run_background(
     tokens: Tokens,
     stop: asyncio.Event,
 ) -> None:
-    """Send and poll until `stop` is set; each job finishes its work in hand, then returns."""
+    """Send, poll, tell incidents and beat until `stop` is set; each job finishes its work in
+    hand, then returns."""
     sender = make_sender(settings, sessionmaker, mailer, tokens)
-    await asyncio.gather(sender.run(stop), poll_feeds_forever(settings, sessionmaker, stop))
+    await asyncio.gather(
+        sender.run(stop),
+        poll_feeds_forever(settings, sessionmaker, stop),
+        tell_incidents_forever(settings, sessionmaker, stop),
+        heartbeat_forever(sessionmaker, worker_id=sender.worker_id, stop=stop),
+    )

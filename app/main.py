@@ -19,6 +19,7 @@ from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.digests import routes as digest_routes
+from app.health import RelayProbe
 from app.http import (
     BodySizeLimit,
     FullAllowHeader,
@@ -51,6 +52,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         # that needs it loads it (app.deps.get_tokens), so /healthz can say what is wrong.
         await keys.ensure_hashing_key(app.state.tokens, engine)
         app.state.mailer = make_mailer(settings)
+        app.state.relay_probe = RelayProbe(
+            app.state.mailer, every=settings.health_relay_probe_seconds
+        )
         if not settings.uses_smtp:
             log.info(
                 "SMTP_HOST is not set: mail is written to the Maildir %s", settings.maildir_path

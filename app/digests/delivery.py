@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts import service as alerts
 from app.bounces.service import bounce_at_send
 from app.config import Settings
 from app.digests import service
@@ -114,6 +115,10 @@ class DigestKind(BaseKind):
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
         await bounce_at_send(session, subscriber_id=delivery.subscriber_id, reply=reply)
+        if delivery.digest_id is not None:
+            await alerts.check_bounce_rate(
+                session, settings=self.settings, digest_id=delivery.digest_id
+            )
 
     async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:
         return await service.pause_digest(session, digest_id=send_id, reason=reason)
