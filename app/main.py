@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import keys, metrics, monitoring, openapi
 from app.articles import routes as article_routes
+from app.audit import routes as audit_routes
 from app.background import run_background
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(bounce_routes.router)
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(monitoring.router)
     openapi.install(app)
     openapi.install_docs(app)

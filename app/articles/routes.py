@@ -17,7 +17,7 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
-from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
+from app.deps import AuditDep, EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
 from app.models import Article
 
 router = APIRouter(prefix="/api/v1", tags=["articles"])
@@ -45,7 +45,7 @@ def _detail(article: Article) -> ArticleDetail:
     },
 )
 async def put_article(
-    body: ArticleIn, session: SessionDep, _editor: EditorDep, response: Response
+    body: ArticleIn, session: SessionDep, audit: AuditDep, response: Response
 ) -> ArticleDetail:
     """Create an article, or update the one with the same URL (201 created, 200 updated)."""
     content_html = sanitize_html(body.content_html)
@@ -60,6 +60,7 @@ async def put_article(
         published_at=body.published_at,
     )
     article, outcome = await service.upsert_article(session, entry=entry)
+    audit.on("article", article.id, detail=f"article {outcome}")
     if outcome != "created":
         response.status_code = status.HTTP_200_OK
     return _detail(article)
@@ -104,7 +105,7 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
     },
 )
 async def import_feed(
-    body: FeedImportIn, session: SessionDep, settings: SettingsDep, _editor: EditorDep
+    body: FeedImportIn, session: SessionDep, settings: SettingsDep, audit: AuditDep
 ) -> FeedImportResult:
     """Fetch an RSS/Atom feed now and upsert its articles. Re-importing creates no duplicates.
     Addresses in private networks are refused unless FEED_ALLOW_PRIVATE_NETWORKS is set."""
@@ -118,6 +119,7 @@ async def import_feed(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"malformed feed: {exc}"
         ) from exc
+    audit.on("feed", body.url, detail=result.summary())
     return FeedImportResult(
         url=body.url,
         created=result.created,

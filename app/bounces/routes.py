@@ -16,7 +16,7 @@ from app.bounces.schemas import (
     UnbounceIn,
     UnbounceOut,
 )
-from app.deps import EditorDep, SessionDep, SettingsDep, TokensDep
+from app.deps import AuditDep, SessionDep, SettingsDep, TokensDep
 from app.editors import authenticate
 
 router = APIRouter(prefix="/api/v1", tags=["bounces"])
@@ -82,7 +82,7 @@ async def report_bounce(
     response_model=UnbounceOut,
     responses={401: {"description": "Missing, wrong or revoked API key"}},
 )
-async def unbounce(body: UnbounceIn, session: SessionDep, _editor: EditorDep) -> UnbounceOut:
+async def unbounce(body: UnbounceIn, session: SessionDep, _audit: AuditDep) -> UnbounceOut:
     """Restore readers marked bounced since `since` (optionally only those whose copy of
     `digest_id` failed): back to confirmed, recorded in their history, their failed copies of
     an unfinished digest queued again. `dry_run: true` lists them and changes nothing."""

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
-from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
+from app.deps import AuditDep, EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -96,9 +96,7 @@ async def _fresh_digest(
     response_model=DigestPublic,
     responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
 )
-async def create_digest(
-    body: DigestCreate, session: SessionDep, _editor: EditorDep
-) -> DigestPublic:
+async def create_digest(body: DigestCreate, session: SessionDep, audit: AuditDep) -> DigestPublic:
     """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
     try:
         digest = await service.create_digest(
@@ -112,6 +110,7 @@ async def create_digest(
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    audit.on("digest", digest.id)
     return await _public(session, digest)
 
 
@@ -184,7 +183,7 @@ async def send_test(
     body: TestSendIn,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    _audit: AuditDep,
 ) -> TestSendAccepted:
     """Queue a test copy (subject marked [TEST]) to each address, whatever the digest's status."""
     emails = []
@@ -215,7 +214,7 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -254,7 +253,7 @@ async def _control(
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
@@ -263,7 +262,7 @@ async def pause(
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
     return await _control(session, digest_id, service.resume_send)
@@ -271,7 +270,7 @@ async def resume(
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
     return await _control(session, digest_id, service.cancel_send)

@@ -1,0 +1,73 @@
+"""`GET /api/v1/audit`: the audit log, newest first, with paging and filters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import AfterValidator, BaseModel
+
+from app.audit import service
+from app.deps import EditorDep, OffsetQuery, SessionDep
+from app.models import as_utc
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, wrong or revoked API key"}}
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
+Filter = Annotated[str | None, Query(max_length=200)]
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    created_at: Timestamp
+    actor: str
+    source: str
+    action: str
+    target_type: str | None
+    target_id: str | None
+    detail: str | None
+
+
+class AuditList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[AuditEventPublic]
+
+
+@router.get(
+    "/audit", response_model=AuditList, responses={**AUTH, 422: {"description": "Bad filter"}}
+)
+async def list_audit_events(
+    session: SessionDep,
+    _editor: EditorDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: OffsetQuery = 0,
+    action: Annotated[
+        str | None, Query(max_length=64, description="e.g. create_digest, pause, erase_subscriber")
+    ] = None,
+    actor: Annotated[str | None, Query(max_length=200, description="e.g. api-key:desk")] = None,
+    target_type: Annotated[
+        str | None, Query(max_length=32, description="digest, article, feed, subscriber...")
+    ] = None,
+    target_id: Filter = None,
+    since: Annotated[datetime | None, Query(description="From this instant (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="Before this instant")] = None,
+) -> AuditList:
+    """Who did what to what, and when: every state-changing request of an editor API key and
+    every editor command of the CLI. Newest first."""
+    rows, total = await service.list_events(
+        session,
+        offset=offset,
+        limit=limit,
+        action=action,
+        actor=actor,
+        target_type=target_type,
+        target_id=target_id,
+        since=as_utc(since) if since else None,
+        until=as_utc(until) if until else None,
+    )
+    items = [AuditEventPublic.model_validate(r, from_attributes=True) for r in rows]
+    return AuditList(total=total, limit=limit, offset=offset, items=items)

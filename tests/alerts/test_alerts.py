@@ -1,0 +1,129 @@
+"""Alerts: a send that pauses itself tells the editors once, through the outbox, whatever the
+number of workers; conditions raised again while open tell nobody again."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.alerts import service as alerts
+from app.alerts.telling import tell_once
+from app.background import run_background
+from app.models import AlertIncident, Delivery, DeliveryKind
+from tests.smtp_server import Received, SmtpServer
+from tests.worker.test_send_promises import add_readers, snapshot, start_digest, wait_for
+
+EDITORS = ["redaction@dzaleu.test", "Chef@Dzaleu.test"]
+
+
+def alerts_received(smtp_server: SmtpServer) -> list[Received]:
+    editors = {e.lower() for e in EDITORS}
+    return [r for r in snapshot(smtp_server) if r.rcpt_tos[0].lower() in editors]
+
+
+async def digest_status(client: httpx.AsyncClient, headers: dict[str, str], digest_id: int) -> str:
+    answer = await client.get(f"/api/v1/digests/{digest_id}", headers=headers)
+    return str(answer.json()["status"])
+
+
+async def test_a_send_that_pauses_itself_tells_the_editors_once_even_with_two_workers(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    settings = app.state.settings
+    settings.alert_emails = ",".join(EDITORS)
+    settings.send_batch_size = 20
+    settings.send_refusal_sample = 20
+    await add_readers(session, app.state.tokens, 120)
+    # The relay refuses every reader (an incomplete recipient table), not the editors.
+    for i in range(120):
+        address = f"reader{i}@example.org"
+        smtp_server.faults.rcpt[address] = f"550 5.1.1 <{address}>: User unknown"
+    digest_id = await start_digest(client, session, editor_headers)
+
+    stop = asyncio.Event()
+    workers = [
+        asyncio.create_task(
+            run_background(
+                settings, app.state.sessionmaker, app.state.mailer, app.state.tokens, stop
+            )
+        )
+        for _ in range(2)
+    ]
+    try:
+        await wait_for(lambda: len(alerts_received(smtp_server)) >= len(EDITORS))
+        assert await digest_status(client, editor_headers, digest_id) == "paused"
+        # Both workers keep running, polling and telling, for a few rounds: nothing more comes.
+        await asyncio.sleep(5)
+        received = alerts_received(smtp_server)
+        assert sorted(r.rcpt_tos[0].lower() for r in received) == sorted(e.lower() for e in EDITORS)
+        message = received[0].message
+        assert message.get_content_type() == "multipart/alternative"
+        assert message.get_body(("plain",)) is not None
+        assert message["Message-ID"]
+        assert f"Envoi {digest_id} mis en pause" in str(message["Subject"])  # DEFAULT_LANGUAGE fr
+        assert "Dzaleu" in str(message["Subject"])
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f"/api/v1/digests/{digest_id}/resume" in text
+        assert "refus" in text.lower()
+
+        # Resumed with the relay still broken: it pauses again, a new incident, told again.
+        resumed = await client.post(f"/api/v1/digests/{digest_id}/resume", headers=editor_headers)
+        assert resumed.status_code == 200, resumed.text
+        await wait_for(lambda: len(alerts_received(smtp_server)) >= 2 * len(EDITORS))
+        await asyncio.sleep(3)
+        assert len(alerts_received(smtp_server)) == 2 * len(EDITORS)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    session.expire_all()
+    incidents = (await session.exec(select(AlertIncident))).all()
+    assert [(i.key, i.times_opened) for i in incidents] == [(f"send:{digest_id}:paused", 2)]
+
+
+async def test_an_open_condition_raised_again_tells_nobody_again(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    app.state.settings.alert_emails = "redaction@dzaleu.test"
+    slot = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
+    for _ in range(3):
+        await alerts.schedule_run_failed(
+            session, schedule_id=4, name="Matin", slot=slot, error="no articles table"
+        )
+        await session.commit()
+        await tell_once(app.state.settings, app.state.sessionmaker)
+    rows = (await session.exec(select(Delivery).where(Delivery.kind == DeliveryKind.alert))).all()
+    assert len(rows) == 1
+    await alerts.schedule_run_succeeded(session, schedule_id=4)
+    assert await alerts.schedule_run_failed(
+        session, schedule_id=4, name="Matin", slot=slot, error="again"
+    )
+    await session.commit()
+    await tell_once(app.state.settings, app.state.sessionmaker)
+    session.expire_all()
+    rows = (await session.exec(select(Delivery).where(Delivery.kind == DeliveryKind.alert))).all()
+    assert len(rows) == 2
+
+
+@pytest.mark.parametrize("failures", [1, 2, 3, 4])
+async def test_the_feed_alerts_from_the_nth_failure_in_a_row(
+    app: FastAPI, session: AsyncSession, failures: int
+) -> None:
+    settings = app.state.settings
+    settings.alert_feed_failures = 3
+    told = await alerts.feed_failed(
+        session, settings=settings, url="https://example.org/feed", failures=failures, error="x"
+    )
+    await session.commit()
+    assert told == (failures >= 3)
+    keys = (await session.exec(select(col(AlertIncident.key)))).all()
+    assert len(keys) == (1 if failures >= 3 else 0)
