@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -89,9 +90,18 @@ class Audit:
     """The audit event of this request, already in its unit of work: a route that learns its
     target only while acting (a new digest's id) names it with `on`."""
 
-    def __init__(self, editor: ApiKey, event: AuditEvent) -> None:
+    def __init__(self, session: AsyncSession, editor: ApiKey, event: AuditEvent) -> None:
+        self.session = session
         self.editor = editor
         self.event = event
+
+    async def drop(self) -> None:
+        """Nothing was done after all, yet the route answers without raising (a 409 it
+        returns): the event leaves the unit of work. (A route that raises is rolled back.)"""
+        if sa.inspect(self.event).persistent:  # already flushed by a query of the route
+            await self.session.delete(self.event)
+        else:
+            self.session.expunge(self.event)
 
     def on(self, target_type: str, target_id: object, detail: str | None = None) -> None:
         self.event.target_type = target_type
@@ -119,7 +129,7 @@ async def audited_editor(request: Request, session: SessionDep, editor: EditorDe
         target_id=target_id,
         detail=f"{request.method} {getattr(route, 'path', request.url.path)}",
     )
-    return Audit(editor, event)
+    return Audit(session, editor, event)
 
 
 # Every state-changing editor route takes this instead of EditorDep (tests/audit checks it).

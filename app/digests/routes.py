@@ -10,7 +10,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
-from app.deps import AuditDep, EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
+from app.deps import (
+    Audit,
+    AuditDep,
+    EditorDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+    TokensDep,
+)
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -214,7 +223,7 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -222,6 +231,7 @@ async def send(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -237,6 +247,7 @@ CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _control(
     session: AsyncSession,
+    audit: Audit,
     digest_id: int,
     change: Callable[..., Awaitable[Digest]],
 ) -> Response | DigestPublic:
@@ -245,6 +256,7 @@ async def _control(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestStatusConflict as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -253,24 +265,24 @@ async def _control(
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
-    return await _control(session, digest_id, service.pause_send)
+    return await _control(session, audit, digest_id, service.pause_send)
 
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
-    return await _control(session, digest_id, service.resume_send)
+    return await _control(session, audit, digest_id, service.resume_send)
 
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
-    return await _control(session, digest_id, service.cancel_send)
+    return await _control(session, audit, digest_id, service.cancel_send)
