@@ -17,7 +17,8 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
-from app.deps import AuditDep, EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
+from app.audit.deps import AuditDep
+from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
 from app.models import Article
 
 router = APIRouter(prefix="/api/v1", tags=["articles"])

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.audit.deps import AuditDep
 from app.bounces import service
 from app.bounces.schemas import (
     BounceAccepted,
@@ -16,7 +17,7 @@ from app.bounces.schemas import (
     UnbounceIn,
     UnbounceOut,
 )
-from app.deps import AuditDep, SessionDep, SettingsDep, TokensDep
+from app.deps import SessionDep, SettingsDep, TokensDep
 from app.editors import authenticate
 
 router = APIRouter(prefix="/api/v1", tags=["bounces"])

@@ -10,9 +10,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
+from app.audit.deps import Audit, AuditDep
 from app.deps import (
-    Audit,
-    AuditDep,
     EditorDep,
     IdPath,
     OffsetQuery,

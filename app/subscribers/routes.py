@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from app.deps import AuditDep, EditorDep, OffsetQuery, SessionDep, TokensDep
+from app.audit.deps import AuditDep
+from app.deps import EditorDep, OffsetQuery, SessionDep, TokensDep
 from app.models import SubscriberStatus, as_utc
 from app.openapi import EMAIL_FORMAT
 from app.subscribers import service

@@ -14,7 +14,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.deps import audited_editor, require_editor
+from app.audit.deps import audited_editor
+from app.deps import require_editor
 from app.main import create_app
 from tests.factories import cli_env, run_cli
 from tests.worker.test_send_promises import add_readers, start_digest
