@@ -8,14 +8,17 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.alerts import service as alerts
 from app.alerts.telling import tell_once
+from app.articles.polling import poll_feed_once
 from app.background import run_background
-from app.models import AlertIncident, Delivery, DeliveryKind
+from app.models import AlertIncident, Delivery, DeliveryKind, Feed
+from tests.factories import drain_outbox
 from tests.smtp_server import Received, SmtpServer
 from tests.worker.test_send_promises import add_readers, snapshot, start_digest, wait_for
 
@@ -25,6 +28,10 @@ EDITORS = ["redaction@dzaleu.test", "Chef@Dzaleu.test"]
 def alerts_received(smtp_server: SmtpServer) -> list[Received]:
     editors = {e.lower() for e in EDITORS}
     return [r for r in snapshot(smtp_server) if r.rcpt_tos[0].lower() in editors]
+
+
+def alerts_received_by(smtp_server: SmtpServer, address: str) -> list[Received]:
+    return [r for r in snapshot(smtp_server) if r.rcpt_tos[0] == address]
 
 
 async def digest_status(client: httpx.AsyncClient, headers: dict[str, str], digest_id: int) -> str:
@@ -127,3 +134,54 @@ async def test_the_feed_alerts_from_the_nth_failure_in_a_row(
     assert told == (failures >= 3)
     keys = (await session.exec(select(col(AlertIncident.key)))).all()
     assert len(keys) == (1 if failures >= 3 else 0)
+
+
+async def test_a_bounce_rate_past_the_warning_line_tells_once(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    settings = app.state.settings
+    settings.alert_emails = "redaction@dzaleu.test"
+    settings.default_language = "en"
+    settings.alert_bounce_min_attempts = 50
+    settings.alert_bounce_rate = 0.05
+    await add_readers(session, app.state.tokens, 100)
+    for i in range(0, 100, 10):  # 10% of the list is dead
+        smtp_server.faults.rcpt[f"reader{i}@example.org"] = "550 5.1.1 No such user"
+    digest_id = await start_digest(client, session, editor_headers)
+    await drain_outbox(app)
+    await tell_once(settings, app.state.sessionmaker)
+    await drain_outbox(app)
+    received = alerts_received_by(smtp_server, "redaction@dzaleu.test")
+    assert len(received) == 1
+    # Told when the rate first crossed the line (about 1 in 19 once the first 50 were tried).
+    subject = str(received[0].message["Subject"])
+    assert subject.startswith(f"[Dzaleu] Send {digest_id}: ") and subject.endswith("% bounced")
+    assert float(subject.split(": ")[1].split("%")[0]) > 5.0
+    session.expire_all()
+    incidents = (await session.exec(select(AlertIncident))).all()
+    assert [i.key for i in incidents] == [f"send:{digest_id}:bounce_rate"]
+
+
+async def test_a_feed_failing_n_polls_in_a_row_tells_once_until_it_recovers(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    settings = app.state.settings
+    settings.alert_feed_failures = 3
+    url = "http://127.0.0.1:1/feed.xml"  # loopback: refused by the SSRF guard, a failed poll
+    for _ in range(5):
+        await session.execute(sa.update(Feed).values(last_polled_at=None))
+        await session.commit()
+        assert await poll_feed_once(settings, app.state.sessionmaker, url=url) is None
+    session.expire_all()
+    feed = (await session.exec(select(Feed))).one()
+    assert feed.failures == 5
+    incident = (await session.exec(select(AlertIncident))).one()
+    assert (incident.kind, incident.params["failures"], incident.times_opened) == (
+        "feed_failing",
+        3,
+        1,
+    )
