@@ -13,6 +13,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts import service as alerts
 from app.alerts.telling import tell_incidents_forever
 from app.articles.polling import poll_feeds_forever
 from app.config import Settings
@@ -46,6 +47,12 @@ async def run_background(
     """Send, poll, tell incidents and beat until `stop` is set; each job finishes its work in
     hand, then returns."""
     sender = make_sender(settings, sessionmaker, mailer, tokens)
+    try:
+        async with sessionmaker() as session:
+            await alerts.setup_working(session)  # this sender's setup loaded (DKIM included)
+            await session.commit()
+    except Exception:  # the database is down: the sender waits for it anyway
+        pass
     await asyncio.gather(
         sender.run(stop),
         poll_feeds_forever(settings, sessionmaker, stop),

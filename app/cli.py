@@ -115,10 +115,20 @@ def served_settings(settings: Settings, *, host: str, port: int) -> Settings:
 def check_sending_setup(settings: Settings) -> None:
     """Refuse to start a sender whose DKIM setup cannot work, saying what to fix."""
     from app.mail.dkim import DkimConfigError, DkimSigner
+    from app.worker.sender import default_worker_id
 
     try:
         DkimSigner.from_settings(settings)
     except DkimConfigError as exc:
+        from sqlalchemy.engine import make_url
+
+        from app.alerts.telling import tell_setup_broken
+        from app.db import is_sqlite
+
+        database = make_url(settings.database_url).database
+        # No SQLite file yet: nobody to tell, and no file to create.
+        if not is_sqlite(settings.database_url) or (database and Path(database).exists()):
+            asyncio.run(tell_setup_broken(settings, process=default_worker_id(), error=str(exc)))
         fail(str(exc), code=2)
 
 

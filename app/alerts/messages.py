@@ -23,6 +23,20 @@ MESSAGES: dict[str, dict[str, tuple[str, str]]] = {
             "POST {public_url}/api/v1/digests/{digest_id}/resume",
         ),
     },
+    "setup_broken": {
+        "fr": (
+            "[{site}] Un envoyeur refuse de démarrer",
+            "Un processus d'envoi ({process}) refuse de démarrer : rien ne part tant que ce "
+            "n'est pas corrigé.\n\n"
+            "Raison : {error}",
+        ),
+        "en": (
+            "[{site}] A sender refuses to start",
+            "A sending process ({process}) refuses to start: nothing goes out until this is "
+            "fixed.\n\n"
+            "Reason: {error}",
+        ),
+    },
     "feed_failing": {
         "fr": (
             "[{site}] Le flux échoue depuis {failures} relevés",

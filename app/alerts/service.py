@@ -10,8 +10,9 @@ rest). A worker then tells it (`tell_pending`): one outbox row per ALERT_EMAILS 
 `alert` delivery kind: the sender sends them like any other email) and, with ALERT_WEBHOOK_URL,
 one POST. Telling is a conditional UPDATE, so of two workers exactly one tells an incident.
 
-Other rooms call the functions at the bottom: `send_paused`, `feed_failed`/`feed_recovered`,
-`schedule_run_failed`/`schedule_run_succeeded`, `check_bounce_rate`.
+Other rooms call the functions at the bottom: `send_paused`, `setup_broken`/`setup_working`,
+`feed_failed`/`feed_recovered`, `schedule_run_failed`/`schedule_run_succeeded`,
+`check_bounce_rate`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,24 @@ async def send_paused(session: AsyncSession, *, digest_id: int, reason: str) -> 
 
 async def send_resumed(session: AsyncSession, *, digest_id: int) -> None:
     await resolve_incident(session, key=send_paused_key(digest_id))
+
+
+SETUP_KEY = "setup:dkim"
+
+
+async def setup_broken(session: AsyncSession, *, process: str, error: str) -> bool:
+    """A sender refused to start (the DKIM key unreadable or half configured)."""
+    return await raise_incident(
+        session,
+        key=SETUP_KEY,
+        kind="setup_broken",
+        params={"process": process[:100], "error": error[:1000]},
+    )
+
+
+async def setup_working(session: AsyncSession) -> None:
+    """A sender started with a setup that works."""
+    await resolve_incident(session, key=SETUP_KEY)
 
 
 def _feed_key(url: str) -> str:

@@ -115,3 +115,23 @@ async def tell_incidents_forever(
             await asyncio.wait_for(stop.wait(), timeout=TELL_EVERY_SECONDS)
         except TimeoutError:
             pass
+
+
+async def tell_setup_broken(settings: Settings, *, process: str, error: str) -> None:
+    """For a sender that refuses to start: nobody runs the telling loop for it, so it tells now
+    (the emails wait in the outbox for a sender that works; the webhook is posted at once).
+    Best effort: an unreachable database only loses the alert, never hides the error."""
+    from app.alerts.service import setup_broken
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker() as session:
+            await setup_broken(session, process=process, error=error)
+            await session.commit()
+        await tell_once(settings, sessionmaker)
+    except Exception as exc:  # the command's own error message must stay the one shown
+        log.debug("could not record the alert for a sender that refuses to start: %s", exc)
+    finally:
+        await engine.dispose()

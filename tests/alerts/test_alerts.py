@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from app.alerts.telling import tell_once
 from app.articles.polling import poll_feed_once
 from app.background import run_background
 from app.models import AlertIncident, Delivery, DeliveryKind, Feed
-from tests.factories import drain_outbox
+from tests.factories import cli_env, drain_outbox, run_cli
 from tests.smtp_server import Received, SmtpServer
 from tests.worker.test_send_promises import add_readers, snapshot, start_digest, wait_for
 
@@ -159,7 +160,8 @@ async def test_a_bounce_rate_past_the_warning_line_tells_once(
     assert len(received) == 1
     # Told when the rate first crossed the line (about 1 in 19 once the first 50 were tried).
     subject = str(received[0].message["Subject"])
-    assert subject.startswith(f"[Dzaleu] Send {digest_id}: ") and subject.endswith("% bounced")
+    assert subject.startswith(f"[Dzaleu] Send {digest_id}: ")
+    assert subject.endswith("% bounced")
     assert float(subject.split(": ")[1].split("%")[0]) > 5.0
     session.expire_all()
     incidents = (await session.exec(select(AlertIncident))).all()
@@ -185,3 +187,26 @@ async def test_a_feed_failing_n_polls_in_a_row_tells_once_until_it_recovers(
         3,
         1,
     )
+
+
+async def test_a_sender_that_refuses_to_start_for_its_dkim_key_tells_the_editors(
+    app: FastAPI, session: AsyncSession, tmp_path: Path
+) -> None:
+    broken = tmp_path / "dkim.pem"
+    broken.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    env = cli_env(
+        app.state.settings,
+        ALERT_EMAILS="redaction@dzaleu.test",
+        DKIM_DOMAIN="dzaleu.test",
+        DKIM_SELECTOR="nl",
+        DKIM_PRIVATE_KEY_PATH=str(broken),
+    )
+    for _ in range(2):  # an orchestrator restarting it: one incident
+        result = await run_cli(["worker"], env)
+        assert result.exit_code == 2, result.output
+        assert "\nerror: DKIM_PRIVATE_KEY_PATH" in "\n" + result.stderr
+    session.expire_all()
+    incident = (await session.exec(select(AlertIncident))).one()
+    assert (incident.key, incident.kind, incident.times_opened) == ("setup:dkim", "setup_broken", 1)
+    rows = (await session.exec(select(Delivery).where(Delivery.kind == DeliveryKind.alert))).all()
+    assert [(r.to_address, r.alert_id) for r in rows] == [("redaction@dzaleu.test", incident.id)]
