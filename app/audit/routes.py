@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -16,7 +16,22 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, wrong or revoked API key"}}
 Timestamp = Annotated[datetime, AfterValidator(as_utc)]
-Filter = Annotated[str | None, Query(max_length=200)]
+
+
+def _instant(value: datetime | None) -> datetime | None:
+    """In UTC, between the years 1 and 9999 once converted (else a 422, not a driver error)."""
+    if value is None:
+        return None
+    try:
+        return as_utc(value).astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+Instant = Annotated[datetime | None, AfterValidator(_instant)]
+# Printable text: a NUL byte reaches no database (PostgreSQL refuses it), it is a 422.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Filter = Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)]
 
 
 class AuditEventPublic(BaseModel):
@@ -46,15 +61,23 @@ async def list_audit_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: OffsetQuery = 0,
     action: Annotated[
-        str | None, Query(max_length=64, description="e.g. create_digest, pause, erase_subscriber")
+        str | None,
+        Query(
+            max_length=64,
+            pattern=PRINTABLE,
+            description="e.g. create_digest, pause, erase_subscriber",
+        ),
     ] = None,
-    actor: Annotated[str | None, Query(max_length=200, description="e.g. api-key:desk")] = None,
+    actor: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="e.g. api-key:desk")
+    ] = None,
     target_type: Annotated[
-        str | None, Query(max_length=32, description="digest, article, feed, subscriber...")
+        str | None,
+        Query(max_length=32, pattern=PRINTABLE, description="digest, article, feed, subscriber..."),
     ] = None,
     target_id: Filter = None,
-    since: Annotated[datetime | None, Query(description="From this instant (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Before this instant")] = None,
+    since: Annotated[Instant, Query(description="From this instant (ISO 8601)")] = None,
+    until: Annotated[Instant, Query(description="Before this instant (ISO 8601)")] = None,
 ) -> AuditList:
     """Who did what to what, and when: every state-changing request of an editor API key and
     every editor command of the CLI. Newest first."""
@@ -66,8 +89,8 @@ async def list_audit_events(
         actor=actor,
         target_type=target_type,
         target_id=target_id,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
+        since=since,
+        until=until,
     )
     items = [AuditEventPublic.model_validate(r, from_attributes=True) for r in rows]
     return AuditList(total=total, limit=limit, offset=offset, items=items)

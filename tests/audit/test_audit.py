@@ -96,6 +96,9 @@ async def test_actions_are_logged_with_who_what_and_target(
     assert only.json()["total"] == 3
     assert [e["action"] for e in only.json()["items"]] == ["send"]
     assert (await client.get("/api/v1/audit")).status_code == 401
+    for bad in ({"since": "0001-01-01T00:00:00+14:00"}, {"actor": "a\x00b"}):
+        refused = await client.get("/api/v1/audit", params=bad, headers=editor_headers)
+        assert refused.status_code == 422, (bad, refused.text)
 
 
 async def test_cli_commands_are_logged_and_exported(app: FastAPI) -> None:
