@@ -135,7 +135,7 @@ async def test_every_redirect_hop_is_checked(
     feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stand-in for the internet: 127.0.0.1 counts as public here; every other address does not.
-    monkeypatch.setattr(fetch, "is_public_address", lambda a: str(a) == "127.0.0.1")
+    monkeypatch.setattr(outbound, "is_public_address", lambda a: str(a) == "127.0.0.1")
     port = feed_server.port
 
     async def resolver(host: str, p: int) -> list[str]:
