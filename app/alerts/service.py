@@ -227,7 +227,12 @@ async def schedule_run_succeeded(session: AsyncSession, *, schedule_id: int) -> 
 
 async def check_bounce_rate(session: AsyncSession, *, settings: Settings, digest_id: int) -> bool:
     """After a hard bounce during send `digest_id`: past ALERT_BOUNCE_RATE of its attempts
-    (once it has ALERT_BOUNCE_MIN_ATTEMPTS), one incident for that send."""
+    (once it has ALERT_BOUNCE_MIN_ATTEMPTS), one incident for that send. Callers throttle it:
+    it counts the send's rows."""
+    key = f"send:{digest_id}:bounce_rate"
+    told = await session.exec(select(AlertIncident.id).where(AlertIncident.key == key))
+    if told.first() is not None:
+        return False  # one per send, never resolved: no need to count again
     counts = dict(
         (
             await session.execute(
@@ -250,7 +255,7 @@ async def check_bounce_rate(session: AsyncSession, *, settings: Settings, digest
         return False
     return await raise_incident(
         session,
-        key=f"send:{digest_id}:bounce_rate",
+        key=key,
         kind="bounce_rate",
         params={
             "digest_id": digest_id,

@@ -18,6 +18,7 @@ from app.alerts import service as alerts
 from app.alerts.telling import tell_once
 from app.articles.polling import poll_feed_once
 from app.background import run_background
+from app.digests.delivery import DigestKind
 from app.models import AlertIncident, Delivery, DeliveryKind, Feed
 from tests.factories import cli_env, drain_outbox, run_cli
 from tests.smtp_server import Received, SmtpServer
@@ -143,7 +144,9 @@ async def test_a_bounce_rate_past_the_warning_line_tells_once(
     session: AsyncSession,
     smtp_server: SmtpServer,
     editor_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(DigestKind, "bounce_rate_every", 0.0)  # look after every bounce
     settings = app.state.settings
     settings.alert_emails = "redaction@dzaleu.test"
     settings.default_language = "en"
