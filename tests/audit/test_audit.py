@@ -123,3 +123,17 @@ async def test_cli_commands_are_logged_and_exported(app: FastAPI) -> None:
     assert [r["action"] for r in rows] == ["create_api_key", "revoke_api_key"]
     later = await run_cli(["audit", "export", "--since", "2999-01-01T00:00:00Z"], env)
     assert list(csv.DictReader(io.StringIO(later.stdout))) == []
+
+
+def test_openapi_links_lead_from_an_action_to_its_audit_trail() -> None:
+    paths = create_app().openapi()["paths"]
+    audit = paths["/api/v1/audit"]["get"]
+    for path, status in (("send", "202"), ("pause", "200")):
+        operation = paths[f"/api/v1/digests/{{digest_id}}/{path}"]["post"]
+        link = operation["responses"][status]["links"]["AuditOfDigest"]
+        assert link["operationId"] == audit["operationId"]
+        assert link["parameters"] == {
+            "target_type": "digest",
+            "target_id": "$request.path.digest_id",
+        }
+    assert set(audit["responses"]) >= {"200", "401", "422"}
