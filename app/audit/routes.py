@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, BeforeValidator
 
 from app.audit import service
 from app.deps import EditorDep, OffsetQuery, SessionDep
@@ -16,6 +17,18 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, wrong or revoked API key"}}
 Timestamp = Annotated[datetime, AfterValidator(as_utc)]
+
+
+# RFC 3339 date-time, as the OpenAPI format says: not a number (Unix time), not a bare date.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("an RFC 3339 date-time with its offset, e.g. 2026-11-01T00:00:00Z")
+    return value
 
 
 def _instant(value: datetime | None) -> datetime | None:
@@ -28,7 +41,7 @@ def _instant(value: datetime | None) -> datetime | None:
         raise ValueError("out of range once converted to UTC") from exc
 
 
-Instant = Annotated[datetime | None, AfterValidator(_instant)]
+Instant = Annotated[datetime | None, BeforeValidator(_rfc3339), AfterValidator(_instant)]
 # Printable text: a NUL byte reaches no database (PostgreSQL refuses it), it is a 422.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Filter = Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)]

@@ -90,13 +90,25 @@ async def test_actions_are_logged_with_who_what_and_target(
 
     only = await client.get(
         "/api/v1/audit",
-        params={"target_type": "digest", "target_id": str(digest_id), "limit": 1, "offset": 1},
+        params={
+            "target_type": "digest",
+            "target_id": str(digest_id),
+            "limit": 1,
+            "offset": 1,
+            "since": "2000-01-01T00:00:00Z",
+            "until": "2999-01-01T00:00:00+01:00",
+        },
         headers=editor_headers,
     )
     assert only.json()["total"] == 3
     assert [e["action"] for e in only.json()["items"]] == ["send"]
     assert (await client.get("/api/v1/audit")).status_code == 401
-    for bad in ({"since": "0001-01-01T00:00:00+14:00"}, {"actor": "a\x00b"}):
+    for bad in (
+        {"since": "0001-01-01T00:00:00+14:00"},
+        {"until": "0.5"},
+        {"since": "2026-11-01"},
+        {"actor": "a\x00b"},
+    ):
         refused = await client.get("/api/v1/audit", params=bad, headers=editor_headers)
         assert refused.status_code == 422, (bad, refused.text)
 
