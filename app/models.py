@@ -309,6 +309,8 @@ class AlertIncident(SQLModel, table=True):
     told_at: datetime | None = _ts(default=None)
     webhook_status: str = Field(default=WebhookStatus.none, max_length=16, index=True)
     webhook_attempts: int = 0
+    # Not before: a claim (one worker posts) and, after a failure, the retry's backoff.
+    webhook_next_at: datetime | None = _ts(default=None)
     webhook_error: str | None = Field(default=None, max_length=500)
 
 

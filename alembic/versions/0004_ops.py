@@ -37,6 +37,7 @@ def upgrade() -> None:
         _ts("told_at", nullable=True),
         sa.Column("webhook_status", sa.String(length=16), nullable=False),
         sa.Column("webhook_attempts", sa.Integer(), nullable=False),
+        _ts("webhook_next_at", nullable=True),
         sa.Column("webhook_error", sa.String(length=500), nullable=True),
     )
     op.create_index(op.f("ix_alert_incident_webhook_status"), "alert_incident", ["webhook_status"])

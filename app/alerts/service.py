@@ -80,6 +80,7 @@ async def raise_incident(
             times_opened=AlertIncident.times_opened + 1,
             webhook_status=WebhookStatus.none.value,
             webhook_attempts=0,
+            webhook_next_at=None,
             webhook_error=None,
         )
         .execution_options(synchronize_session=False)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.alerts.messages import alert_text
 from app.alerts.service import tell_pending
 from app.config import Settings
-from app.models import AlertIncident, WebhookStatus
+from app.models import AlertIncident, WebhookStatus, utcnow
 from app.outbound import post_json
 
 log = logging.getLogger("app.alerts")
 
 TELL_EVERY_SECONDS = 2.0
 WEBHOOK_MAX_ATTEMPTS = 5
+WEBHOOK_RETRY_SECONDS = 30.0  # then 60, 120, 240: about 8 minutes in all
+WEBHOOK_HOLD = timedelta(seconds=60)  # longer than a post may take (10 s timeout)
 
 
 def webhook_payload(settings: Settings, incident: AlertIncident) -> dict[str, Any]:
@@ -38,19 +41,27 @@ def webhook_payload(settings: Settings, incident: AlertIncident) -> dict[str, An
 
 
 async def post_webhooks(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """POST each incident whose webhook is due; retried up to WEBHOOK_MAX_ATTEMPTS. The posts
-    made."""
+    """POST each incident whose webhook is due; a failure is retried with backoff, up to
+    WEBHOOK_MAX_ATTEMPTS posts. The posts made."""
     if not settings.alert_webhook_url:
         return 0
+    now = utcnow()
     async with sessionmaker() as session:
         due = (
             await session.exec(
-                select(AlertIncident).where(AlertIncident.webhook_status == WebhookStatus.pending)
+                select(AlertIncident).where(
+                    AlertIncident.webhook_status == WebhookStatus.pending,
+                    or_(
+                        col(AlertIncident.webhook_next_at).is_(None),
+                        col(AlertIncident.webhook_next_at) <= now,
+                    ),
+                )
             )
         ).all()
         claimed: list[AlertIncident] = []
         for incident in due:
-            # Claimed by one UPDATE: of two workers, one posts.
+            # Claimed by one conditional UPDATE that also holds it for WEBHOOK_HOLD: of two
+            # workers, one posts, and nobody else while that post is under way.
             result = await session.execute(
                 sa.update(AlertIncident)
                 .where(
@@ -58,7 +69,10 @@ async def post_webhooks(settings: Settings, sessionmaker: async_sessionmaker[Asy
                     col(AlertIncident.webhook_status) == WebhookStatus.pending,
                     col(AlertIncident.webhook_attempts) == incident.webhook_attempts,
                 )
-                .values(webhook_attempts=incident.webhook_attempts + 1)
+                .values(
+                    webhook_attempts=incident.webhook_attempts + 1,
+                    webhook_next_at=now + WEBHOOK_HOLD,
+                )
                 .execution_options(synchronize_session=False)
             )
             if getattr(result, "rowcount", 0):
@@ -85,11 +99,12 @@ async def post_webhooks(settings: Settings, sessionmaker: async_sessionmaker[Asy
         else:
             state = WebhookStatus.pending
             log.warning("alert webhook failed: %s", error, extra={"incident": incident_id})
+        retry_at = utcnow() + timedelta(seconds=WEBHOOK_RETRY_SECONDS * 2 ** (attempts - 1))
         async with sessionmaker() as session:
             await session.execute(
                 sa.update(AlertIncident)
                 .where(col(AlertIncident.id) == incident_id)
-                .values(webhook_status=state.value, webhook_error=error)
+                .values(webhook_status=state.value, webhook_error=error, webhook_next_at=retry_at)
                 .execution_options(synchronize_session=False)
             )
             await session.commit()

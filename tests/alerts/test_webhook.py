@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.alerts import service as alerts
+from app.alerts import telling
 from app.alerts.telling import tell_once
 from app.models import AlertIncident, WebhookStatus
 
@@ -66,11 +68,15 @@ async def test_the_webhook_gets_one_post_per_incident(
 
 
 async def test_a_webhook_into_the_private_network_is_refused(
-    app: FastAPI, session: AsyncSession, receiver: tuple[str, list[dict[str, object]]]
+    app: FastAPI,
+    session: AsyncSession,
+    receiver: tuple[str, list[dict[str, object]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, received = receiver
     settings = app.state.settings
     settings.alert_webhook_url = url  # loopback, FEED_ALLOW_PRIVATE_NETWORKS off
+    monkeypatch.setattr(telling, "WEBHOOK_RETRY_SECONDS", 0.0)  # no backoff in the test
     await alerts.send_paused(session, digest_id=8, reason="x")
     await session.commit()
     for _ in range(6):
@@ -80,3 +86,22 @@ async def test_a_webhook_into_the_private_network_is_refused(
     assert row.webhook_status == WebhookStatus.failed
     assert row.webhook_attempts == 5
     assert "not allowed" in (row.webhook_error or "")
+
+
+async def test_a_post_under_way_is_not_made_again_by_another_worker(
+    app: FastAPI, session: AsyncSession, receiver: tuple[str, list[dict[str, object]]]
+) -> None:
+    url, received = receiver
+    settings = app.state.settings
+    settings.alert_webhook_url = url
+    settings.feed_allow_private_networks = True
+    await alerts.send_paused(session, digest_id=9, reason="x")
+    await session.commit()
+    await alerts.tell_pending(session, settings=settings)
+    await session.commit()
+    # Two workers at once: one claims and posts, the other finds it held.
+    posted = await asyncio.gather(
+        *(telling.post_webhooks(settings, app.state.sessionmaker) for _ in range(2))
+    )
+    assert sorted(posted) == [0, 1]
+    assert len(received) == 1
