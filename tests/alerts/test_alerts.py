@@ -99,6 +99,56 @@ async def test_a_send_that_pauses_itself_tells_the_editors_once_even_with_two_wo
     assert [(i.key, i.times_opened) for i in incidents] == [(f"send:{digest_id}:paused", 2)]
 
 
+async def test_a_relay_refusing_every_mail_from_pauses_and_one_alert_goes_once_it_is_fixed(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    """The relay refuses our sender (553): the send pauses; the alert waits in the outbox with
+    the rest (that is what ALERT_WEBHOOK_URL is for), and goes out once, when the relay is
+    fixed, though two workers saw the failures."""
+    settings = app.state.settings
+    settings.alert_emails = "redaction@dzaleu.test"
+    settings.send_pause_after_permanent_errors = 3
+    await add_readers(session, app.state.tokens, 30)
+    smtp_server.faults.mail_from = "553 5.7.1 Sender address rejected: not owned by user"
+    digest_id = await start_digest(client, session, editor_headers)
+    stop = asyncio.Event()
+    workers = [
+        asyncio.create_task(
+            run_background(
+                settings, app.state.sessionmaker, app.state.mailer, app.state.tokens, stop
+            )
+        )
+        for _ in range(2)
+    ]
+
+    async def alert_rows() -> int:
+        session.expire_all()
+        rows = await session.exec(select(Delivery).where(Delivery.kind == DeliveryKind.alert))
+        return len(rows.all())
+
+    try:
+        for _ in range(1500):
+            if await alert_rows():
+                break
+            await asyncio.sleep(0.02)
+        assert await digest_status(client, editor_headers, digest_id) == "paused"
+        assert alerts_received(smtp_server) == []
+        smtp_server.faults.mail_from = None  # the relay is fixed
+        await wait_for(lambda: len(alerts_received_by(smtp_server, "redaction@dzaleu.test")) > 0)
+        await asyncio.sleep(3)  # both workers keep going a few rounds
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert len(alerts_received_by(smtp_server, "redaction@dzaleu.test")) == 1
+    assert await alert_rows() == 1
+    # The paused send stayed paused: only the alert went out.
+    assert len(snapshot(smtp_server)) == 1
+
+
 async def test_an_open_condition_raised_again_tells_nobody_again(
     app: FastAPI, session: AsyncSession
 ) -> None:
