@@ -24,7 +24,11 @@ def compose_alert(
     settings: Settings, *, delivery_id: int, to_address: str, incident: AlertIncident
 ) -> tuple[bytes, str]:
     """multipart/alternative (text, then HTML), in DEFAULT_LANGUAGE, with a Message-ID."""
-    params = {**incident.params, "site": settings.site_name, "public_url": settings.public_base}
+    params = {
+        **incident.params,
+        "site": settings.brand_name or "newsletter",
+        "public_url": settings.public_base,
+    }
     subject, text = alert_text(incident.kind, settings.default_language, params)
     html = "".join(f"<p>{escape(p).replace(chr(10), '<br>')}</p>" for p in text.split("\n\n"))
     message_id = message_id_for(settings, delivery_id)

@@ -27,13 +27,17 @@ WEBHOOK_HOLD = timedelta(seconds=60)  # longer than a post may take (10 s timeou
 
 
 def webhook_payload(settings: Settings, incident: AlertIncident) -> dict[str, Any]:
-    params = {**incident.params, "site": settings.site_name, "public_url": settings.public_base}
+    params = {
+        **incident.params,
+        "site": settings.brand_name or "newsletter",
+        "public_url": settings.public_base,
+    }
     subject, text = alert_text(incident.kind, settings.default_language, params)
     return {
         "incident": incident.key,
         "kind": incident.kind,
         "opened_at": incident.opened_at.isoformat(),
-        "site": settings.site_name,
+        "site": settings.brand_name or "newsletter",
         "subject": subject,
         "text": text,
         "params": incident.params,
