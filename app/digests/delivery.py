@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.alerts import service as alerts
-from app.bounces.service import bounce_at_send
+from app.bounces.service import bounce_at_send, soft_bounce_at_send
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, compose_test_copy, digest_template
@@ -117,11 +117,22 @@ class DigestKind(BaseKind):
         return out
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
-        await bounce_at_send(session, subscriber_id=delivery.subscriber_id, reply=reply)
+        await bounce_at_send(
+            session, subscriber_id=delivery.subscriber_id, digest_id=delivery.digest_id, reply=reply
+        )
         if delivery.digest_id is not None and self._bounce_rate_due(delivery.digest_id):
             await alerts.check_bounce_rate(
                 session, settings=self.settings, digest_id=delivery.digest_id
             )
+
+    async def soft_bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
+        await soft_bounce_at_send(
+            session,
+            subscriber_id=delivery.subscriber_id,
+            digest_id=delivery.digest_id,
+            reply=reply,
+            soft_bounce_limit=self.settings.soft_bounce_limit,
+        )
 
     def _bounce_rate_due(self, digest_id: int) -> bool:
         """At most one look at a send's bounce rate per `bounce_rate_every` seconds per worker:
