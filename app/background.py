@@ -1,5 +1,5 @@
 """What a worker process runs besides requests: the sender, the rooms' periodic jobs (feed
-polling, telling alert incidents) and the heartbeat /healthz reads.
+polling, schedules, telling alert incidents) and the heartbeat /healthz reads.
 
 The one place that wires the sender to the delivery kinds and starts the rooms' loops, used by
 `newsletter worker` and by `newsletter serve` (which runs them inside the server unless
@@ -20,6 +20,7 @@ from app.config import Settings
 from app.health import heartbeat_forever
 from app.kinds import delivery_kinds
 from app.mail.transport import Mailer
+from app.schedules.runner import Scheduler
 from app.security import Tokens
 from app.worker.sender import Sender
 
@@ -44,9 +45,10 @@ async def run_background(
     tokens: Tokens,
     stop: asyncio.Event,
 ) -> None:
-    """Send, poll, tell incidents and beat until `stop` is set; each job finishes its work in
-    hand, then returns."""
+    """Send, poll, run the schedules, tell incidents and beat until `stop` is set; each job
+    finishes its work in hand, then returns."""
     sender = make_sender(settings, sessionmaker, mailer, tokens)
+    scheduler = Scheduler(settings, sessionmaker, worker_id=sender.worker_id)
     try:
         async with sessionmaker() as session:
             await alerts.setup_working(session)  # this sender's setup loaded (DKIM included)
@@ -56,6 +58,7 @@ async def run_background(
     await asyncio.gather(
         sender.run(stop),
         poll_feeds_forever(settings, sessionmaker, stop),
+        scheduler.run(stop),
         tell_incidents_forever(settings, sessionmaker, stop),
         heartbeat_forever(sessionmaker, worker_id=sender.worker_id, stop=stop),
     )

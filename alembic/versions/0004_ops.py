@@ -1,7 +1,7 @@
 """Alerts, audit log, worker heartbeats, consecutive feed failures
 
 Revision ID: 0004_ops
-Revises: 0004_adapt
+Revises: 0004_schedules
 Create Date: 2026-11-29 14:00:00.000000
 
 New tables only, plus two nullable or defaulted columns added in place (no table copy on
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_ops"
-down_revision: str | None = "0004_adapt"
+down_revision: str | None = "0004_schedules"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
