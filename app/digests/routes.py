@@ -11,9 +11,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
+from app.audit.deps import Audit, AuditDep
 from app.clicks import service as click_service
 from app.config import Settings
-from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
+from app.deps import (
+    EditorDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+    TokensDep,
+)
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -146,7 +154,7 @@ async def _fresh_digest(
     responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
 )
 async def create_digest(
-    body: DigestCreate, session: SessionDep, settings: SettingsDep, _editor: EditorDep
+    body: DigestCreate, session: SessionDep, settings: SettingsDep, audit: AuditDep
 ) -> DigestPublic:
     """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
     try:
@@ -157,12 +165,12 @@ async def create_digest(
             article_ids=body.article_ids,
             since=body.since,
             max_articles=body.max_articles,
-            archived=body.archive,
         )
     except service.UnknownArticles as exc:
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    audit.on("digest", digest.id)
     return await _public(session, digest, settings=settings)
 
 
@@ -190,8 +198,7 @@ async def list_digests(
 async def get_digest(
     digest_id: IdPath, session: SessionDep, settings: SettingsDep, _editor: EditorDep
 ) -> DigestPublic:
-    """Status, articles, delivery counts (test copies not included), rate, ETA and progress;
-    `numbers`: delivered, bounced, unsubscribed after it, clicks (readers apart from machines)."""
+    """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
     return await _public(session, *await _fresh_digest(session, digest_id), settings=settings)
 
 
@@ -210,7 +217,7 @@ async def update_digest(
     body: DigestUpdate,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    audit: AuditDep,
 ) -> Response | DigestPublic:
     """Edit a draft: subject, intro, articles and their order. Fields left out are unchanged;
     a null subject or intro goes back to the default. After the send: 409, nothing changes."""
@@ -223,6 +230,7 @@ async def update_digest(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -315,7 +323,7 @@ async def send_test(
     body: TestSendIn,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    _audit: AuditDep,
 ) -> TestSendAccepted:
     """Queue a test copy (subject marked [TEST]) to each address, whatever the digest's status."""
     emails = []
@@ -349,7 +357,7 @@ async def send(
     digest_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    audit: AuditDep,
     _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
@@ -358,6 +366,7 @@ async def send(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -373,15 +382,18 @@ CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _control(
     session: AsyncSession,
-    settings: Settings,
+    audit: Audit,
     digest_id: int,
     change: Callable[..., Awaitable[Digest]],
+    *,
+    settings: Settings,
 ) -> Response | DigestPublic:
     try:
         digest = await change(session, digest_id=digest_id)
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestStatusConflict as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -393,12 +405,12 @@ async def pause(
     digest_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    audit: AuditDep,
     _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
-    return await _control(session, settings, digest_id, service.pause_send)
+    return await _control(session, audit, digest_id, service.pause_send, settings=settings)
 
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
@@ -406,11 +418,11 @@ async def resume(
     digest_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    audit: AuditDep,
     _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
-    return await _control(session, settings, digest_id, service.resume_send)
+    return await _control(session, audit, digest_id, service.resume_send, settings=settings)
 
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
@@ -418,11 +430,11 @@ async def cancel(
     digest_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    audit: AuditDep,
     _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
-    return await _control(session, settings, digest_id, service.cancel_send)
+    return await _control(session, audit, digest_id, service.cancel_send, settings=settings)
 
 
 @router.get(
