@@ -165,6 +165,7 @@ async def create_digest(
             article_ids=body.article_ids,
             since=body.since,
             max_articles=body.max_articles,
+            archived=body.archive,
         )
     except service.UnknownArticles as exc:
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
