@@ -222,7 +222,21 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         # One copy of a digest per subscriber, whatever the number of send calls or workers.
         sa.UniqueConstraint("digest_id", "subscriber_id", name="uq_delivery_digest_subscriber"),
-        sa.Index("ix_delivery_claim", "status", "next_attempt_at"),
+        # Claim order, queued rows only: a claim reads the head of this index and stops, never
+        # sorting the queue (app.outbox.queue.claim_batch). Expired leases: the second one.
+        sa.Index(
+            "ix_delivery_queued",
+            "next_attempt_at",
+            "id",
+            postgresql_where=sa.text("status = 'queued'"),
+            sqlite_where=sa.text("status = 'queued'"),
+        ),
+        sa.Index(
+            "ix_delivery_leased",
+            "lease_until",
+            postgresql_where=sa.text("status = 'sending'"),
+            sqlite_where=sa.text("status = 'sending'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -243,6 +257,23 @@ class Delivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=2000)
     created_at: datetime = _ts(default_factory=utcnow)
     sent_at: datetime | None = _ts(default=None)
+
+
+class DigestTally(SQLModel, table=True):
+    """Signed counts of a digest's copies per delivery status, written by database triggers in
+    the transaction of each change (migration 0004_scale): progress sums a few rows, not every
+    delivery. Rows are only ever inserted (two workers never wait on one another); the worker
+    folds old ones together (app.digests.tally). Deleting deliveries leaves them: figures
+    outlive the rows."""
+
+    __tablename__ = "digest_tally"
+    __table_args__ = (sa.Index("ix_digest_tally_digest", "digest_id", "status", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest_id: int = Field(foreign_key="digest.id", ondelete="CASCADE")
+    status: str = Field(max_length=16)
+    n: int
+    created_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- Bounces -----------------------------------------------------------------------------------

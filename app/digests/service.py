@@ -24,6 +24,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.digests.tally import read_tallies
 from app.outbox import queue as outbox
 from app.outbox import signals
 
@@ -241,16 +242,10 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
         col(Subscriber.status) == SubscriberStatus.confirmed,
         col(Subscriber.email).is_not(None),
     )
-    await outbox.enqueue_selected(
+    count = await outbox.enqueue_selected(
         session, kind=DeliveryKind.digest, recipients=recipients, digest_id=digest_id, now=now
     )
-    count = (
-        await session.exec(
-            select(func.count())
-            .select_from(Delivery)
-            .where(Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest)
-        )
-    ).one()
+    await outbox.refresh_statistics(session)
     values: dict[str, object] = {"recipients": count}
     if count == 0:  # nobody to send to: the send is over as soon as it starts
         values.update(status=DigestStatus.sent, sent_at=now)
@@ -458,38 +453,23 @@ async def finish_completed_digests(
 async def digest_progress(
     session: AsyncSession, *, digests: Sequence[Digest], now: datetime | None = None
 ) -> dict[int, DigestProgress]:
-    """Counts per delivery status, rate, ETA and progress of each digest, from one grouped
-    query (test copies do not count). The rate reads `sent_at` over the last minute, so every
-    worker's messages count, whichever process asks."""
+    """Counts per delivery status, rate, ETA and progress of each digest, from its tally
+    (app.digests.tally: a few rows, whatever the size of the send; test copies do not count).
+    The rate is what was recorded sent over the last minute, by every worker."""
     ids = [d.id for d in digests if d.id is not None]
     if not ids:
         return {}
     now = now or utcnow()
     since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
-    rows = (
-        await session.execute(
-            sa.select(
-                col(Delivery.digest_id),
-                col(Delivery.status),
-                func.count(),
-                func.count().filter(col(Delivery.sent_at) >= since),
-            )
-            .where(col(Delivery.digest_id).in_(ids), col(Delivery.kind) == DeliveryKind.digest)
-            .group_by(col(Delivery.digest_id), col(Delivery.status))
-        )
-    ).all()
-    raw: dict[int, dict[str, int]] = {i: {} for i in ids}
-    recent: dict[int, int] = dict.fromkeys(ids, 0)
-    for digest_id, status, count, sent_recently in rows:
-        if status in COUNTED_STATUSES:
-            raw[digest_id][status] = count
-        if status == DeliveryStatus.sent:
-            recent[digest_id] = sent_recently
-    return {
-        d.id: _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
-        for d in digests
-        if d.id is not None
-    }
+    tallies = await read_tallies(session, digest_ids=ids, since=since)
+    progress: dict[int, DigestProgress] = {}
+    for d in digests:
+        if d.id is None:
+            continue
+        tally = tallies[d.id]
+        counts = {s: n for s, n in tally.counts.items() if s in COUNTED_STATUSES}
+        progress[d.id] = _progress(d, DigestCounts(**counts), tally.sent_since, now=now)
+    return progress
 
 
 def _progress(
