@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from app.digests.service import DigestProgress
     from app.models import Digest
+    from app.retention import RetentionResult
     from app.security import Tokens
     from app.subscribers.csvfile import ImportResult, ImportRow
 
@@ -818,6 +819,46 @@ def restore(path: Path = typer.Argument(..., help="A file made by `newsletter ba
     typer.echo(f"restored {outcome.path} (schema {outcome.revision})")
     if outcome.revision != head_revision():
         typer.echo("the backup comes from another version: run `newsletter migrate` now", err=True)
+
+
+retention_cli = typer.Typer(help="Old delivery rows and history (DELIVERY_RETENTION_DAYS).")
+cli.add_typer(retention_cli, name="retention", no_args_is_help=True)
+
+
+async def _retention(settings: Settings, days: int) -> RetentionResult:
+    from app.db import make_engine, make_sessionmaker
+    from app.retention import run_retention
+
+    def progress(what: str, rows: int) -> None:
+        typer.echo(f"  {what}: {rows:,} rows deleted")
+
+    engine = make_engine(settings.database_url)
+    try:
+        return await run_retention(make_sessionmaker(engine), days=days, progress=progress)
+    finally:
+        await engine.dispose()
+
+
+@retention_cli.command("run")
+def retention_run(
+    older_than: int | None = typer.Option(
+        None,
+        "--older-than",
+        min=1,
+        help="Days; default DELIVERY_RETENTION_DAYS.",
+    ),
+) -> None:
+    """Apply the retention now: delivery rows of digests sent (or cancelled) more than DAYS
+    ago and of settled confirmation emails, soft-bounce history entries; small batches, each
+    its own transaction. Digests keep their figures; consent and bounce records stay."""
+    settings = load_settings()
+    days = older_than if older_than is not None else settings.delivery_retention_days
+    typer.echo(f"deleting what is older than {days} days, in batches")
+    result = run_async(_retention(settings, days))
+    typer.echo(
+        f"done: {result.deliveries:,} delivery rows ({result.digests} digests and "
+        f"confirmations), {result.history:,} history entries deleted"
+    )
 
 
 def main() -> None:

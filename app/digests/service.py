@@ -11,6 +11,7 @@ from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import address_key
+from app.digests.tally import read_tallies
 from app.models import (
     Article,
     Delivery,
@@ -19,12 +20,12 @@ from app.models import (
     Digest,
     DigestArticle,
     DigestStatus,
+    DigestTally,
     Subscriber,
     SubscriberStatus,
     as_utc,
     utcnow,
 )
-from app.digests.tally import read_tallies
 from app.outbox import queue as outbox
 from app.outbox import signals
 
@@ -426,14 +427,16 @@ async def finish_completed_digests(
     """Mark `sent` every sending digest (of `digest_ids`, or all) with no delivery left queued
     or sending (one UPDATE); returns how many. Test copies do not count. The worker calls it
     after each batch, and resume; reads never do."""
+    # From the tally, not an EXISTS over `delivery`: near a send's end that scanned every row
+    # already sent, after every batch.
     pending = (
-        select(Delivery.id)
+        sa.select(func.coalesce(func.sum(col(DigestTally.n)), 0))
         .where(
-            col(Delivery.digest_id) == col(Digest.id),
-            col(Delivery.kind) == DeliveryKind.digest,
-            col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
+            col(DigestTally.digest_id) == col(Digest.id),
+            col(DigestTally.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
         )
-        .exists()
+        .scalar_subquery()
+        > 0
     )
     where = [col(Digest.status) == DigestStatus.sending, ~pending]
     if digest_ids is not None:

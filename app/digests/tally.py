@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
@@ -86,7 +87,7 @@ async def fold_tallies(session: AsyncSession, *, before: datetime) -> list[int]:
 
 def _sums(
     source: sa.FromClause, c: sa.ColumnCollection[str, sa.ColumnElement[object]]
-) -> sa.Select[tuple[object, ...]]:
+) -> sa.Select[Any]:
     return (
         sa.select(c.digest_id, c.status, sa.func.sum(c.n), sa.func.max(c.created_at))
         .select_from(source)

@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import SQLModel, col, or_, select
@@ -138,7 +139,7 @@ def claim_statement(
     limit: int,
     lease_seconds: int,
     due: sa.ColumnElement[bool],
-    order_by: Sequence[sa.ColumnElement[object]],
+    order_by: Sequence[Any],
     only: sa.ColumnElement[bool] | None,
     now: datetime,
 ) -> sa.Update:
