@@ -85,9 +85,7 @@ async def fold_tallies(session: AsyncSession, *, before: datetime) -> list[int]:
     return digest_ids
 
 
-def _sums(
-    source: sa.FromClause, c: sa.ColumnCollection[str, sa.ColumnElement[object]]
-) -> sa.Select[Any]:
+def _sums(source: sa.FromClause, c: Any) -> Any:
     return (
         sa.select(c.digest_id, c.status, sa.func.sum(c.n), sa.func.max(c.created_at))
         .select_from(source)
