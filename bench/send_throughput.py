@@ -14,6 +14,7 @@ same runs again with every copy DKIM-signed, and the ratio of the two.
     python bench/send_throughput.py --dkim both         # ... signed RSA-2048 + Ed25519
     python bench/send_throughput.py --subscribers 100000
     python bench/send_throughput.py --memory            # peak RSS at 10k and 100k
+    python bench/send_throughput.py --subscribers 1000000  # queue + send at 100k and 1M
 
 Not a test: it prints figures. Loopback only; every loop is bounded in count and time.
 """
@@ -25,11 +26,14 @@ import asyncio
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -117,6 +121,13 @@ def admin_url(database_url: str) -> str:
 
 async def load_workload(database_url: str, subscribers: int) -> int:
     """The subscribers, 15 articles and a digest queued to everyone; the digest's id."""
+    digest_id, _ = await load_and_queue(database_url, subscribers)
+    return digest_id
+
+
+async def load_and_queue(database_url: str, subscribers: int) -> tuple[int, float]:
+    """As `load_workload`, and the seconds queueing the digest took (create + send: the
+    INSERT ... SELECT of every copy and the statistics refresh), as an editor's send does."""
     engine = make_engine(database_url)
     sessionmaker = make_sessionmaker(engine)
     tokens = Tokens(
@@ -157,14 +168,16 @@ async def load_workload(database_url: str, subscribers: int) -> int:
             )
         async with engine.begin() as conn:
             await conn.execute(sa.insert(Subscriber), rows)
+    started = time.monotonic()
     async with sessionmaker() as session:
         digest = await create_digest(session, max_articles=15)
         assert digest.id is not None
         await send_digest(session, digest_id=digest.id)
         await session.commit()
         digest_id = digest.id
+    queued_in = time.monotonic() - started
     await engine.dispose()
-    return digest_id
+    return digest_id, queued_in
 
 
 async def reset_send(database_url: str, digest_id: int) -> None:
@@ -198,7 +211,7 @@ class Progress:
 
     def decided(self) -> int:
         row = self._conn.execute(
-            "SELECT count(*) FROM delivery WHERE digest_id = %s"
+            "SELECT coalesce(sum(n), 0) FROM digest_tally WHERE digest_id = %s"
             " AND status IN ('sent', 'failed', 'skipped')",
             (self._digest_id,),
         ).fetchone()
@@ -261,8 +274,12 @@ def run_workers(
     workers: int,
     concurrency: int,
     dkim_env: dict[str, str] | None = None,
+    *,
+    reset: bool = True,
+    on_poll: Callable[[], None] | None = None,
 ) -> Run:
-    asyncio.run(reset_send(database_url, digest_id))
+    if reset:
+        asyncio.run(reset_send(database_url, digest_id))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SEND_", "DKIM_"))},
         "DATABASE_URL": database_url,
@@ -294,6 +311,8 @@ def run_workers(
     try:
         while time.monotonic() - started < TIME_LIMIT:
             time.sleep(0.5)
+            if on_poll is not None:
+                on_poll()
             peak = max([peak, *(peak_rss_mb(p.pid) for p in processes)])
             decided = progress.decided()
             if decided > done:
@@ -407,6 +426,12 @@ def main() -> None:
     )
     parser.add_argument("--memory", action="store_true", help="peak RSS at 10,000 and 100,000")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="queue + send with 2 workers at 100,000 and at --subscribers, first/last 10%% "
+        "rates, progress reads (the default at 1,000,000)",
+    )
+    parser.add_argument(
         "--dkim",
         nargs="?",
         const="rsa",
@@ -422,6 +447,8 @@ def main() -> None:
     try:
         if args.memory:
             memory(args, sink)
+        elif args.subscribers >= 1_000_000 or args.scale:
+            scale(args, sink)
         else:
             throughput(args, sink)
     finally:
@@ -497,6 +524,195 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
 
 
 DKIM_LABELS = {"rsa": "RSA-2048", "both": "RSA-2048 + Ed25519"}
+
+
+# --- Scale: 100,000 and 1,000,000 readers in one run (issue 11) ------------------------------
+
+
+def worker_env(database_url: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SEND_", "DKIM_"))}
+    return {
+        **keep,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": SECRET,
+        "MAIL_FROM": MAIL_FROM,
+        "PUBLIC_URL": "https://www.dzaleu.com/newsletter",
+        "LOG_LEVEL": "WARNING",
+        "APP_ENV": "development",
+    }
+
+
+@dataclass
+class ApiPoller:
+    """`newsletter serve --no-worker` on a free port, and GET /api/v1/digests/{id} timed every
+    POLL_EVERY seconds while the workers send: what an editor's screen or `digests status
+    --follow` costs, measured from outside."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    headers: dict[str, str]
+    timings: list[float] = field(default_factory=list)
+    last: float = 0.0
+
+    POLL_EVERY = 2.0
+
+    @classmethod
+    def start(cls, database_url: str, digest_id: int) -> ApiPoller:
+        import httpx
+
+        env = worker_env(database_url)
+        newsletter = str(Path(sys.executable).parent / "newsletter")
+        made = subprocess.run(
+            [newsletter, "create-api-key", f"bench-{uuid.uuid4().hex[:6]}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = made.stdout.strip().splitlines()[-1].strip()
+        port = free_port()
+        process = subprocess.Popen(
+            [newsletter, "serve", "--no-worker", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        poller = cls(
+            process,
+            f"http://127.0.0.1:{port}/api/v1/digests/{digest_id}",
+            {"Authorization": f"Bearer {key}"},
+        )
+        for _ in range(200):
+            try:
+                if httpx.get(poller.url, headers=poller.headers, timeout=2).status_code == 200:
+                    return poller
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        poller.stop()
+        raise RuntimeError("newsletter serve did not answer")
+
+    def poll(self) -> None:
+        import httpx
+
+        if time.monotonic() - self.last < self.POLL_EVERY:
+            return
+        self.last = time.monotonic()
+        started = time.perf_counter()
+        response = httpx.get(self.url, headers=self.headers, timeout=10)
+        self.timings.append(time.perf_counter() - started)
+        response.raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class ScaleRun:
+    readers: int
+    size: int
+    queue_seconds: float
+    run: Run
+    first_rate: float
+    last_rate: float
+    get_ms: list[float]
+
+    @property
+    def total_seconds(self) -> float:
+        return self.queue_seconds + self.run.seconds
+
+
+def tenth_rates(database_url: str, digest_id: int, readers: int) -> tuple[float, float]:
+    """Messages/s over the first and over the last 10% of the send, from the recorded times."""
+    with psycopg.connect(admin_url(database_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[2] - (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[1]),"
+            " extract(epoch FROM (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[4] - (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[3])"
+            " FROM delivery WHERE digest_id = %s AND status = 'sent'",
+            (digest_id,),
+        ).fetchone()
+    assert row is not None
+    tenth = readers / 10
+    return tenth / max(float(row[0]), 1e-3), tenth / max(float(row[1]), 1e-3)
+
+
+def scale_run(args: argparse.Namespace, sink: Sink, readers: int) -> ScaleRun:
+    with scratch_database(args.database_url) as database_url:
+        log(f"scale: loading {readers:,} subscribers, then queueing a digest to all")
+        digest_id, queued_in = asyncio.run(load_and_queue(database_url, readers))
+        log(f"scale: queued {readers:,} copies in {queued_in:.1f} s")
+        size = message_size(database_url, digest_id)
+        poller = ApiPoller.start(database_url, digest_id)
+        try:
+            run = run_workers(
+                database_url,
+                digest_id,
+                readers,
+                sink,
+                2,
+                args.concurrency,
+                reset=False,
+                on_poll=poller.poll,
+            )
+        finally:
+            poller.stop()
+        first, last = tenth_rates(database_url, digest_id, readers)
+        log(
+            f"scale: {readers:,} sent in {run.seconds:.1f} s ({run.rate:,.0f} msg/s; first 10% "
+            f"{first:,.0f}, last 10% {last:,.0f}), peak RSS {run.peak_rss_mb:.0f} MB"
+        )
+        return ScaleRun(readers, size, queued_in, run, first, last, poller.timings)
+
+
+def scale(args: argparse.Namespace, sink: Sink) -> None:
+    sizes = sorted({100_000, args.subscribers})
+    runs = [scale_run(args, sink, readers) for readers in sizes]
+    size = runs[-1].size
+    anchors = []
+    for _ in range(3):  # it swings 2-3x from run to run here: the median of three
+        anchors.append(run_smtp_source(sink, min(args.subscribers, 100_000), size).rate)
+        log(f"smtp-source: {anchors[-1]:,.0f} msg/s")
+    anchor = statistics.median(anchors)
+    print()
+    print(
+        f"scale: one digest queued and sent by 2 workers (c={args.concurrency}) to smtp-sink, "
+        f"copies of {size / 1024:.1f} KiB"
+    )
+    print("queue: create + send (INSERT ... SELECT, ANALYZE); send: worker start to last copy;")
+    print("first/last 10%: msg/s between recorded sends; GET: /api/v1/digests/{id} while sending")
+    print(
+        f"{'readers':>10}{'queue s':>9}{'send s':>8}{'total s':>9}{'msg/s':>8}"
+        f"{'first10%':>10}{'last10%':>9}{'last/first':>11}{'peak RSS':>10}"
+        f"{'GET p50':>9}{'GET max':>9}"
+    )
+    for r in runs:
+        get_ms = sorted(t * 1000 for t in r.get_ms) or [0.0]
+        print(
+            f"{r.readers:>10,}{r.queue_seconds:>9.1f}{r.run.seconds:>8.1f}"
+            f"{r.total_seconds:>9.1f}{r.run.rate:>8,.0f}{r.first_rate:>10,.0f}"
+            f"{r.last_rate:>9,.0f}{r.last_rate / r.first_rate:>11.2f}"
+            f"{r.run.peak_rss_mb:>8.0f}MB{statistics.median(get_ms):>7.1f}ms"
+            f"{get_ms[-1]:>7.1f}ms"
+        )
+    big = runs[-1]
+    print(
+        f"smtp-source -d -s 8 (median of {', '.join(f'{a:,.0f}' for a in anchors)}): "
+        f"{anchor:,.0f} msg/s; 2 workers at {big.readers:,}: {big.run.rate / anchor:.2f} of it"
+    )
+    checks = [
+        (f"queue + send under 600 s at {big.readers:,}", big.total_seconds < 600),
+        ("last 10% within 20% of the first 10%", big.last_rate >= 0.8 * big.first_rate),
+        ("GET progress under 50 ms (max)", max(big.get_ms, default=0) < 0.050),
+        ("worker peak RSS under 150 MB", big.run.peak_rss_mb < 150),
+        ("2 workers >= 0.35 x smtp-source", big.run.rate >= 0.35 * anchor),
+    ]
+    for label, ok in checks:
+        print(f"target: {label} -> {'meets' if ok else 'misses'}")
 
 
 def dkim_keys(directory: Path, kind: str) -> dict[str, str]:
