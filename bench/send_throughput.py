@@ -670,7 +670,7 @@ def scale_run(args: argparse.Namespace, sink: Sink, readers: int) -> ScaleRun:
 
 
 def scale(args: argparse.Namespace, sink: Sink) -> None:
-    sizes = sorted({100_000, args.subscribers})
+    sizes = sorted({min(100_000, args.subscribers), args.subscribers})
     runs = [scale_run(args, sink, readers) for readers in sizes]
     size = runs[-1].size
     anchors = []
