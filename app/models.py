@@ -104,6 +104,18 @@ class SubscriberBase(SQLModel):
 
 
 class Subscriber(SubscriberBase, table=True):
+    # Look-ups at a million rows: newest first, of all or of one status; a name's prefix in any
+    # case (`lower(name) LIKE 'abc%'`; PostgreSQL needs text_pattern_ops for LIKE on an index).
+    __table_args__ = (
+        sa.Index("ix_subscriber_newest", "created_at", "id"),
+        sa.Index("ix_subscriber_status_newest", "status", "created_at", "id"),
+        sa.Index(
+            "ix_subscriber_name_prefix",
+            sa.func.lower(sa.text("name")).label("name_lower"),
+            postgresql_ops={"name_lower": "text_pattern_ops"},
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     # The normalised (lower-cased) address; NULL once erased. email_hash (keyed HMAC of the
     # normalised address) is what uniqueness and suppression rely on, so it survives erasure.

@@ -119,13 +119,15 @@ def admin_url(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(False)
 
 
-async def load_workload(database_url: str, subscribers: int) -> int:
+async def load_workload(database_url: str, subscribers: int, articles: int = 15) -> int:
     """The subscribers, 15 articles and a digest queued to everyone; the digest's id."""
-    digest_id, _ = await load_and_queue(database_url, subscribers)
+    digest_id, _ = await load_and_queue(database_url, subscribers, articles)
     return digest_id
 
 
-async def load_and_queue(database_url: str, subscribers: int) -> tuple[int, float]:
+async def load_and_queue(
+    database_url: str, subscribers: int, articles: int = 15
+) -> tuple[int, float]:
     """As `load_workload`, and the seconds queueing the digest took (create + send: the
     INSERT ... SELECT of every copy and the statistics refresh), as an editor's send does."""
     engine = make_engine(database_url)
@@ -170,7 +172,7 @@ async def load_and_queue(database_url: str, subscribers: int) -> tuple[int, floa
             await conn.execute(sa.insert(Subscriber), rows)
     started = time.monotonic()
     async with sessionmaker() as session:
-        digest = await create_digest(session, max_articles=15)
+        digest = await create_digest(session, max_articles=articles)
         assert digest.id is not None
         await send_digest(session, digest_id=digest.id)
         await session.commit()
@@ -426,6 +428,14 @@ def main() -> None:
     )
     parser.add_argument("--memory", action="store_true", help="peak RSS at 10,000 and 100,000")
     parser.add_argument(
+        "--articles",
+        type=int,
+        default=15,
+        choices=range(1, 16),
+        metavar="1-15",
+        help="articles in the digest (15: 26.5 KiB copies; 4: about 8.8 KB)",
+    )
+    parser.add_argument(
         "--scale",
         action="store_true",
         help="queue + send with 2 workers at 100,000 and at --subscribers, first/last 10%% "
@@ -644,7 +654,7 @@ def tenth_rates(database_url: str, digest_id: int, readers: int) -> tuple[float,
 def scale_run(args: argparse.Namespace, sink: Sink, readers: int) -> ScaleRun:
     with scratch_database(args.database_url) as database_url:
         log(f"scale: loading {readers:,} subscribers, then queueing a digest to all")
-        digest_id, queued_in = asyncio.run(load_and_queue(database_url, readers))
+        digest_id, queued_in = asyncio.run(load_and_queue(database_url, readers, args.articles))
         log(f"scale: queued {readers:,} copies in {queued_in:.1f} s")
         size = message_size(database_url, digest_id)
         poller = ApiPoller.start(database_url, digest_id)

@@ -10,6 +10,9 @@ replace it: queued rows in claim order `(next_attempt_at, id)`, so a claim reads
 of the index and stops; and rows being sent by `lease_until`, so expired leases are found by a
 small query of their own.
 
+Subscribers: indexes for the look-ups of the API and the desk at a million rows (newest first,
+of all or of one status; name prefix, case-insensitive; by address is the unique email_hash).
+
 Tallies: `digest_tally` holds signed counts of a digest's copies per status, written by
 triggers in the transaction that changes a row (INSERT or a status UPDATE on `delivery`), so
 progress is a sum over a few rows instead of a GROUP BY over every delivery. Triggers insert
@@ -109,6 +112,15 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'sending'"),
         sqlite_where=sa.text("status = 'sending'"),
     )
+    # Subscriber look-ups at a million rows: newest first (all, or of one status), name prefix.
+    op.create_index("ix_subscriber_newest", "subscriber", ["created_at", "id"])
+    op.create_index("ix_subscriber_status_newest", "subscriber", ["status", "created_at", "id"])
+    if dialect == "postgresql":
+        op.execute(
+            "CREATE INDEX ix_subscriber_name_prefix ON subscriber (lower(name) text_pattern_ops)"
+        )
+    else:
+        op.execute("CREATE INDEX ix_subscriber_name_prefix ON subscriber (lower(name))")
     op.create_table(
         "digest_tally",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -149,6 +161,9 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS digest_tally_changes()")
     op.drop_index("ix_digest_tally_digest", table_name="digest_tally")
     op.drop_table("digest_tally")
+    op.execute("DROP INDEX ix_subscriber_name_prefix")
+    op.drop_index("ix_subscriber_status_newest", table_name="subscriber")
+    op.drop_index("ix_subscriber_newest", table_name="subscriber")
     op.drop_index("ix_delivery_leased", table_name="delivery")
     op.drop_index("ix_delivery_queued", table_name="delivery")
     op.create_index("ix_delivery_claim", "delivery", ["status", "next_attempt_at"])

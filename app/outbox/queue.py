@@ -250,16 +250,26 @@ def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
 
 
 async def set_message_ids(session: AsyncSession, *, pairs: Sequence[tuple[int, str]]) -> None:
-    """Store each claimed delivery's stable Message-ID (one executemany per batch), so a bounce
-    or a resend can be matched to its delivery."""
+    """Store each claimed delivery's stable Message-ID, so a bounce or a resend can be matched
+    to its delivery. PostgreSQL: one UPDATE ... FROM (VALUES ...) per batch, not a statement a
+    row (each statement runs the tally trigger once); SQLite (which names no VALUES columns):
+    one executemany, whose row trigger ignores a change of message_id."""
     if not pairs:
         return
     table = _delivery_table()  # Core: not the ORM bulk-by-primary-key path
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        await session.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("delivery_id"))
+            .values(message_id=sa.bindparam("mid")),
+            [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+        )
+        return
+    given = sa.values(
+        sa.column("delivery_id", sa.Integer), sa.column("mid", sa.String), name="given"
+    ).data(list(pairs))
     await session.execute(
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("delivery_id"))
-        .values(message_id=sa.bindparam("mid")),
-        [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+        sa.update(table).where(table.c.id == given.c.delivery_id).values(message_id=given.c.mid)
     )
 
 
