@@ -3,6 +3,7 @@ deliveries at every step, survive folding, and outlive the delivery rows."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.background import housekeep_forever
 from app.digests.tally import fold_tallies
 from app.models import Delivery, DeliveryKind, DigestTally, utcnow
 from tests.digests.test_digest_control import control, read, sending_digest
@@ -77,3 +79,37 @@ async def test_figures_follow_each_change_survive_folding_and_outlive_the_rows(
     after = await read(client, digest_id, editor_headers)
     assert shown(after) == shown(before)
     assert after["progress"] == before["progress"]
+
+
+async def test_the_worker_folds_tallies_older_than_the_rate_window(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+) -> None:
+    app.state.settings.send_batch_size = 2
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=5)
+    for _ in range(3):
+        await send_one_batch(app)
+    before = shown(await read(client, digest_id, editor_headers))
+    rows = (
+        select(sa.func.count()).select_from(DigestTally).where(DigestTally.digest_id == digest_id)
+    )
+    many = (await session.exec(rows)).one()
+    assert many > len(STATUSES)
+    # As if those changes were two minutes old: past the rate window, so the worker folds them.
+    await session.execute(sa.update(DigestTally).values(created_at=utcnow() - timedelta(minutes=2)))
+    await session.commit()
+
+    stop = asyncio.Event()
+    housekeeping = asyncio.create_task(
+        housekeep_forever(app.state.settings, app.state.sessionmaker, stop)
+    )
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if (await session.exec(rows)).one() < many:
+            break
+    stop.set()
+    await asyncio.wait_for(housekeeping, timeout=5)
+    assert (await session.exec(rows)).one() <= len(STATUSES)
+    assert shown(await read(client, digest_id, editor_headers)) == before
