@@ -1,7 +1,7 @@
 """A send whose cost does not grow with the queue: index-ordered claim, per-digest tallies
 
 Revision ID: 0004_scale
-Revises: 0004_schedules
+Revises: 0004_ops
 Create Date: 2026-11-29 13:45:00.000000
 
 Claim: `ix_delivery_claim (status, next_attempt_at)` made PostgreSQL read every queued row and
@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_scale"
-down_revision: str | None = "0004_schedules"
+down_revision: str | None = "0004_ops"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
