@@ -1,7 +1,7 @@
 """archive and clicks: digest.archived, click_count, click_seen
 
 Revision ID: 0004_archive
-Revises: 0004_ops
+Revises: 0004_scale
 Create Date: 2026-11-29 13:45:00.000000
 
 `digest.archived` (true for every existing digest: the archive shows what was sent) lets an editor
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_archive"
-down_revision: str | None = "0004_ops"
+down_revision: str | None = "0004_scale"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
