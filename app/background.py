@@ -91,13 +91,14 @@ async def housekeep_forever(
             if loop.time() >= next_retention:
                 next_retention = loop.time() + RETENTION_INTERVAL
                 result = await run_retention(sessionmaker, days=settings.delivery_retention_days)
-                if result.deliveries or result.history:
+                if result.deliveries or result.history or result.click_tags:
                     log.info(
                         "retention: %d delivery rows of %d digests and confirmations, "
-                        "%d history entries deleted",
+                        "%d history entries, %d counted-click tags deleted",
                         result.deliveries,
                         result.digests,
                         result.history,
+                        result.click_tags,
                     )
         except Exception:
             log.warning("housekeeping failed; trying again later", exc_info=True)

@@ -1092,7 +1092,8 @@ def retention_run(
     ),
 ) -> None:
     """Apply the retention now: delivery rows of digests sent (or cancelled) more than DAYS
-    ago and of settled confirmation emails, soft-bounce history entries; small batches, each
+    ago and of settled confirmation emails, soft-bounce and click history entries, counted-click
+    tags of those digests; small batches, each
     its own transaction. Digests keep their figures; consent and bounce records stay."""
     settings = load_settings()
     days = older_than if older_than is not None else settings.delivery_retention_days
@@ -1100,7 +1101,8 @@ def retention_run(
     result = run_async(_retention(settings, days))
     typer.echo(
         f"done: {result.deliveries:,} delivery rows ({result.digests} digests and "
-        f"confirmations), {result.history:,} history entries deleted"
+        f"confirmations), {result.history:,} history entries, "
+        f"{result.click_tags:,} counted-click tags deleted"
     )
 
 

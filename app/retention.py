@@ -6,7 +6,10 @@ What goes, after DELIVERY_RETENTION_DAYS:
 - the delivery rows of a digest sent (or cancelled) that long ago, test copies included; its
   figures stay (`digest_tally` outlives the rows, so the API shows the same numbers after);
 - confirmation emails' delivery rows created that long ago, once settled;
-- `soft_bounce` entries of subscribers' histories (a soft bounce changes nothing by itself).
+- `soft_bounce` entries of subscribers' histories (a soft bounce changes nothing by itself) and
+  `clicked` entries (TRACK_CLICKS=per_reader: a reader's clicks, kept that long in their record);
+- the keyed tags of clicks already counted (`click_seen`) of digests finished that long ago: the
+  counts stay; a reader who clicks an issue that old again may count as a new unique reader.
 What stays: subscribers and their consent record (when, from where, how), every status change
 of their history, bounce events (`bounce_event`), digests and their figures. Erasure is apart
 (app.subscribers: it removes personal data at once, whatever the age).
@@ -24,6 +27,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import (
+    ClickSeen,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -36,6 +40,8 @@ from app.models import (
 BATCH_ROWS = 5_000  # rows a batch deletes: a few tens of milliseconds of locks
 RETENTION_INTERVAL = 3600.0  # seconds between the worker's runs
 _UNSETTLED = (DeliveryStatus.queued, DeliveryStatus.sending)
+# History entries that say nothing about consent or status, kept only DELIVERY_RETENTION_DAYS.
+_PASSING_EVENTS = (SubscriberEventType.soft_bounce, SubscriberEventType.clicked)
 
 
 @dataclass
@@ -43,6 +49,7 @@ class RetentionResult:
     deliveries: int = 0
     history: int = 0
     digests: int = 0
+    click_tags: int = 0
 
 
 def cutoff(days: int, *, now: datetime | None = None) -> datetime:
@@ -97,13 +104,14 @@ async def delete_confirmation_deliveries(
     return await _delete_some(session, where, limit)
 
 
-async def delete_soft_bounce_history(
+async def delete_passing_history(
     session: AsyncSession, *, before: datetime, limit: int = BATCH_ROWS
 ) -> int:
+    """One batch of old soft-bounce and click entries of subscribers' histories."""
     some = (
         select(SubscriberEvent.id)
         .where(
-            col(SubscriberEvent.event) == SubscriberEventType.soft_bounce,
+            col(SubscriberEvent.event).in_(_PASSING_EVENTS),
             col(SubscriberEvent.created_at) < before,
         )
         .limit(limit)
@@ -112,6 +120,30 @@ async def delete_soft_bounce_history(
     result = await session.execute(
         sa.delete(SubscriberEvent)
         .where(col(SubscriberEvent.id).in_(some))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def digests_with_old_click_tags(session: AsyncSession, *, before: datetime) -> list[int]:
+    finished_at = sa.func.coalesce(col(Digest.sent_at), col(Digest.cancelled_at))
+    has_tags = select(ClickSeen.tag).where(col(ClickSeen.digest_id) == col(Digest.id)).exists()
+    rows = await session.exec(
+        select(Digest.id).where(finished_at < before, has_tags).order_by(col(Digest.id))
+    )
+    return [digest_id for digest_id in rows.all() if digest_id is not None]
+
+
+async def delete_click_tags(
+    session: AsyncSession, *, digest_id: int, limit: int = BATCH_ROWS
+) -> int:
+    """One batch of a digest's counted-click tags (its figures in `click_count` stay)."""
+    some = (
+        select(ClickSeen.tag).where(col(ClickSeen.digest_id) == digest_id).limit(limit)
+    ).scalar_subquery()
+    result = await session.execute(
+        sa.delete(ClickSeen)
+        .where(col(ClickSeen.digest_id) == digest_id, col(ClickSeen.tag).in_(some))
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -155,8 +187,17 @@ async def run_retention(
         return await delete_confirmation_deliveries(session, before=before, limit=limit)
 
     async def history(session: AsyncSession) -> int:
-        return await delete_soft_bounce_history(session, before=before, limit=limit)
+        return await delete_passing_history(session, before=before, limit=limit)
 
     result.deliveries += await batches("confirmations", confirmations)
-    result.history += await batches("soft-bounce history", history)
+    result.history += await batches("soft-bounce and click history", history)
+
+    async with sessionmaker() as session:
+        tagged = await digests_with_old_click_tags(session, before=before)
+    for digest_id in tagged:
+
+        async def tags_of(session: AsyncSession, digest_id: int = digest_id) -> int:
+            return await delete_click_tags(session, digest_id=digest_id, limit=limit)
+
+        result.click_tags += await batches(f"click tags of digest {digest_id}", tags_of)
     return result

@@ -18,6 +18,8 @@ from app.config import Settings
 from app.models import (
     BounceEvent,
     BounceType,
+    ClickCount,
+    ClickSeen,
     Delivery,
     Digest,
     Subscriber,
@@ -71,6 +73,16 @@ async def test_retention_run_deletes_old_rows_and_keeps_figures_consent_and_boun
     await apply_bounce(
         session, subscriber=reader, type=BounceType.hard, reason="550 gone", source="api"
     )
+    # TRACK_CLICKS=per_reader kept a click in the reader's history; the tag that makes it count
+    # once, and the figure it went into.
+    assert reader.id is not None
+    session.add(
+        SubscriberEvent(
+            subscriber_id=reader.id, event=SubscriberEventType.clicked, detail="digest link 1"
+        )
+    )
+    session.add(ClickSeen(digest_id=digest_id, tag="a" * 32))
+    session.add(ClickCount(digest_id=digest_id, position=1, clicks=1, unique_clicks=1))
     await session.commit()
     await session.refresh(reader)
     consent = (reader.id, reader.confirmed_at, reader.consent_at)
@@ -81,6 +93,7 @@ async def test_retention_run_deletes_old_rows_and_keeps_figures_consent_and_boun
     recent = await queue_confirmations(session, app.state.tokens, 1, prefix="recent")
     history = await _history(session)
     assert history[SubscriberEventType.soft_bounce] == 1
+    assert history[SubscriberEventType.clicked] == 1
     bounces = await _count(session, BounceEvent)
     env = cli_env(settings)
 
@@ -93,7 +106,10 @@ async def test_retention_run_deletes_old_rows_and_keeps_figures_consent_and_boun
     done = await run_cli(["retention", "run"], env)  # DELIVERY_RETENTION_DAYS: 90
     assert done.exit_code == 0, done.output
     assert "older than 90 days" in done.output
-    assert "done: 4 delivery rows (1 digests and confirmations), 1 history entries" in done.output
+    assert (
+        "done: 4 delivery rows (1 digests and confirmations), 2 history entries, "
+        "1 counted-click tags deleted" in done.output
+    )
     session.expire_all()
     left = (await session.exec(select(Delivery))).all()
     assert [d.subscriber_id for d in left] == recent  # the recent confirmation only
@@ -101,8 +117,13 @@ async def test_retention_run_deletes_old_rows_and_keeps_figures_consent_and_boun
     after = await read(client, digest_id, editor_headers)
     assert {k: after[k] for k in FIGURES} == {k: figures[k] for k in FIGURES}
     assert await _count(session, BounceEvent) == bounces
+    assert await _count(session, ClickSeen) == 0
+    clicks = await session.get(ClickCount, (digest_id, 1))
+    assert clicks is not None
+    assert (clicks.clicks, clicks.unique_clicks) == (1, 1)  # the figure stays
     expected = history.copy()
     del expected[SubscriberEventType.soft_bounce]
+    del expected[SubscriberEventType.clicked]
     assert await _history(session) == expected  # every status change stays
     assert await _count(session, Subscriber) == 3 + 1 + 1
     session.expire_all()
