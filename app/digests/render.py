@@ -98,8 +98,13 @@ def intro_html(text: str, language: str, settings: Settings) -> Markup:
                 skipping = max(0, skipping - 1)
             out.append(part)
         else:
-            out.append(part if skipping else typography.french(part))
+            # On the text, not its escapes: a space before the `;` of `&amp;` breaks it.
+            out.append(part if skipping else _french_escaped(part))
     return Markup("".join(out))
+
+
+def _french_escaped(escaped: str) -> str:
+    return html.escape(typography.french(html.unescape(escaped)), quote=False)
 
 
 def _linkify(paragraph: str) -> str:

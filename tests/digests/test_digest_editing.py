@@ -283,3 +283,36 @@ async def test_an_edit_after_a_test_copy_reaches_the_next_copies_and_the_send(
     [copy] = smtp_server.messages_to("amelie@example.org")
     assert copy["Subject"] == "Après"
     assert "Nouvelle intro" in html_part(copy)
+
+
+async def test_french_typography_leaves_the_intros_escaped_characters_whole(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+    smtp_server: SmtpServer,
+) -> None:
+    """An intro's & < > are escaped before the French spacing: a narrow space went inside
+    `&amp;` (before its `;`) and readers saw "Tom &; Jerry" and "Prix <; 5"."""
+    first = await post_article(client, editor_headers, 31)
+    created = await client.post(
+        "/api/v1/digests",
+        json={
+            "article_ids": [first],
+            "intro": {
+                "fr": "Tom & Jerry sont là. Prix < 5 € et > 3 € : fin",
+                "en": "<p>R&amp;D &amp; co</p>",
+            },
+        },
+        headers=editor_headers,
+    )
+    assert created.status_code == 201, created.text
+    await make_subscriber(session, app.state.tokens, email="amelie@example.org", name="Amélie")
+    sent = await client.post(f"/api/v1/digests/{created.json()['id']}/send", headers=editor_headers)
+    assert sent.status_code == 202
+    await drain_outbox(app)
+    [fr] = smtp_server.messages_to("amelie@example.org")
+    html = html_part(fr)
+    assert f"Tom &amp; Jerry sont là. Prix &lt; 5 € et &gt; 3 €{NNBSP}: fin" in html
+    assert f"&amp;{NNBSP};" not in html
+    assert f"&lt;{NNBSP};" not in html
