@@ -766,9 +766,16 @@ def _format_eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _custom_subject(digest: Digest) -> str | None:
+    """The editor's subject: one for every language, else the first of the per-language ones
+    (`{"fr": ..., "en": ...}`); None when every reader gets the dated default."""
+    return digest.subject or next(iter((digest.subject_translations or {}).values()), None)
+
+
 def _status_lines(digest: Digest, progress: DigestProgress) -> list[str]:
     counts = progress.counts
-    subject = f" {digest.subject!r}" if digest.subject else ""
+    custom = _custom_subject(digest)
+    subject = f" {custom!r}" if custom else ""
     lines = [
         f"digest {digest.id}{subject}: {digest.status}",
         f"recipients {digest.recipients}: queued {counts.queued}, sending {counts.sending}, "
@@ -964,7 +971,7 @@ def digests_list(
             str(counts.skipped),
             str(counts.queued + counts.sending),
             f"{progress.progress:.0%}",
-            digest.subject or "(default)",
+            _custom_subject(digest) or "(default)",
         )
     Console().print(table)
 

@@ -316,6 +316,36 @@ async def test_cli_status_and_list(
     assert missing.stderr.strip() == "error: no digest 999"
 
 
+async def test_cli_shows_a_subject_given_per_language(
+    client: httpx.AsyncClient, settings: Settings, editor_headers: dict[str, str]
+) -> None:
+    """`{"fr": ..., "en": ...}` subjects were listed as "(default)" and left out of `status`."""
+    created = await client.post(
+        "/api/v1/articles",
+        json={"title": "Article", "url": "https://www.dzaleu.com/a/"},
+        headers=editor_headers,
+    )
+    assert created.status_code == 201, created.text
+    digest = await client.post(
+        "/api/v1/digests",
+        json={
+            "article_ids": [created.json()["id"]],
+            "subject": {"fr": "Édition spéciale", "en": "Special"},
+        },
+        headers=editor_headers,
+    )
+    assert digest.status_code == 201, digest.text
+    digest_id = digest.json()["id"]
+
+    listed = await run_cli(["digests", "list"], cli_env(settings, COLUMNS="200"))
+    assert listed.exit_code == 0, listed.output
+    assert "Édition spéciale" in listed.stdout
+    assert "(default)" not in listed.stdout
+    status = await run_cli(["digests", "status", str(digest_id)], cli_env(settings))
+    assert status.exit_code == 0, status.output
+    assert f"digest {digest_id} 'Édition spéciale': draft" in status.stdout
+
+
 async def test_cli_follow_stops_when_sent_or_paused(
     app: FastAPI,
     client: httpx.AsyncClient,
