@@ -25,7 +25,7 @@ from app.digests.links import SLUG_LANGUAGE, archive_url, direct_values
 from app.mail import personalize
 from app.mail.personalize import link_field
 from app.mail.render import RenderedEmail, brand_context, language_or_default, render_email
-from app.models import Digest, DigestArticle, as_utc
+from app.models import Cadence, Digest, DigestArticle, as_utc
 from app.security import Tokens
 
 TITLE_MAX_CHARS = 300
@@ -62,6 +62,8 @@ def digest_subject(digest: Digest, articles: Sequence[DigestArticle], language: 
     if custom:
         return custom
     date = format_date(digest_date(digest, articles), language)
+    if digest.cadence == Cadence.daily:  # a daily schedule's digest is not "the week's"
+        return i18n.translate(language, "The day’s articles – %(date)s", date=date)
     return i18n.translate(language, "This week’s articles – %(date)s", date=date)
 
 

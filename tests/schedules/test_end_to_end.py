@@ -179,6 +179,13 @@ async def test_readers_receive_exactly_the_digests_and_articles_they_chose(
         assert len(david) == 4
         assert [len(d) for d in david] == [1, 1, 1, 2]
         assert has(david[3], GENEVA, RUSSIA)
+        # A daily schedule's default subject is the day's, not the week's.
+        subjects = {
+            name: [str(m["Subject"]) for m in smtp_server.messages_to(f"{name}@example.org")]
+            for name in ("alice", "david")
+        }
+        assert subjects["david"][-1] == "Les articles du 30\u00a0décembre\u00a02021"
+        assert subjects["alice"][-1] == "Les articles de la semaine du 30\u00a0décembre\u00a02021"
         assert inbox("eve") == []  # daily now, and nothing about sport this week
         assert inbox("frank") == []  # never confirmed
         assert len(smtp_server.messages_to("frank@example.org")) == 1  # the confirmation email
