@@ -15,7 +15,7 @@ from typing import Any
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import AuditEvent
+from app.models import AuditEvent, as_utc
 
 EXPORT_FIELDS = (
     "id",
@@ -140,7 +140,7 @@ async def export_lines(
             return
         for event in page:
             row = {f: getattr(event, f) for f in EXPORT_FIELDS}
-            row["created_at"] = event.created_at.isoformat()
+            row["created_at"] = as_utc(event.created_at).isoformat()
             if fmt == "csv":
                 buffer = io.StringIO()
                 csv.writer(buffer).writerow(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -128,6 +129,8 @@ async def test_cli_commands_are_logged_and_exported(app: FastAPI) -> None:
         ("revoke_api_key", "cli", "desk"),
     ]
     assert all(e["actor"].startswith("cli:") for e in events)
+    # UTC said on every backend: SQLite gave "2026-11-29T15:10:02.702712", a time without a zone.
+    assert all(datetime.fromisoformat(e["created_at"]).utcoffset() == timedelta(0) for e in events)
 
     as_csv = await run_cli(["audit", "export", "--since", "2000-01-01T00:00:00Z"], env)
     assert as_csv.exit_code == 0, as_csv.output
