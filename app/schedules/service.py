@@ -429,6 +429,7 @@ async def articles_for_run(
             newest >= since,
             newest <= run.started_at,
             col(Article.id).not_in(sent_by_schedule),
+            col(Article.hidden_at).is_(None),  # hidden: offered to no new digest
         )
         .order_by(newest.desc(), col(Article.id).desc())
         .limit(CANDIDATES)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.articles import service as articles
 from app.db import make_engine, make_sessionmaker
 from app.keys import load_hashing_key
 from app.main import create_app
@@ -161,6 +162,30 @@ async def test_categories_and_max_articles(app: FastAPI, session: AsyncSession) 
     digest = await session.get(Digest, run.digest_id)
     assert digest is not None
     assert digest.cadence == "weekly"
+
+
+async def test_a_hidden_article_is_offered_to_no_scheduled_digest(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    """Hidden means "offered to no new digest": a schedule's digest took it all the same."""
+    clock = Clock(datetime(2026, 11, 23, 12, tzinfo=UTC))
+    await new_schedule(session, now=clock.now)
+    await make_article(session, title="Kept", published_at=clock.now + timedelta(hours=1))
+    hidden = await make_article(
+        session, title="Hidden", published_at=clock.now + timedelta(hours=2)
+    )
+    assert hidden.id is not None
+    await articles.set_hidden(session, article_id=hidden.id, hidden=True)
+    await session.commit()
+    clock.now = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    [run] = await scheduler(app, clock).run_due()
+    assert run.outcome == "sent"
+    titles = (
+        await session.exec(
+            select(DigestArticle.title).where(DigestArticle.digest_id == run.digest_id)
+        )
+    ).all()
+    assert titles == ["Kept"]
 
 
 async def test_two_workers_racing_on_a_due_slot_send_one_digest(
