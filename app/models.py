@@ -151,6 +151,30 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = _ts(default=None)
 
 
+class Editor(SQLModel, table=True):
+    """A person who signs in to the desk (`newsletter editors add`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    # Argon2 (pwdlib): the hash carries its own salt and parameters.
+    password_hash: str = Field(max_length=500)
+    is_admin: bool = False
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class EditorSession(SQLModel, table=True):
+    """A signed-in browser. Stored server-side so removing an editor or resetting a password
+    ends it at once; the cookie holds a random token whose SHA-256 is the key here."""
+
+    __tablename__ = "editor_session"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    editor_id: int = Field(foreign_key="editor.id", index=True, ondelete="CASCADE")
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = _ts(default_factory=utcnow)
+    last_seen_at: datetime = _ts(default_factory=utcnow)
+
+
 # --- Articles and digests ----------------------------------------------------------------------
 
 

@@ -1,0 +1,52 @@
+"""editor, editor_session: the desk's accounts and server-side sessions
+
+Revision ID: 0004_desk
+Revises: 0003_hashing_key
+Create Date: 2026-11-29 14:00:00.000000
+
+Sessions live in the database (not in a signed cookie) so that removing an editor or resetting a
+password ends every browser they are signed in on: the cascade deletes them.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0004_desk"
+down_revision: str | None = "0003_hashing_key"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "editor",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("password_hash", sa.String(length=500), nullable=False),
+        sa.Column("is_admin", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("email"),
+    )
+    op.create_table(
+        "editor_session",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("editor_id", sa.Integer(), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["editor_id"], ["editor.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("token_hash"),
+    )
+    op.create_index(
+        op.f("ix_editor_session_editor_id"), "editor_session", ["editor_id"], unique=False
+    )
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_editor_session_editor_id"), table_name="editor_session")
+    op.drop_table("editor_session")
+    op.drop_table("editor")
