@@ -18,6 +18,7 @@ from app.background import run_background
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
+from app.desk import routes as desk_routes
 from app.digests import routes as digest_routes
 from app.http import (
     BodySizeLimit,
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.state.signup_limiter = RateLimiter(
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )
+    app.state.desk_login_limiter = RateLimiter(
+        settings.rate_limit_desk_login, settings.rate_limit_storage_uri
+    )
 
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
     app.include_router(monitoring.router)
+    desk_routes.install(app)
     openapi.install(app)
     openapi.install_docs(app)
     app.mount(

@@ -110,10 +110,11 @@ class Subscriber(SubscriberBase, table=True):
     email: str | None = Field(default=None, max_length=320)
     email_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
     status: str = Field(default=SubscriberStatus.pending, max_length=16, index=True)
-    created_at: datetime = _ts(default_factory=utcnow)
+    # Indexed for the desk: the newest-first list and the signups / unsubscribes per day.
+    created_at: datetime = _ts(default_factory=utcnow, index=True)
     updated_at: datetime = _ts(default_factory=utcnow)
     confirmed_at: datetime | None = _ts(default=None)
-    unsubscribed_at: datetime | None = _ts(default=None)
+    unsubscribed_at: datetime | None = _ts(default=None, index=True)
     bounced_at: datetime | None = _ts(default=None)
     erased_at: datetime | None = _ts(default=None)
     # Consent record: when, from where, how, in which language.

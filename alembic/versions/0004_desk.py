@@ -1,4 +1,4 @@
-"""editor, editor_session: the desk's accounts and server-side sessions
+"""editor, editor_session: the desk's accounts and server-side sessions; subscriber indexes
 
 Revision ID: 0004_desk
 Revises: 0003_hashing_key
@@ -44,9 +44,16 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_editor_session_editor_id"), "editor_session", ["editor_id"], unique=False
     )
+    # The desk's subscriber list (newest first) and its signups / unsubscribes per day.
+    op.create_index(op.f("ix_subscriber_created_at"), "subscriber", ["created_at"], unique=False)
+    op.create_index(
+        op.f("ix_subscriber_unsubscribed_at"), "subscriber", ["unsubscribed_at"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_subscriber_unsubscribed_at"), table_name="subscriber")
+    op.drop_index(op.f("ix_subscriber_created_at"), table_name="subscriber")
     op.drop_index(op.f("ix_editor_session_editor_id"), table_name="editor_session")
     op.drop_table("editor_session")
     op.drop_table("editor")

@@ -82,9 +82,7 @@ async def list_editors(session: AsyncSession) -> list[Editor]:
 
 
 async def end_sessions(session: AsyncSession, *, editor_id: int) -> None:
-    await session.execute(
-        sa.delete(EditorSession).where(col(EditorSession.editor_id) == editor_id)
-    )
+    await session.execute(sa.delete(EditorSession).where(col(EditorSession.editor_id) == editor_id))
 
 
 async def remove_editor(session: AsyncSession, *, email: str) -> Editor | None:

@@ -1,0 +1,300 @@
+"""The desk over HTTP: sign-in, sessions, CSRF, admin-only screens, and every screen answering
+over the same services as the API. The browser's whole day is in test_desk_browser.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.articles import service as articles
+from app.desk import accounts
+from app.models import Delivery, DigestStatus, Subscriber, SubscriberStatus
+from tests.factories import make_subscriber
+
+SAMPLE = Path(__file__).parents[1] / "data" / "wordpress-feed-fr.xml"
+PASSWORD = "correct horse battery staple"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def add_editor(
+    session: AsyncSession, email: str = "ana@example.org", *, admin: bool = False
+) -> None:
+    await accounts.add_editor(session, email=email, password=PASSWORD, is_admin=admin)
+    await session.commit()
+
+
+async def sign_in(
+    client: httpx.AsyncClient, email: str = "ana@example.org", password: str = PASSWORD
+) -> httpx.Response:
+    form = await client.get("/desk/login")
+    token = CSRF.search(form.text)
+    assert token is not None
+    return await client.post(
+        "/desk/login", data={"email": email, "password": password, "csrf_token": token[1]}
+    )
+
+
+async def csrf_of(client: httpx.AsyncClient, path: str = "/desk") -> str:
+    page = await client.get(path)
+    assert page.status_code == 200, page.text
+    token = CSRF.search(page.text)
+    assert token is not None
+    return token[1]
+
+
+async def test_sign_in_sets_a_safe_cookie_and_opens_the_desk(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    assert (await client.get("/desk")).headers["location"] == "/desk/login"
+    answer = await sign_in(client, email="ANA@example.org")
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"]
+    assert "desk_session=" in cookie
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/desk" in cookie
+    assert "Secure" not in cookie  # PUBLIC_URL is http:// in the tests
+    page = await client.get("/desk")
+    assert page.status_code == 200
+    assert "ana@example.org" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+async def test_unknown_account_and_wrong_password_get_the_same_answer(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    wrong = await sign_in(client, password="not the right one at all")
+    unknown = await sign_in(client, email="nobody@example.org")
+    assert wrong.status_code == unknown.status_code == 401
+    assert "desk_session=" not in wrong.headers.get("set-cookie", "")
+
+    def message(r: httpx.Response) -> str:
+        return re.sub(r'value="[^"]*"', "", r.text)
+
+    assert message(wrong) == message(unknown)
+
+
+async def test_sign_in_attempts_are_limited_per_account(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    answers = [
+        (await sign_in(client, password=f"wrong password {n}")).status_code for n in range(6)
+    ]
+    assert answers[:5] == [401] * 5
+    assert answers[5] == 429
+    # Even the right password waits now: the limit is on the account, not on failures.
+    assert (await sign_in(client)).status_code == 429
+
+
+async def test_a_form_without_its_csrf_token_is_refused(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    await sign_in(client)
+    assert (await client.post("/desk/logout")).status_code == 403
+    assert (await client.post("/desk/logout", data={"csrf_token": "forged"})).status_code == 403
+    # The login form has its own token (a cookie and a field that must match).
+    login = await client.post(
+        "/desk/login", data={"email": "ana@example.org", "password": PASSWORD}
+    )
+    assert login.status_code == 403
+    token = await csrf_of(client)
+    assert (await client.post("/desk/logout", data={"csrf_token": token})).status_code == 303
+    assert (await client.get("/desk")).status_code == 303
+
+
+async def test_removing_an_editor_or_resetting_a_password_ends_their_sessions(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    await add_editor(session)
+    await add_editor(session, "ben@example.org")
+    await sign_in(client)
+    other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    async with other:
+        await sign_in(other, "ben@example.org")
+        assert (await client.get("/desk")).status_code == 200
+        await accounts.reset_password(session, email="ana@example.org", password="x" * 12)
+        await accounts.remove_editor(session, email="ben@example.org")
+        await session.commit()
+        assert (await client.get("/desk")).status_code == 303
+        assert (await other.get("/desk/subscribers")).status_code == 303
+
+
+async def test_idle_sessions_end(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    from datetime import timedelta
+
+    from app.models import EditorSession, utcnow
+
+    await add_editor(session)
+    await sign_in(client)
+    row = (await session.exec(select(EditorSession))).one()
+    row.last_seen_at = utcnow() - timedelta(minutes=61)
+    session.add(row)
+    await session.commit()
+    assert (await client.get("/desk")).status_code == 303
+
+
+async def test_only_admins_manage_api_keys(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    await sign_in(client)
+    assert (await client.get("/desk/keys")).status_code == 403
+    token = await csrf_of(client)
+    assert (
+        await client.post("/desk/keys", data={"csrf_token": token, "name": "x"})
+    ).status_code == 403
+
+
+async def test_an_admin_creates_a_key_shown_once_and_revokes_it(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session, admin=True)
+    await sign_in(client)
+    token = await csrf_of(client, "/desk/keys")
+    created = await client.post("/desk/keys", data={"csrf_token": token, "name": "site"})
+    key = re.search(r'<code id="new-key" class="value">([^<]+)</code>', created.text)
+    assert key is not None
+    api = await client.get("/api/v1/digests", headers={"Authorization": f"Bearer {key[1]}"})
+    assert api.status_code == 200
+    listing = await client.get("/desk/keys")
+    assert key[1] not in listing.text
+    revoke = re.search(r'action="(/desk/keys/\d+/revoke)"', listing.text)
+    assert revoke is not None
+    assert (await client.post(revoke[1], data={"csrf_token": token})).status_code == 303
+    api = await client.get("/api/v1/digests", headers={"Authorization": f"Bearer {key[1]}"})
+    assert api.status_code == 401
+
+
+async def test_compose_preview_test_send_and_control_a_digest(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    await add_editor(session)
+    tokens = app.state.tokens
+    for n in range(3):
+        await make_subscriber(session, tokens, email=f"reader{n}@example.org")
+    await articles.import_feed_document(session, data=SAMPLE.read_bytes())
+    await session.commit()
+    await sign_in(client)
+    compose = await client.get("/desk/compose")
+    ids = re.findall(r'name="article" value="(\d+)"', compose.text)
+    assert len(ids) >= 2
+    token = CSRF.search(compose.text)
+    assert token is not None
+    # The second article first: the order numbers decide.
+    created = await client.post(
+        "/desk/compose",
+        data={
+            "csrf_token": token[1],
+            "article": [ids[0], ids[1]],
+            f"order_{ids[0]}": "2",
+            f"order_{ids[1]}": "1",
+            "subject": "Notre sélection",
+        },
+    )
+    assert created.status_code == 303
+    digest_url = created.headers["location"]
+    page = await client.get(digest_url)
+    assert "3 readers" in page.text or "3 lecteurs" in page.text
+    first, second = re.findall(r'<li><a href="([^"]+)" rel', page.text)[:2]
+    assert first != second
+    preview = await client.get(f"{digest_url}/preview?lang=en")
+    assert preview.status_code == 200
+    assert "frame-ancestors 'self'" in preview.headers["content-security-policy"]
+    assert preview.headers["x-frame-options"] == "SAMEORIGIN"
+    await client.post(f"{digest_url}/test", data={"csrf_token": token[1], "language": "en"})
+    tests = (await session.exec(select(Delivery).where(Delivery.kind == "test"))).all()
+    assert [d.to_address for d in tests] == ["ana@example.org"]
+    # Sending needs the confirmation ticked.
+    refused = await client.post(f"{digest_url}/send", data={"csrf_token": token[1]})
+    assert refused.status_code == 422
+    sent = await client.post(f"{digest_url}/send", data={"csrf_token": token[1], "confirm": "yes"})
+    assert sent.status_code == 303
+    progress = (await client.get(f"{digest_url}/progress")).json()
+    assert progress["status"] == DigestStatus.sending
+    assert progress["recipients"] == 3
+    await client.post(f"{digest_url}/pause", data={"csrf_token": token[1]})
+    assert (await client.get(f"{digest_url}/progress")).json()["status"] == "paused"
+    await client.post(f"{digest_url}/resume", data={"csrf_token": token[1]})
+    assert (await client.get(f"{digest_url}/progress")).json()["status"] == "sending"
+    again = await client.post(f"{digest_url}/send", data={"csrf_token": token[1], "confirm": "yes"})
+    assert again.status_code == 409
+
+
+async def test_find_unsubscribe_and_erase_a_reader(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    await add_editor(session)
+    reader = await make_subscriber(session, app.state.tokens, email="zoe@example.org", name="Zoé")
+    await make_subscriber(session, app.state.tokens, email="max@example.org")
+    await sign_in(client)
+    found = await client.get("/desk/subscribers", params={"q": "zoé"})
+    assert "zoe@example.org" in found.text and "max@example.org" not in found.text
+    record = await client.get(f"/desk/subscribers/{reader.id}")
+    assert record.status_code == 200
+    token = CSRF.search(record.text)
+    assert token is not None
+    await client.post(f"/desk/subscribers/{reader.id}/unsubscribe", data={"csrf_token": token[1]})
+    await session.refresh(reader)
+    assert reader.status == SubscriberStatus.unsubscribed
+    erased = await client.post(
+        f"/desk/subscribers/{reader.id}/erase", data={"csrf_token": token[1], "confirm": "yes"}
+    )
+    assert erased.status_code == 303
+    await session.refresh(reader)
+    assert reader.email is None and reader.erased_at is not None
+    assert (await client.get(f"/desk/subscribers/{reader.id}")).status_code == 404
+
+
+async def test_csv_import_reports_line_numbers_and_export_streams(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    await sign_in(client)
+    token = await csrf_of(client, "/desk/subscribers")
+    body = "email,name\nann@example.org,Ann\nnot-an-address,X\nbob@example.org,Bob\n"
+    answer = await client.post(
+        "/desk/subscribers/import",
+        data={"csrf_token": token, "confirmed": "yes"},
+        files={"file": ("readers.csv", body.encode(), "text/csv")},
+    )
+    assert answer.status_code == 200
+    assert re.search(r"(line|ligne) 3", answer.text)
+    rows = (await session.exec(select(Subscriber))).all()
+    assert sorted(s.email or "" for s in rows) == ["ann@example.org", "bob@example.org"]
+    export = await client.get("/desk/subscribers/export")
+    assert export.headers["content-type"].startswith("text/csv")
+    assert "ann@example.org" in export.text and "bob@example.org" in export.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/desk", "/desk/articles", "/desk/compose", "/desk/digests", "/desk/subscribers",
+             "/desk/bounces", "/desk/settings"],
+)  # fmt: skip
+async def test_every_screen_answers_in_both_languages(
+    client: httpx.AsyncClient, session: AsyncSession, path: str
+) -> None:
+    await add_editor(session)
+    await sign_in(client)
+    for lang, word in (("fr", "Abonnés"), ("en", "Subscribers")):
+        page = await client.get(path, params={"lang": lang})
+        assert page.status_code == 200
+        assert f'<html lang="{lang}">' in page.text
+        assert word in page.text
+
+
+async def test_settings_mask_secrets(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    from tests.conftest import SECRET
+
+    await add_editor(session)
+    await sign_in(client)
+    page = await client.get("/desk/settings")
+    assert "SECRET_KEY" in page.text and SECRET not in page.text
