@@ -57,7 +57,9 @@ async def test_sign_in_sets_a_safe_cookie_and_opens_the_desk(
     assert answer.status_code == 303
     cookie = answer.headers["set-cookie"]
     assert "desk_session=" in cookie
-    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/desk" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Path=/desk" in cookie
     assert "Secure" not in cookie  # PUBLIC_URL is http:// in the tests
     page = await client.get("/desk")
     assert page.status_code == 200
@@ -237,7 +239,8 @@ async def test_find_unsubscribe_and_erase_a_reader(
     await make_subscriber(session, app.state.tokens, email="max@example.org")
     await sign_in(client)
     found = await client.get("/desk/subscribers", params={"q": "zoé"})
-    assert "zoe@example.org" in found.text and "max@example.org" not in found.text
+    assert "zoe@example.org" in found.text
+    assert "max@example.org" not in found.text
     record = await client.get(f"/desk/subscribers/{reader.id}")
     assert record.status_code == 200
     token = CSRF.search(record.text)
@@ -250,7 +253,8 @@ async def test_find_unsubscribe_and_erase_a_reader(
     )
     assert erased.status_code == 303
     await session.refresh(reader)
-    assert reader.email is None and reader.erased_at is not None
+    assert reader.email is None
+    assert reader.erased_at is not None
     assert (await client.get(f"/desk/subscribers/{reader.id}")).status_code == 404
 
 
@@ -272,7 +276,8 @@ async def test_csv_import_reports_line_numbers_and_export_streams(
     assert sorted(s.email or "" for s in rows) == ["ann@example.org", "bob@example.org"]
     export = await client.get("/desk/subscribers/export")
     assert export.headers["content-type"].startswith("text/csv")
-    assert "ann@example.org" in export.text and "bob@example.org" in export.text
+    assert "ann@example.org" in export.text
+    assert "bob@example.org" in export.text
 
 
 @pytest.mark.parametrize(
@@ -297,4 +302,5 @@ async def test_settings_mask_secrets(client: httpx.AsyncClient, session: AsyncSe
     await add_editor(session)
     await sign_in(client)
     page = await client.get("/desk/settings")
-    assert "SECRET_KEY" in page.text and SECRET not in page.text
+    assert "SECRET_KEY" in page.text
+    assert SECRET not in page.text
