@@ -189,8 +189,8 @@ async def login(
     if editor is None:
         # The same answer whether the address is unknown or the password wrong.
         return page(
-            request, "login.html", signed=None, status_code=401, login_csrf=expected,
-            error=True, email=email,
+            request, "login.html", signed=None, login_csrf=expected,
+            login_error=True, email=email,
         )  # fmt: skip
     token = await accounts.start_session(session, editor=editor)
     response = redirect("/desk")
@@ -570,14 +570,16 @@ async def subscribers_list(
     session: SessionDep,
     signed: SignedInDep,
     q: Annotated[str | None, Query(max_length=320)] = None,
-    status: SubscriberStatus | None = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
     offset: Offset = 0,
 ) -> HTMLResponse:
+    # The filter form sends `status=` for "all statuses".
+    chosen = SubscriberStatus(status) if status in set(SubscriberStatus) else None
     message = DESK_STRINGS[desk_language(request)]["erased_done"] if request.query_params.get(
         "erased"
     ) else None  # fmt: skip
     return await _subscribers_page(
-        request, session, signed, q=q, status=status, offset=offset, message=message
+        request, session, signed, q=q, status=chosen, offset=offset, message=message
     )
 
 

@@ -19,20 +19,18 @@ function watchProgress(section) {
     } catch (error) {
       return;
     }
+    if (data.status !== initial) {
+      // Other buttons apply now (resume instead of pause): show the page as it stands.
+      window.location.reload();
+      return;
+    }
     bar.value = data.progress;
     bar.textContent = Math.round(data.progress * 100) + " %";
     let text = d.sentLabel + " : " + number.format(data.sent) + " · " + d.failedLabel + " : " + number.format(data.failed);
     if (data.rate_per_second) text += " · " + d.rateLabel + " : " + number.format(Math.round(data.rate_per_second * 10) / 10) + " / s";
     if (data.eta_seconds) text += " · " + d.etaLabel + " : " + number.format(Math.round(data.eta_seconds)) + " s";
     figures.textContent = text;
-    statusCell.textContent = d["st" + data.status.charAt(0).toUpperCase() + data.status.slice(1)] || data.status;
-    statusCell.dataset.status = data.status;
-    if (data.status !== initial) {
-      // Other buttons apply now (resume instead of pause): show them.
-      window.location.reload();
-      return;
-    }
-    if (data.status === "sending" || data.status === "paused") window.setTimeout(tick, 1000);
+    window.setTimeout(tick, 1000);
   }
   if (initial === "sending" || initial === "paused") window.setTimeout(tick, 1000);
 }
