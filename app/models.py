@@ -104,6 +104,17 @@ class SubscriberBase(SQLModel):
 
 
 class Subscriber(SubscriberBase, table=True):
+    # The desk's counts of listed (not erased) subscribers, all or per status, read from this
+    # small index alone: no visit to a million rows.
+    __table_args__ = (
+        sa.Index(
+            "ix_subscriber_listed_status",
+            "status",
+            postgresql_where=sa.text("erased_at IS NULL"),
+            sqlite_where=sa.text("erased_at IS NULL"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     # The normalised (lower-cased) address; NULL once erased. email_hash (keyed HMAC of the
     # normalised address) is what uniqueness and suppression rely on, so it survives erasure.
@@ -284,7 +295,7 @@ class BounceEvent(SQLModel, table=True):
     # Returned mail only: the report's Message-ID or SHA-256 (app.bounces.reports.report_id);
     # unique, so that reading the same mailbox again never applies a report twice.
     report_id: str | None = Field(default=None, max_length=200, unique=True, index=True)
-    created_at: datetime = _ts(default_factory=utcnow)
+    created_at: datetime = _ts(default_factory=utcnow, index=True)  # the desk's log, newest first
 
 
 # --- Keys --------------------------------------------------------------------------------------

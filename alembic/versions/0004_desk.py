@@ -52,6 +52,17 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_subscriber_unsubscribed_at"), "subscriber", ["unsubscribed_at"], unique=False
     )
+    op.create_index(
+        "ix_subscriber_listed_status",
+        "subscriber",
+        ["status"],
+        unique=False,
+        postgresql_where=sa.text("erased_at IS NULL"),
+        sqlite_where=sa.text("erased_at IS NULL"),
+    )
+    op.create_index(
+        op.f("ix_bounce_event_created_at"), "bounce_event", ["created_at"], unique=False
+    )
     connection = op.get_bind()
     if connection.dialect.name == "postgresql" and _has_trigrams(connection):
         # "Address or name contains": trigram indexes answer LIKE '%part%' without reading a
@@ -76,6 +87,8 @@ def _has_trigrams(connection: sa.Connection) -> bool:
 def downgrade() -> None:
     op.execute("DROP INDEX IF EXISTS ix_subscriber_email_trgm")
     op.execute("DROP INDEX IF EXISTS ix_subscriber_name_trgm")
+    op.drop_index(op.f("ix_bounce_event_created_at"), table_name="bounce_event")
+    op.drop_index("ix_subscriber_listed_status", table_name="subscriber")
     op.drop_index(op.f("ix_subscriber_unsubscribed_at"), table_name="subscriber")
     op.drop_index(op.f("ix_subscriber_created_at"), table_name="subscriber")
     op.drop_index(op.f("ix_editor_session_editor_id"), table_name="editor_session")

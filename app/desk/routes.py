@@ -218,9 +218,6 @@ async def overview(
     request: Request, session: SessionDep, settings: SettingsDep, signed: SignedInDep
 ) -> HTMLResponse:
     rows, _ = await digests.list_digests_with_progress(session, limit=5, offset=0)
-    bounced = await desk.bounces_by_digest(
-        session, digest_ids=[d.id for d, _ in rows if d.id is not None]
-    )
     days = await desk.signups_per_day(session)
     peak = max([1, *(max(d.signups, d.unsubscribes) for d in days)])
     return page(
@@ -231,7 +228,6 @@ async def overview(
         days=days,
         peak=peak,
         digests=rows,
-        bounced=bounced,
         problems=await desk.problems(session, settings=settings),
     )
 

@@ -4,7 +4,6 @@ services (digests, subscribers, articles, keys)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -86,23 +85,6 @@ async def signups_per_day(session: AsyncSession, *, today: date | None = None) -
     unsubscribes = await _per_day(session, col(Subscriber.unsubscribed_at), since)
     days = [first + timedelta(days=n) for n in range(CHART_DAYS)]
     return [DayCounts(d, signups.get(d, 0), unsubscribes.get(d, 0)) for d in days]
-
-
-async def bounces_by_digest(session: AsyncSession, *, digest_ids: Sequence[int]) -> dict[int, int]:
-    """Copies of each digest that failed for good (hard bounces at send time)."""
-    if not digest_ids:
-        return {}
-    rows = (
-        await session.exec(
-            select(Delivery.digest_id, func.count())
-            .where(
-                col(Delivery.digest_id).in_(digest_ids),
-                col(Delivery.status) == DeliveryStatus.failed,
-            )
-            .group_by(col(Delivery.digest_id))
-        )
-    ).all()
-    return {int(d): int(n) for d, n in rows if d is not None}
 
 
 async def problems(session: AsyncSession, *, settings: Settings) -> list[Problem]:
