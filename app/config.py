@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,7 +33,20 @@ class Settings(BaseSettings):
     # can be replaced without breaking the links already in readers' mailboxes.
     secret_key_fallbacks: str = ""
     public_url: str = "http://127.0.0.1:8000"
-    site_name: str = "Newsletter"
+    # The newsroom's name, in the masthead, subjects and pages; unset: the host of SITE_URL
+    # ("dzaleu.com"), else wording without a name ("notre newsletter"), never "Newsletter".
+    site_name: str = ""
+
+    # Brand and languages
+    site_url: str | None = None  # the news site: the masthead links there
+    brand_logo_url: str | None = None  # https image for the masthead (on white, dark mode too)
+    brand_color: str = "#9b1c1c"  # links and buttons: needs 4.5:1 contrast against white
+    default_language: str = "fr"  # pages and emails when the reader has not chosen
+    # Pick a page's language from the browser's Accept-Language (Babel's negotiation) when the
+    # reader has not chosen; off, a French site's readers get French whatever their browser.
+    language_from_browser: bool = False
+    # French spacing and quotes on feed titles, summaries and intros (app/typography.py).
+    french_typography: bool = True
     # Origins of the news site allowed to post the signup form / JSON cross-origin and to frame
     # the signup form; comma-separated.
     site_origins: str = ""
@@ -125,9 +140,20 @@ class Settings(BaseSettings):
                     "SECRET_KEY_FALLBACKS holds the default SECRET_KEY: remove it (anyone can "
                     "sign links with it)"
                 )
+        _check_brand(self)
         if self.feed_url and not self.feed_url.lower().startswith(("http://", "https://")):
             raise ValueError("FEED_URL must be an http:// or https:// URL")
         return self
+
+    @property
+    def brand_name(self) -> str:
+        """SITE_NAME, else the news site's host without "www.", else "" (no name to show)."""
+        if self.site_name.strip():
+            return self.site_name.strip()
+        if self.site_url:
+            host = urlsplit(self.site_url).hostname or ""
+            return host.removeprefix("www.")
+        return ""
 
     @property
     def public_base(self) -> str:
@@ -144,6 +170,45 @@ class Settings(BaseSettings):
     @property
     def uses_smtp(self) -> bool:
         return bool(self.smtp_host)
+
+
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+MIN_CONTRAST = 4.5  # WCAG 2 AA for body text
+
+
+def contrast_ratio(foreground: str, background: str = "#ffffff") -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours (1 to 21)."""
+
+    def luminance(color: str) -> float:
+        channels = [int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _check_brand(settings: Settings) -> None:
+    from app import i18n  # the catalogs decide which languages exist
+
+    if not _HEX_COLOR.fullmatch(settings.brand_color):
+        raise ValueError(f"BRAND_COLOR must be a colour like #9b1c1c, not {settings.brand_color!r}")
+    ratio = contrast_ratio(settings.brand_color)
+    if ratio < MIN_CONTRAST:
+        raise ValueError(
+            f"BRAND_COLOR {settings.brand_color} has a contrast of {ratio:.2f}:1 against white; "
+            f"links and buttons need at least {MIN_CONTRAST}:1 to be readable: choose a darker "
+            "colour"
+        )
+    for name in ("site_url", "brand_logo_url"):
+        value = getattr(settings, name)
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{name.upper()} must be an http:// or https:// URL")
+    if not i18n.is_available(settings.default_language):
+        raise ValueError(
+            f"DEFAULT_LANGUAGE {settings.default_language!r} has no catalog; available: "
+            + ", ".join(i18n.available_languages())
+        )
 
 
 @lru_cache

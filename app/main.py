@@ -27,13 +27,13 @@ from app.http import (
     ScopedCORS,
     SecurityHeaders,
 )
+from app.i18n import translate
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
 from app.subscribers import routes as subscriber_routes
 from app.subscriptions import routes as subscription_routes
-from app.web.i18n import STRINGS, request_language
-from app.web.templates import render_page
+from app.web.templates import render_page, request_language
 
 log = logging.getLogger("app")
 
@@ -115,14 +115,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
                 {"detail": "too many requests, retry later"}, status_code=429, headers=headers
             )
         lang = request_language(request)
-        t = STRINGS[lang]
         response = render_page(
             request,
             "message.html",
             lang=lang,
             status_code=429,
-            title=t["rate_limited_title"],
-            body=t["rate_limited_body"],
+            title=translate(lang, "Too many requests"),
+            body=translate(lang, "Please try again in a few minutes."),
         )
         response.headers.update(headers)
         return response

@@ -200,6 +200,9 @@ class Article(SQLModel, table=True):
     author: str | None = Field(default=None, max_length=300)
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     image_url: str | None = Field(default=None, max_length=2000)
+    image_alt: str | None = Field(default=None, max_length=500)
+    # Hidden: kept for the digests that hold it, offered to no new digest.
+    hidden_at: datetime | None = _ts(default=None)
     published_at: datetime | None = _ts(default=None, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
@@ -218,7 +221,11 @@ class Feed(SQLModel, table=True):
 
 class Digest(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    subject: str | None = Field(default=None, max_length=300)
+    subject: str | None = Field(default=None, max_length=300)  # every language
+    # Per language ({"fr": ..., "en": ...}): a language here wins over `subject`.
+    subject_translations: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
+    # The editor's introduction: {"*": text} for every language, or per language.
+    intro: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
     status: str = Field(default=DigestStatus.draft, max_length=16, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
     send_started_at: datetime | None = _ts(default=None)
@@ -246,6 +253,7 @@ class DigestArticle(SQLModel, table=True):
     author: str | None = Field(default=None, max_length=300)
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     image_url: str | None = Field(default=None, max_length=2000)
+    image_alt: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = _ts(default=None)
 
 

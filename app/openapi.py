@@ -65,6 +65,7 @@ DIGEST = "/api/v1/digests/{digest_id}"
 _DIGEST_ID = {"digest_id": "$response.body#/id"}
 _DIGEST_LINKS = {
     "GetDigest": ("get", DIGEST, _DIGEST_ID),
+    "EditDigest": ("patch", DIGEST, _DIGEST_ID),
     "PreviewDigest": ("get", f"{DIGEST}/preview", _DIGEST_ID),
     "TestDigest": ("post", f"{DIGEST}/test", _DIGEST_ID),
     "SendDigest": ("post", f"{DIGEST}/send", _DIGEST_ID),
@@ -72,8 +73,11 @@ _DIGEST_LINKS = {
     "ResumeDigest": ("post", f"{DIGEST}/resume", _DIGEST_ID),
     "CancelDigest": ("post", f"{DIGEST}/cancel", _DIGEST_ID),
 }
+_ARTICLE_ID = {"article_id": "$response.body#/id"}
 _ARTICLE_LINKS = {
-    "GetArticle": ("get", "/api/v1/articles/{article_id}", {"article_id": "$response.body#/id"}),
+    "GetArticle": ("get", "/api/v1/articles/{article_id}", _ARTICLE_ID),
+    "DeleteArticle": ("delete", "/api/v1/articles/{article_id}", _ARTICLE_ID),
+    "HideArticle": ("post", "/api/v1/articles/{article_id}/hide", _ARTICLE_ID),
     "DigestOfArticle": ("post", "/api/v1/digests", {}, {"article_ids": ["$response.body#/id"]}),
 }
 SUBSCRIBER = "/api/v1/subscribers/{email}"
@@ -87,6 +91,7 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
     ("post", f"{DIGEST}/pause", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/resume", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/cancel", "200"): {"GetDigest": _DIGEST_LINKS["GetDigest"]},
+    ("patch", DIGEST, "200"): _DIGEST_LINKS,
     ("post", "/api/v1/articles", "201"): _ARTICLE_LINKS,
     ("post", "/api/v1/articles", "200"): _ARTICLE_LINKS,
     ("get", "/api/v1/articles/{article_id}", "200"): {

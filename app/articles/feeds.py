@@ -20,7 +20,8 @@ import feedparser
 from app.articles.sanitize import is_http_url, plain_text, sanitize_html, summary_text
 
 MAX_CATEGORIES = 20
-_IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]+)"')
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
+_IMG_ATTRIBUTE = {name: re.compile(rf'\b{name}="([^"]*)"', re.I) for name in ("src", "alt")}
 
 
 class MalformedFeed(ValueError):
@@ -37,6 +38,7 @@ class FeedEntry:
     author: str | None = None
     categories: list[str] = field(default_factory=list)
     image_url: str | None = None
+    image_alt: str | None = None
     published_at: datetime | None = None
 
 
@@ -146,6 +148,7 @@ def _entry(raw: Any) -> FeedEntry | None:
     if not is_http_url(url) or not title or len(url) > 2000:
         return None
     content_html = sanitize_html(_content(raw))
+    image_url, image_alt = _image(raw, content_html)
     return FeedEntry(
         url=url,
         title=title[:1000],
@@ -154,7 +157,8 @@ def _entry(raw: Any) -> FeedEntry | None:
         content_html=content_html,
         author=(plain_text(raw.get("author")) or None) if raw.get("author") else None,
         categories=_categories(raw),
-        image_url=_image(raw, content_html),
+        image_url=image_url,
+        image_alt=image_alt,
         published_at=_date(raw.get("published_parsed") or raw.get("updated_parsed")),
     )
 
@@ -183,22 +187,33 @@ def _categories(raw: Any) -> list[str]:
     return list(seen)[:MAX_CATEGORIES]
 
 
-def _image(raw: Any, content_html: str | None) -> str | None:
-    candidates: list[str] = []
-    for media in (raw.get("media_thumbnail") or []) + (raw.get("media_content") or []):
+def _image(raw: Any, content_html: str | None) -> tuple[str | None, str | None]:
+    """The featured image and its description: media:content, media:thumbnail, an image
+    enclosure, else the content's first <img> (WordPress puts it in any of these)."""
+    media_alt = plain_text(raw.get("media_description") or raw.get("media_title") or "") or None
+    candidates: list[tuple[str, str | None]] = []
+    for media in (raw.get("media_content") or []) + (raw.get("media_thumbnail") or []):
         if (media.get("medium") or "image") == "image" or "image" in (media.get("type") or ""):
-            candidates.append(media.get("url") or "")
+            candidates.append((media.get("url") or "", media_alt))
     for link in raw.get("links") or []:
         if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
-            candidates.append(link.get("href") or "")
+            candidates.append((link.get("href") or "", None))
     if content_html:
-        match = _IMG_SRC.search(content_html)
+        match = _IMG_TAG.search(content_html)
         if match:
-            candidates.append(html.unescape(match.group(1)))
-    for candidate in candidates:
+            src = _IMG_ATTRIBUTE["src"].search(match.group(0))
+            described = _IMG_ATTRIBUTE["alt"].search(match.group(0))
+            if src:
+                candidates.append(
+                    (
+                        html.unescape(src.group(1)),
+                        plain_text(html.unescape(described.group(1))) if described else None,
+                    )
+                )
+    for candidate, alt in candidates:
         if is_http_url(candidate) and len(candidate) <= 2000:
-            return candidate
-    return None
+            return candidate, alt[:500] if alt else None
+    return None, None
 
 
 def _date(parsed: time.struct_time | None) -> datetime | None:

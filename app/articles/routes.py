@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service
 from app.articles.feeds import FeedEntry, MalformedFeed
 from app.articles.sanitize import sanitize_html, summary_text
 from app.articles.schemas import (
+    ArticleActionIn,
     ArticleDetail,
     ArticleIn,
     ArticleList,
@@ -25,6 +27,10 @@ router = APIRouter(prefix="/api/v1", tags=["articles"])
 AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
     401: {"description": "Missing, wrong or revoked API key"}
 }
+
+
+# Optional: no body, or `{}`.
+ActionBody = Annotated[ArticleActionIn | None, Body()]
 
 
 def _detail(article: Article) -> ArticleDetail:
@@ -57,6 +63,7 @@ async def put_article(
         author=body.author or None,
         categories=list(dict.fromkeys(body.categories)),
         image_url=body.image_url,
+        image_alt=body.image_alt or None,
         published_at=body.published_at,
     )
     article, outcome = await service.upsert_article(session, entry=entry)
@@ -91,6 +98,61 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
     article = await session.get(Article, article_id)
     if article is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no article {article_id}")
+    return _detail(article)
+
+
+@router.delete(
+    "/articles/{article_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **AUTH_RESPONSES,
+        404: {"description": "No such article"},
+        409: {"description": "A digest went out with it: it can be hidden, not deleted"},
+    },
+)
+async def delete_article(article_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+    """Delete an article. Drafts that hold it keep their copy. A digest whose send started
+    holds it: 409 (hide it instead). An article still in the feed comes back at the next
+    import: hide it to keep it out of digests for good."""
+    try:
+        await service.delete_article(session, article_id=article_id)
+    except service.ArticleNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.ArticleInSentDigest as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/articles/{article_id}/hide",
+    response_model=ArticleDetail,
+    responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
+)
+async def hide_article(
+    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+) -> ArticleDetail:
+    """Keep the article (and the digests that hold it) but offer it to no new digest; a feed's
+    update does not bring it back. Allowed whatever digests hold it."""
+    return await _set_hidden(session, article_id, hidden=True)
+
+
+@router.post(
+    "/articles/{article_id}/unhide",
+    response_model=ArticleDetail,
+    responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
+)
+async def unhide_article(
+    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+) -> ArticleDetail:
+    """Offer a hidden article to new digests again."""
+    return await _set_hidden(session, article_id, hidden=False)
+
+
+async def _set_hidden(session: AsyncSession, article_id: int, *, hidden: bool) -> ArticleDetail:
+    try:
+        article = await service.set_hidden(session, article_id=article_id, hidden=hidden)
+    except service.ArticleNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     return _detail(article)
 
 

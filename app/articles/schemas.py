@@ -88,6 +88,9 @@ class ArticleIn(BaseModel):
     categories: list[Category] = Field(default_factory=list, max_length=20)
     published_at: BodyDatetime = None
     image_url: HttpUrlStr | None = None
+    image_alt: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = (
+        Field(default=None, description="What the image shows (its alt text); default: the title")
+    )
 
 
 class ArticlePublic(BaseModel):
@@ -99,6 +102,8 @@ class ArticlePublic(BaseModel):
     author: str | None
     categories: list[str]
     image_url: str | None
+    image_alt: str | None
+    hidden_at: UtcDatetime | None = Field(description="Hidden from new digests since then")
     published_at: UtcDatetime | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
@@ -129,3 +134,9 @@ class FeedImportResult(BaseModel):
     skipped: int
     not_modified: bool
     warning: str | None
+
+
+class ArticleActionIn(BaseModel):
+    """The body of hide and unhide: optional, and empty; any field is a 422 naming it."""
+
+    model_config = ConfigDict(extra="forbid", title="ArticleAction")

@@ -1,6 +1,7 @@
-"""Articles in, never out: upsert from feeds and the editor API (key: guid, else URL).
+"""Articles in: upsert from feeds and the editor API (key: guid, else URL); out only by an
+editor's hand (`remove_article`).
 
-Re-importing a feed creates nothing twice and updates what changed; nothing here deletes an
+Re-importing a feed creates nothing twice and updates what changed; no import deletes an
 article, so a broken or truncated feed cannot empty the archive.
 """
 
@@ -22,7 +23,7 @@ from app.articles.feeds import FeedEntry, parse_feed_elsewhere
 from app.articles.fetch import DEFAULT_MAX_ITEMS, FeedLimits, FeedUnreachable, fetch_feed
 
 __all__ = ["FeedLimits", "FeedUnreachable"]  # the errors and limits of an import, in one place
-from app.models import Article, Feed, as_utc, utcnow
+from app.models import Article, Digest, DigestArticle, DigestStatus, Feed, as_utc, utcnow
 
 _CHUNK = 500
 
@@ -58,6 +59,7 @@ def _fields(entry: FeedEntry) -> dict[str, Any]:
         "author": entry.author,
         "categories": list(entry.categories),
         "image_url": entry.image_url,
+        "image_alt": entry.image_alt,
         "published_at": entry.published_at,
     }
 
@@ -296,3 +298,69 @@ async def claim_feed_poll(session: AsyncSession, *, url: str, interval: timedelt
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+# --- Delete or hide ----------------------------------------------------------------------------
+
+
+class ArticleNotFound(LookupError):
+    pass
+
+
+class ArticleInSentDigest(Exception):
+    """A digest whose send has started holds the article: it can be hidden, not deleted."""
+
+    def __init__(self, digest_ids: Sequence[int]) -> None:
+        listed = ", ".join(str(i) for i in digest_ids)
+        super().__init__(
+            f"digest {listed} went out with this article: it can be hidden "
+            "(POST /api/v1/articles/{id}/hide), not deleted"
+        )
+        self.digest_ids = list(digest_ids)
+
+
+async def set_hidden(session: AsyncSession, *, article_id: int, hidden: bool) -> Article:
+    """Hidden: kept, offered to no new digest, not brought back by a feed's update."""
+    article = await session.get(Article, article_id)
+    if article is None:
+        raise ArticleNotFound(f"no article {article_id}")
+    if hidden and article.hidden_at is None:
+        article.hidden_at = utcnow()
+    elif not hidden:
+        article.hidden_at = None
+    session.add(article)
+    await session.flush()
+    await session.refresh(article)
+    return article
+
+
+async def delete_article(session: AsyncSession, *, article_id: int) -> None:
+    """Delete the article; drafts keep their frozen copy. Refused when a digest whose send
+    started holds it (its archive and statistics still point to it): hide it instead."""
+    article = await session.get(Article, article_id, with_for_update=True)
+    if article is None:
+        raise ArticleNotFound(f"no article {article_id}")
+    started = (
+        await session.exec(
+            select(Digest.id)
+            .join(DigestArticle, col(DigestArticle.digest_id) == col(Digest.id))
+            .where(
+                col(DigestArticle.article_id) == article_id,
+                col(Digest.status).in_(
+                    [DigestStatus.sending, DigestStatus.paused, DigestStatus.sent]
+                ),
+            )
+            .order_by(col(Digest.id))
+        )
+    ).all()
+    if started:
+        raise ArticleInSentDigest([i for i in started if i is not None])
+    # Drafts keep their copy, detached (the foreign key says SET NULL; SQLite may not enforce).
+    await session.execute(
+        sa.update(DigestArticle)
+        .where(col(DigestArticle.article_id) == article_id)
+        .values(article_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    await session.delete(article)
+    await session.flush()

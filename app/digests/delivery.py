@@ -1,7 +1,7 @@
 """Digest copies and test copies, as delivery kinds.
 
 Each (digest, language) is rendered and MIME-encoded once (`RenderCache`, kept across batches:
-a digest's articles are frozen when it is composed); each copy is then that template with the
+a digest that is sending can no longer be edited); each copy is then that template with the
 reader's parts filled in (`MessageTemplate.render`, microseconds). A digest copy goes only to a
 reader who is still confirmed, and only while its digest is `sending`; test copies go out
 whatever the digest's status (they are how a draft is checked).
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DigestRendering:
-    rendered: RenderedEmail  # with placeholders: for test copies (slow path, a handful)
+    rendered: RenderedEmail  # with placeholders, as rendered
     template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
 
 
@@ -49,7 +49,7 @@ class RenderCache:
         self._max = max_entries
 
     async def get(self, session: AsyncSession, digest_id: int, language: str) -> DigestRendering:
-        key = (digest_id, language_or_default(language))
+        key = (digest_id, language_or_default(language, self.settings.default_language))
         entry = self._entries.get(key)
         if entry is None:
             rendered = await render_digest(
@@ -140,17 +140,28 @@ class TestCopyKind(BaseKind):
 
     async def compose(self, session: AsyncSession, deliveries: Sequence[Claimed]) -> Composition:
         out = Composition()
+        # Rendered afresh for each batch, never from the shared cache: a draft can still be
+        # edited (PATCH) between two test copies, and a cached draft would then be stale for
+        # the send. (A digest's copies are cached only once it is sending: no edit then.)
+        fresh: dict[tuple[int, str], RenderedEmail] = {}
         for delivery in deliveries:
             if delivery.digest_id is None or not delivery.to_address:
                 out.skipped.append((delivery.id, "no digest or address"))
                 continue
-            language = language_or_default(delivery.language)
+            language = language_or_default(delivery.language, self.settings.default_language)
             try:
-                rendering = await self.renders.get(session, delivery.digest_id, language)
+                key = (delivery.digest_id, language)
+                if key not in fresh:
+                    fresh[key] = await render_digest(
+                        session,
+                        digest_id=delivery.digest_id,
+                        language=language,
+                        settings=self.settings,
+                    )
                 message, message_id = compose_test_copy(
                     self.settings,
                     self.tokens,
-                    rendered=rendering.rendered,
+                    rendered=fresh[key],
                     delivery_id=delivery.id,
                     to_address=delivery.to_address,
                     language=language,

@@ -20,6 +20,7 @@ from app.digests.schemas import (
     DigestList,
     DigestPublic,
     DigestSummary,
+    DigestUpdate,
     TestSendAccepted,
     TestSendIn,
 )
@@ -44,7 +45,8 @@ def _summary_fields(
     return {
         "id": digest.id,
         "status": digest.status,
-        "subject": digest.subject,
+        "subject": digest.subject or digest.subject_translations or None,
+        "intro": _as_set(digest.intro),
         "subjects": {lang.value: digest_subject(digest, articles, lang) for lang in Language},
         "created_at": digest.created_at,
         "send_started_at": digest.send_started_at,
@@ -62,6 +64,19 @@ def _summary_fields(
         "eta_seconds": progress.eta_seconds,
         "progress": progress.progress,
     }
+
+
+def _texts(value: str | dict[Language, str] | None) -> str | dict[str, str] | None:
+    """A body's subject or intro, with plain language codes as keys."""
+    if value is None or isinstance(value, str):
+        return value
+    return {language.value: text for language, text in value.items()}
+
+
+def _as_set(values: dict[str, str]) -> str | dict[str, str] | None:
+    if not values:
+        return None
+    return values.get(service.ALL_LANGUAGES) or dict(values)
 
 
 async def _public(
@@ -103,7 +118,8 @@ async def create_digest(
     try:
         digest = await service.create_digest(
             session,
-            subject=body.subject,
+            subject=_texts(body.subject),
+            intro=_texts(body.intro),
             article_ids=body.article_ids,
             since=body.since,
             max_articles=body.max_articles,
@@ -139,6 +155,38 @@ async def list_digests(
 async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
     """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
     return await _public(session, *await _fresh_digest(session, digest_id))
+
+
+@router.patch(
+    "/{digest_id}",
+    response_model=DigestPublic,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        409: {"description": "The digest is not a draft any more (its status is in the answer)"},
+        422: {"description": "Invalid field or unknown articles"},
+    },
+)
+async def update_digest(
+    digest_id: IdPath, body: DigestUpdate, session: SessionDep, _editor: EditorDep
+) -> Response | DigestPublic:
+    """Edit a draft: subject, intro, articles and their order. Fields left out are unchanged;
+    a null subject or intro goes back to the default. After the send: 409, nothing changes."""
+    changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in ("subject", "intro"):
+        if name in changes:
+            changes[name] = _texts(changes[name])
+    try:
+        digest = await service.update_draft(session, digest_id=digest_id, **changes)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.DigestNotDraft as exc:
+        return JSONResponse(
+            {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
+        )
+    except service.UnknownArticles as exc:
+        raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
+    return await _public(session, digest)
 
 
 @router.get(

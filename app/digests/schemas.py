@@ -8,7 +8,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Strin
 
 from app.articles.schemas import BodyDatetime, UtcDatetime
 from app.deps import MAX_DB_INT
-from app.digests.service import DEFAULT_MAX_ARTICLES, MAX_ARTICLES, MAX_TEST_ADDRESSES
+from app.digests.service import (
+    DEFAULT_MAX_ARTICLES,
+    MAX_ARTICLES,
+    MAX_INTRO_CHARS,
+    MAX_TEST_ADDRESSES,
+)
 from app.models import Language
 from app.openapi import EMAIL_FORMAT
 
@@ -22,19 +27,34 @@ def _one_line(value: str | None) -> str | None:
     return value
 
 
+SubjectText = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=300, pattern=ONE_LINE_PATTERN
+    ),
+    AfterValidator(_one_line),
+]
+# Plain text (paragraphs split by a blank line, links made clickable) or HTML (sanitised:
+# paragraphs, emphasis, lists, links).
+IntroText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_INTRO_CHARS)]
+Subject = SubjectText | Annotated[dict[Language, SubjectText], Field(min_length=1)]
+Intro = IntroText | Annotated[dict[Language, IntroText], Field(min_length=1)]
+SUBJECT_DESCRIPTION = (
+    'One subject for every language, or one per language ({"fr": "...", "en": "..."}); a '
+    "language left out, or null, gets its default subject"
+)
+INTRO_DESCRIPTION = (
+    "The editor's introduction, above the articles: one text for every language, or one per "
+    "language; plain text (a blank line between paragraphs, links made clickable) or HTML "
+    "(paragraphs, emphasis, lists and links are kept)"
+)
+
+
 class DigestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    subject: Annotated[
-        Annotated[
-            str,
-            StringConstraints(
-                strip_whitespace=True, min_length=1, max_length=300, pattern=ONE_LINE_PATTERN
-            ),
-        ]
-        | None,
-        AfterValidator(_one_line),
-    ] = Field(default=None, description="Omit for the default subject in each reader's language")
+    subject: Subject | None = Field(default=None, description=SUBJECT_DESCRIPTION)
+    intro: Intro | None = Field(default=None, description=INTRO_DESCRIPTION)
     article_ids: list[Annotated[int, Strict(), Field(ge=1, le=MAX_DB_INT)]] | None = Field(
         default=None,
         min_length=1,
@@ -49,6 +69,21 @@ class DigestCreate(BaseModel):
     )
 
 
+class DigestUpdate(BaseModel):
+    """A draft's changes; a field left out is unchanged, a null one back to its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Subject | None = Field(default=None, description=SUBJECT_DESCRIPTION)
+    intro: Intro | None = Field(default=None, description=INTRO_DESCRIPTION)
+    article_ids: list[Annotated[int, Strict(), Field(ge=1, le=MAX_DB_INT)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ARTICLES,
+        description="These articles in this order, copied afresh; left out or null: unchanged",
+    )
+
+
 class DigestArticlePublic(BaseModel):
     article_id: int | None
     position: int
@@ -58,13 +93,17 @@ class DigestArticlePublic(BaseModel):
     author: str | None
     categories: list[str]
     image_url: str | None
+    image_alt: str | None
     published_at: UtcDatetime | None
 
 
 class DigestSummary(BaseModel):
     id: int
     status: str
-    subject: str | None = Field(description="As set; null means each language's default")
+    subject: str | dict[str, str] | None = Field(
+        description="As set (one for every language, or per language); null: the defaults"
+    )
+    intro: str | dict[str, str] | None = Field(description="As set; null: none")
     subjects: dict[str, str] = Field(description="The subject readers get, per language")
     created_at: UtcDatetime
     send_started_at: UtcDatetime | None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, func, or_, select
@@ -30,6 +31,7 @@ from app.outbox import signals
 DEFAULT_MAX_ARTICLES = 15
 MAX_ARTICLES = 50
 MAX_TEST_ADDRESSES = 10
+MAX_INTRO_CHARS = 5000
 # A digest whose send has started: its articles have reached (some) readers already.
 STARTED_STATUSES = (DigestStatus.sending, DigestStatus.paused, DigestStatus.sent)
 COUNTED_STATUSES = tuple(s.value for s in DeliveryStatus)
@@ -38,6 +40,9 @@ CANCELLABLE_STATUSES = (DigestStatus.draft, DigestStatus.sending, DigestStatus.p
 EDITOR_PAUSE_REASON = "paused by an editor"
 CANCELLED_REASON = "digest cancelled"
 RATE_WINDOW_SECONDS = 60
+ALL_LANGUAGES = "*"  # the key of a text meant for every language (`Digest.intro`)
+# A subject or intro: one text for every language, or one per language.
+PerLanguage = str | Mapping[str, str]
 
 
 class NoNewArticles(ValueError):
@@ -55,10 +60,11 @@ class DigestNotFound(LookupError):
 
 
 class DigestNotDraft(Exception):
-    """Send on a digest that is not a draft any more: nothing is added."""
+    """Send or edit of a digest that is not a draft any more: nothing is added or changed."""
 
-    def __init__(self, status: str) -> None:
-        super().__init__(f"the digest is {status}, not draft: nothing was queued")
+    def __init__(self, status: str, *, edited: bool = False) -> None:
+        outcome = "nothing was changed" if edited else "nothing was queued"
+        super().__init__(f"the digest is {status}, not draft: {outcome}")
         self.status = status
 
 
@@ -106,7 +112,9 @@ async def _new_articles(
         .where(col(Digest.status).in_(STARTED_STATUSES), col(DigestArticle.article_id).is_not(None))
     )
     newest = func.coalesce(col(Article.published_at), col(Article.created_at))
-    query = select(Article).where(col(Article.id).not_in(already_sent))
+    query = select(Article).where(
+        col(Article.id).not_in(already_sent), col(Article.hidden_at).is_(None)
+    )
     if since is not None:
         query = query.where(newest >= since)
     query = query.order_by(newest.desc(), col(Article.id).desc()).limit(limit)
@@ -128,7 +136,8 @@ async def _chosen_articles(session: AsyncSession, *, article_ids: Sequence[int])
 async def create_digest(
     session: AsyncSession,
     *,
-    subject: str | None = None,
+    subject: PerLanguage | None = None,
+    intro: PerLanguage | None = None,
     article_ids: Sequence[int] | None = None,
     since: datetime | None = None,
     max_articles: int = DEFAULT_MAX_ARTICLES,
@@ -141,14 +150,23 @@ async def create_digest(
         articles = await _new_articles(session, since=since, limit=max_articles)
     if not articles:
         raise NoNewArticles("no new articles: every article is already in a sent digest")
-    digest = Digest(subject=subject)
+    digest = Digest()
+    _set_subject(digest, subject)
+    digest.intro = _per_language(intro)
     session.add(digest)
     await session.flush()
     assert digest.id is not None
+    _freeze(session, digest_id=digest.id, articles=articles)
+    await session.flush()
+    return digest
+
+
+def _freeze(session: AsyncSession, *, digest_id: int, articles: Sequence[Article]) -> None:
+    """The digest's copies of `articles`, in this order."""
     for position, article in enumerate(articles):
         session.add(
             DigestArticle(
-                digest_id=digest.id,
+                digest_id=digest_id,
                 article_id=article.id,
                 position=position,
                 title=article.title,
@@ -157,9 +175,68 @@ async def create_digest(
                 author=article.author,
                 categories=list(article.categories or []),
                 image_url=article.image_url,
+                image_alt=article.image_alt,
                 published_at=article.published_at,
             )
         )
+
+
+def _per_language(value: PerLanguage | None) -> dict[str, str]:
+    """A string for every language is {"*": text}; a mapping is kept per language."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {ALL_LANGUAGES: value}
+    return {str(language): text for language, text in value.items()}
+
+
+def _set_subject(digest: Digest, subject: PerLanguage | None) -> None:
+    if isinstance(subject, str) or subject is None:
+        digest.subject, digest.subject_translations = subject, {}
+    else:
+        digest.subject, digest.subject_translations = None, _per_language(subject)
+
+
+UNSET: Any = object()
+
+
+async def update_draft(
+    session: AsyncSession,
+    *,
+    digest_id: int,
+    subject: PerLanguage | None = UNSET,
+    intro: PerLanguage | None = UNSET,
+    article_ids: Sequence[int] | None = UNSET,
+) -> Digest:
+    """Change a draft: its subject, intro, articles (these, in this order, copied afresh).
+
+    The conditional UPDATE on the digest row comes first and is the lock: a send that starts
+    meanwhile waits for this transaction (PostgreSQL) and sends the edited draft; an edit after
+    the send started changes nothing and gets DigestNotDraft (409).
+    """
+    locked = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
+        .values(status=DigestStatus.draft)
+        .execution_options(synchronize_session=False)
+    )
+    digest = await get_digest(session, digest_id=digest_id)  # DigestNotFound first
+    await session.refresh(digest)
+    if getattr(locked, "rowcount", 0) != 1:
+        raise DigestNotDraft(digest.status, edited=True)
+    if subject is not UNSET:
+        _set_subject(digest, subject)
+    if intro is not UNSET:
+        digest.intro = _per_language(intro)
+    if article_ids is not UNSET and article_ids is not None:
+        articles = await _chosen_articles(session, article_ids=article_ids)
+        await session.execute(
+            sa.delete(DigestArticle)
+            .where(col(DigestArticle.digest_id) == digest_id)
+            .execution_options(synchronize_session=False)
+        )
+        _freeze(session, digest_id=digest_id, articles=articles)
+    session.add(digest)
     await session.flush()
     return digest
 

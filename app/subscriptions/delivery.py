@@ -10,8 +10,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.addresses import header_safe
 from app.bounces.service import bounce_at_send
 from app.config import Settings
+from app.i18n import translate
 from app.mail.message import build_message
-from app.mail.render import render_email
+from app.mail.render import (
+    RenderedEmail,
+    brand_context,
+    language_or_default,
+    newsletter_name,
+    render_email,
+)
 from app.models import DeliveryKind, SubscriberStatus
 from app.outbox.identity import message_id_for
 from app.outbox.kinds import BaseKind, Composition, Outgoing
@@ -23,18 +30,36 @@ from app.subscriptions.links import confirm_url
 log = logging.getLogger(__name__)
 
 
+def render_confirmation(
+    settings: Settings, *, language: str | None, name: str | None, confirm_url: str
+) -> RenderedEmail:
+    """The confirmation email in the reader's language (DEFAULT_LANGUAGE if they have none)."""
+    language = language_or_default(language, settings.default_language)
+    newsletter = newsletter_name(settings, language)
+    return render_email(
+        "confirm",
+        language=language,
+        subject=translate(
+            language, "Confirm your subscription to %(newsletter)s", newsletter=newsletter
+        ),
+        preheader=translate(language, "One click to confirm, and you are in."),
+        name=header_safe(name or "", max_length=200),
+        confirm_url=confirm_url,
+        valid_days=settings.confirm_token_max_age_days,
+        **brand_context(settings, language),
+    )
+
+
 def compose_confirmation(
     settings: Settings, tokens: Tokens, *, delivery_id: int, recipient: Recipient
 ) -> tuple[bytes, str]:
     """The double opt-in email. No List-Unsubscribe: the reader is not on the list yet."""
     assert recipient.email is not None
-    rendered = render_email(
-        "confirm",
+    rendered = render_confirmation(
+        settings,
         language=recipient.language,
-        site_name=settings.site_name,
-        name=header_safe(recipient.name or "", max_length=200),
+        name=recipient.name,
         confirm_url=confirm_url(settings, tokens, recipient),
-        valid_days=settings.confirm_token_max_age_days,
     )
     message_id = message_id_for(settings, delivery_id)
     msg = build_message(

@@ -11,13 +11,13 @@ from app import openapi
 from app.addresses import InvalidEmail, clean_name, normalize_email
 from app.deps import ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.http import PAGE_CSP_OWN_SCRIPTS, field_error
+from app.i18n import translate
 from app.models import ConsentSource, SubscriberStatus
 from app.ratelimit import RateLimiter
 from app.security import TokenError, TokenExpired
 from app.subscriptions import service
 from app.subscriptions.schemas import SubscriptionAccepted, SubscriptionCreate
-from app.web.i18n import STRINGS, request_language
-from app.web.templates import render_page
+from app.web.templates import render_page, request_language
 
 pages = APIRouter(tags=["public pages"], include_in_schema=True)
 api = APIRouter(prefix="/api/v1", tags=["public"])
@@ -68,7 +68,7 @@ async def create_subscription(
             ip=ip,
             user_agent=request.headers.get("user-agent"),
             source=ConsentSource.api,
-            language=body.language,
+            language=body.language or settings.default_language,
         ),
     )
     return SubscriptionAccepted()
@@ -98,7 +98,6 @@ async def subscribe_submit(
     website: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
     lang = request_language(request, language)
-    t = STRINGS[lang]
     errors: dict[str, str] = {}
     normalized = ""
     try:
@@ -106,9 +105,9 @@ async def subscribe_submit(
             email, check_deliverability=settings.email_check_deliverability
         )
     except InvalidEmail:
-        errors["email"] = t["email_invalid"]
+        errors["email"] = translate(lang, "This email address is not valid.")
     if len(name) > 200:
-        errors["name"] = t["name_too_long"]
+        errors["name"] = translate(lang, "The name must be at most 200 characters.")
     if errors:
         return render_page(
             request,
@@ -133,19 +132,31 @@ async def subscribe_submit(
             ),
         )
     return render_page(
-        request, "message.html", lang=lang, title=t["check_title"], body=t["check_body"]
+        request,
+        "message.html",
+        lang=lang,
+        title=translate(lang, "Check your inbox"),
+        body=translate(
+            lang,
+            "If this address can receive our newsletter, a confirmation email has just been "
+            "sent to it. Open the link it contains to confirm your subscription.",
+        ),
     )
 
 
 def _invalid_link(request: Request, lang: str, exc: TokenError) -> HTMLResponse:
-    t = STRINGS[lang]
-    body = t["expired_body"] if isinstance(exc, TokenExpired) else t["invalid_body"]
+    if isinstance(exc, TokenExpired):
+        body = translate(
+            lang, "This confirmation link has expired. Sign up again to get a new link."
+        )
+    else:
+        body = translate(lang, "This link is not valid or has expired. You can sign up again.")
     return render_page(
         request,
         "message.html",
         lang=lang,
         status_code=400,
-        title=t["invalid_title"],
+        title=translate(lang, "Invalid or expired link"),
         body=body,
         signup_link=True,
     )
@@ -188,9 +199,12 @@ async def confirm(
 
 
 def _confirmed_page(request: Request, lang: str) -> HTMLResponse:
-    t = STRINGS[lang]
     return render_page(
-        request, "message.html", lang=lang, title=t["confirmed_title"], body=t["confirmed_body"]
+        request,
+        "message.html",
+        lang=lang,
+        title=translate(lang, "Subscription confirmed"),
+        body=translate(lang, "Thank you! You will now receive our newsletter."),
     )
 
 
@@ -242,11 +256,11 @@ async def resubscribe(
         return _invalid_link(request, lang, exc)
     form = await request.form()
     lang = request_language(request, str(form.get("lang") or "") or subscriber.language)
-    t = STRINGS[lang]
     return render_page(
         request,
         "message.html",
         lang=lang,
-        title=t["resubscribed_title"],
-        body=t["resubscribed_body"],
+        title=translate(lang, "You are subscribed again"),
+        body=translate(lang, "Welcome back! You will receive the newsletter again."),
+        language_switch=False,  # its address answers POST only
     )

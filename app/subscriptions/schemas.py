@@ -17,7 +17,9 @@ class SubscriptionCreate(BaseModel):
         max_length=320, description="The reader's email address", json_schema_extra=EMAIL_FORMAT
     )
     name: str | None = Field(default=None, max_length=200)
-    language: Language = Language.fr
+    language: Language | None = Field(
+        default=None, description="The reader's language; left out: DEFAULT_LANGUAGE"
+    )
     website: str | None = Field(
         default=None, max_length=500, description="Honeypot: leave empty", exclude=True
     )

@@ -582,8 +582,8 @@ async def test_the_sender_signs_every_copy_it_sends(
         assert received.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
         assert verifies(received.data, keys) == [True, True], received.data[:3000]
     subjects = {r.message["Subject"] for r in smtp_server.received}
-    assert "Les articles de la semaine - 30 décembre 2021" in subjects
-    assert "This week's articles - December 30, 2021" in subjects
+    assert "Les articles de la semaine du 30\u00a0décembre\u00a02021" in subjects
+    assert "This week’s articles – December\u00a030,\u00a02021" in subjects
 
 
 # --- Settings that cannot work stop the service at start ----------------------------------------

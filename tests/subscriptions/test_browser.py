@@ -48,14 +48,14 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TEXT = {
     "fr": {
         "form": "Inscription à la newsletter",
-        "submit": "Je m'inscris",
+        "submit": "Je m’inscris",
         "check": "Vérifiez votre boîte de réception",
         "confirmed": "Inscription confirmée",
         "unsubscribe": "Se désinscrire",
         "unsubscribe_button": "Me désinscrire",
-        "unsubscribed": "Vous êtes désinscrit",
+        "unsubscribed": "Votre désinscription est confirmée",
         "resubscribe_button": "Me réinscrire",
-        "resubscribed": "Vous êtes réinscrit",
+        "resubscribed": "Votre réinscription est confirmée",
         "subject": "Confirmez",
     },
     "en": {
@@ -68,7 +68,7 @@ TEXT = {
         "unsubscribed": "You are unsubscribed",
         "resubscribe_button": "Subscribe again",
         "resubscribed": "You are subscribed again",
-        "subject": "confirm",
+        "subject": "Confirm your subscription",
     },
 }
 
@@ -153,7 +153,7 @@ def test_reader_signs_up_confirms_and_unsubscribes(
         lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
     )
     try:
-        # 1. The form (French by default, the browser's locale; English with ?lang=en).
+        # 1. The form (French: DEFAULT_LANGUAGE, whatever the browser; English with ?lang=en).
         response = page.goto(f"{url}/subscribe" + ("?lang=en" if lang == "en" else ""))
         assert response is not None
         assert response.status == 200
@@ -279,13 +279,17 @@ def test_tampered_link_shows_the_error_page(
 ) -> None:
     _, url = live_app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # An English browser on a French site: French (DEFAULT_LANGUAGE), English on request.
     page = browser.new_page(locale="en-GB")
     try:
         response = page.goto(f"{url}/unsubscribe/forged-token")
         assert response is not None
         assert response.status == 400
-        assert page.locator("h1").inner_text() == "Invalid or expired link"
+        assert page.locator("h1").inner_text() == "Lien invalide ou expiré"
         page.screenshot(path=str(ARTIFACTS / f"{backend}-invalid-link.png"), full_page=True)
+        page.get_by_role("link", name="English").click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == "Invalid or expired link"
         page.get_by_role("link", name="Sign up again").click()
         page.wait_for_load_state()
         assert page.locator("h1").inner_text() == "Subscribe to the newsletter"

@@ -115,7 +115,7 @@ async def test_json_signup_in_english(
     assert response.json() == {"status": "pending"}
     await drain_outbox(app)
     [message] = smtp_server.messages_to("reader@example.com")
-    assert "confirm your subscription" in message["Subject"]
+    assert message["Subject"] == "Confirm your subscription to the Dzaleu newsletter"
     shown = await client.get(link_in(message, "confirm"))
     assert "Confirm your subscription" in shown.text
     assert 'lang="en"' in shown.text
@@ -126,13 +126,25 @@ async def test_json_signup_in_english(
     assert subscriber.consent_source == "api"
 
 
-async def test_form_language_from_query_and_accept_language(client: httpx.AsyncClient) -> None:
+async def test_form_language_default_query_and_accept_language(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     assert 'lang="en"' in (await client.get("/subscribe?lang=en")).text
+    # DEFAULT_LANGUAGE (fr): a French site's readers get French whatever their browser says,
+    # unless they choose English (the link in the footer).
+    english_browser = {"accept-language": "en-US,en;q=0.9"}
+    page = await client.get("/subscribe", headers=english_browser)
+    assert 'lang="fr"' in page.text
+    assert '<a href="?lang=en" hreflang="en" lang="en">English</a>' in page.text
+    # LANGUAGE_FROM_BROWSER: Babel negotiates the header against the catalogs.
+    app.state.settings = app.state.settings.model_copy(update={"language_from_browser": True})
     page = await client.get("/subscribe", headers={"accept-language": "en-GB,en;q=0.9,fr;q=0.5"})
     assert 'lang="en"' in page.text
     assert "Subscribe" in page.text
     page = await client.get("/subscribe", headers={"accept-language": "de-DE, fr;q=0.3"})
     assert 'lang="fr"' in page.text
+    page = await client.get("/subscribe", headers={"accept-language": "de-DE, it;q=0.3"})
+    assert 'lang="fr"' in page.text  # nothing we have: DEFAULT_LANGUAGE
 
 
 @pytest.mark.parametrize("bad", ["", "not-an-email", "a@b", "x@@example.org", "a b@example.org"])
