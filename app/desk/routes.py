@@ -21,12 +21,13 @@ from fastapi.responses import (
 from fastapi.templating import Jinja2Templates
 
 from app import editors as api_keys
+from app import i18n
 from app.articles import service as articles
 from app.articles.feeds import MalformedFeed
 from app.deps import MAX_DB_INT, ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.desk import accounts
 from app.desk import service as desk
-from app.desk.i18n import DESK_STRINGS, format_number, format_when
+from app.desk.i18n import DeskText, format_number, format_when
 from app.digests import service as digests
 from app.digests.render import digest_subject, preview_digest
 from app.http import PAGE_CSP_OWN_SCRIPTS
@@ -34,7 +35,6 @@ from app.models import Language, SubscriberStatus
 from app.subscribers import csvfile
 from app.subscribers import service as subscribers
 from app.subscriptions import service as subscriptions
-from app.web.i18n import SUPPORTED, request_language
 
 router = APIRouter(prefix="/desk", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -73,9 +73,20 @@ class NotFound(Exception):
 
 
 def desk_language(request: Request) -> str:
-    """?lang= (the language links), else the editor's last choice, else Accept-Language."""
-    chosen = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
-    return request_language(request, explicit=chosen if chosen in SUPPORTED else None)
+    """?lang= (the language links), else the editor's last choice, else their browser's
+    languages (an editor's browser speaks for them, whatever LANGUAGE_FROM_BROWSER says for
+    readers), else DEFAULT_LANGUAGE."""
+    return i18n.choose_language(
+        request.query_params.get("lang"),
+        request.cookies.get(LANG_COOKIE),
+        accept_language=request.headers.get("accept-language"),
+        default=request.app.state.settings.default_language,
+        negotiate=True,
+    )
+
+
+def desk_text(request: Request) -> DeskText:
+    return DeskText(desk_language(request))
 
 
 def _secure(request: Request) -> bool:
@@ -95,9 +106,9 @@ def page(
         request,
         name,
         {
-            "t": DESK_STRINGS[lang],
+            "t": DeskText(lang),
             "lang": lang,
-            "site_name": request.app.state.settings.site_name,
+            "site_name": request.app.state.settings.brand_name,
             "me": signed.editor if signed else None,
             "csrf": signed.session.csrf_token if signed else "",
             "num": lambda value: format_number(value, lang),
@@ -110,7 +121,7 @@ def page(
     response.headers["Content-Security-Policy"] = PAGE_CSP_OWN_SCRIPTS
     response.headers["Cache-Control"] = "no-store"
     chosen = request.query_params.get("lang")
-    if chosen in SUPPORTED:  # the language links remember the editor's choice
+    if chosen and i18n.is_available(chosen):  # the language links remember the choice
         response.set_cookie(
             LANG_COOKIE, chosen, max_age=365 * 86400, path="/desk", samesite="lax",
             httponly=True, secure=_secure(request),
@@ -280,7 +291,7 @@ async def articles_refresh(
     signed: ChangeDep,
     url: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     url = url.strip() or (settings.feed_url or "")
     try:
         if not url.lower().startswith(("http://", "https://")):
@@ -324,7 +335,7 @@ async def compose(request: Request, session: SessionDep, signed: ChangeDep) -> R
         picked.append((position, index, int(raw)))
     subject = form.get("subject")
     subject = subject.strip()[:300] if isinstance(subject, str) else ""
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     if picked:
         try:
             digest = await digests.create_digest(
@@ -398,7 +409,7 @@ async def _digest_page(
 def _notice(request: Request) -> str | None:
     """A message named by a redirect (`?done=key`), from the desk's own strings only."""
     key = request.query_params.get("done")
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     return t.get(f"done_{key}") if key else None
 
 
@@ -476,7 +487,7 @@ async def digest_test(
         )
     except digests.DigestNotFound as exc:
         raise NotFound from exc
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     message = t["test_queued"].format(email=signed.editor.email)
     return await _digest_page(request, session, signed, digest_id, message=message)
 
@@ -491,7 +502,7 @@ async def digest_send(
 ) -> Response:
     if not 1 <= digest_id <= MAX_DB_INT:
         raise NotFound
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     if confirm != "yes":
         return await _digest_page(
             request, session, signed, digest_id, status_code=422,
@@ -528,7 +539,7 @@ async def digest_control(
     except digests.DigestNotFound as exc:
         raise NotFound from exc
     except digests.DigestStatusConflict as exc:
-        t = DESK_STRINGS[desk_language(request)]
+        t = desk_text(request)
         return await _digest_page(
             request, session, signed, digest_id, status_code=409,
             error=t["conflict"].format(detail=exc),
@@ -571,7 +582,7 @@ async def subscribers_list(
 ) -> HTMLResponse:
     # The filter form sends `status=` for "all statuses".
     chosen = SubscriberStatus(status) if status in set(SubscriberStatus) else None
-    message = DESK_STRINGS[desk_language(request)]["erased_done"] if request.query_params.get(
+    message = desk_text(request)["erased_done"] if request.query_params.get(
         "erased"
     ) else None  # fmt: skip
     return await _subscribers_page(
@@ -618,7 +629,7 @@ async def subscribers_import(
 ) -> HTMLResponse:
     from app.models import utcnow
 
-    t = DESK_STRINGS[desk_language(request)]
+    t = desk_text(request)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "import.csv"
         path.write_bytes(await file.read())
@@ -675,9 +686,7 @@ async def subscriber_page(
         raise NotFound
     message = None
     if request.query_params.get("unsubscribed"):
-        message = DESK_STRINGS[desk_language(request)]["unsubscribed_done"].format(
-            email=subscriber.email
-        )
+        message = desk_text(request)["unsubscribed_done"].format(email=subscriber.email)
     return page(request, "subscriber.html", signed=signed, record=record, message=message)
 
 
@@ -782,7 +791,7 @@ def install(app: Any) -> None:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
-        t = DESK_STRINGS[desk_language(request)]
+        t = desk_text(request)
         return page(
             request, "message.html", signed=None, status_code=403, title=t["forbidden_title"],
             body=t[exc.key],
@@ -790,7 +799,7 @@ def install(app: Any) -> None:
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        t = DESK_STRINGS[desk_language(request)]
+        t = desk_text(request)
         return page(
             request, "message.html", signed=None, status_code=404, title=t["not_found"],
             body=t["not_found"],

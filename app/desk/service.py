@@ -93,8 +93,8 @@ async def problems(session: AsyncSession, *, settings: Settings) -> list[Problem
         found.append(Problem("problem_dkim", {}))
     if not settings.organization_address.strip():
         found.append(Problem("problem_address", {}))
-    if settings.site_name == Settings.model_fields["site_name"].default:
-        found.append(Problem("problem_site_name", {"name": settings.site_name}))
+    if not settings.site_name.strip():
+        found.append(Problem("problem_site_name", {"name": settings.brand_name or "—"}))
     # A failing relay shows in the outbox: copies waiting for a retry, with the relay's answer.
     retrying = select(Delivery).where(
         col(Delivery.status) == DeliveryStatus.queued,
