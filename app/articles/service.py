@@ -169,12 +169,17 @@ async def upsert_article(session: AsyncSession, *, entry: FeedEntry) -> tuple[Ar
 
 
 async def list_articles(
-    session: AsyncSession, *, limit: int, offset: int, q: str | None = None
+    session: AsyncSession,
+    *,
+    limit: int,
+    offset: int,
+    q: str | None = None,
+    include_hidden: bool = True,
 ) -> tuple[list[Article], int]:
     """Newest first: by publication date, else by when the article arrived. `q`: part of the
     title (case-insensitive, wildcards matched literally)."""
     newest = func.coalesce(col(Article.published_at), col(Article.created_at))
-    where: list[Any] = []
+    where: list[Any] = [] if include_hidden else [col(Article.hidden_at).is_(None)]
     if q:
         escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where.append(func.lower(col(Article.title)).like(f"%{escaped}%", escape="\\"))

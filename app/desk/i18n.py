@@ -174,6 +174,19 @@ DESK_MESSAGES: dict[str, str] = {
     "prefix": N_("Starts with"),
     "last_used": N_("Last used"),
     "active": N_("active"),
+    "subject_fr": N_("Subject in French (optional: otherwise the default subject)"),
+    "subject_en": N_("Subject in English (optional: otherwise the default subject)"),
+    "intro_fr": N_("Introduction in French (optional)"),
+    "intro_en": N_("Introduction in English (optional)"),
+    "save_draft": N_("Save the draft"),
+    "draft_saved": N_("Draft saved."),
+    "edit_draft": N_("Subject and introduction"),
+    "hide": N_("Hide"),
+    "unhide": N_("Show again"),
+    "delete": N_("Delete"),
+    "hidden": N_("hidden"),
+    "article_deleted": N_("Article deleted."),
+    "actions": N_("Actions"),
 }
 # --- end of the desk strings -------------------------------------------------------------------
 

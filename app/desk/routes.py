@@ -309,6 +309,29 @@ async def articles_refresh(
     return await _articles_page(request, session, signed, q=None, offset=0, message=message)
 
 
+@router.post("/articles/{article_id}/{action}")
+async def article_action(
+    request: Request, session: SessionDep, signed: ChangeDep, article_id: int, action: str
+) -> Response:
+    """Hide, show again or delete: the API's own operations."""
+    if action not in ("hide", "unhide", "delete") or not 1 <= article_id <= MAX_DB_INT:
+        raise NotFound
+    t = desk_text(request)
+    try:
+        if action == "delete":
+            await articles.delete_article(session, article_id=article_id)
+        else:
+            await articles.set_hidden(session, article_id=article_id, hidden=action == "hide")
+    except articles.ArticleNotFound as exc:
+        raise NotFound from exc
+    except articles.ArticleInSentDigest as exc:
+        return await _articles_page(
+            request, session, signed, q=None, offset=0, error=t["conflict"].format(detail=exc)
+        )
+    message = t["article_deleted"] if action == "delete" else None
+    return await _articles_page(request, session, signed, q=None, offset=0, message=message)
+
+
 # --- Compose -------------------------------------------------------------------------------------
 
 
@@ -316,7 +339,9 @@ async def articles_refresh(
 async def compose_form(
     request: Request, session: SessionDep, signed: SignedInDep, offset: Offset = 0
 ) -> HTMLResponse:
-    items, total = await articles.list_articles(session, limit=PAGE_SIZE, offset=offset)
+    items, total = await articles.list_articles(
+        session, limit=PAGE_SIZE, offset=offset, include_hidden=False
+    )
     return page(
         request, "compose.html", signed=signed, items=items, total=total, offset=offset,
         page_size=PAGE_SIZE,
@@ -333,24 +358,64 @@ async def compose(request: Request, session: SessionDep, signed: ChangeDep) -> R
         order = form.get(f"order_{raw}")
         position = int(order) if isinstance(order, str) and order.isdigit() else 10**6
         picked.append((position, index, int(raw)))
-    subject = form.get("subject")
-    subject = subject.strip()[:300] if isinstance(subject, str) else ""
+    subject, intro = _per_language(form, "subject", 300), _per_language(form, "intro", 5000)
     t = desk_text(request)
     if picked:
         try:
             digest = await digests.create_digest(
-                session, subject=subject or None, article_ids=[i for _, _, i in sorted(picked)]
+                session,
+                subject=subject or None,
+                intro=intro or None,
+                article_ids=[i for _, _, i in sorted(picked)],
             )
             return redirect(f"/desk/digests/{digest.id}")
         except digests.UnknownArticles as exc:
             error = t["conflict"].format(detail=exc)
     else:
         error = t["no_articles_chosen"]
-    items, total = await articles.list_articles(session, limit=PAGE_SIZE, offset=0)
+    items, total = await articles.list_articles(
+        session, limit=PAGE_SIZE, offset=0, include_hidden=False
+    )
     return page(
         request, "compose.html", signed=signed, status_code=422, items=items, total=total,
-        offset=0, page_size=PAGE_SIZE, error=error, subject=subject,
+        offset=0, page_size=PAGE_SIZE, error=error, subject=subject, intro=intro,
     )  # fmt: skip
+
+
+def _per_language(form: Any, field: str, limit: int) -> dict[str, str]:
+    """`subject_fr`, `subject_en`... as the API's per-language value; blank ones left out (that
+    language keeps its default)."""
+    values = {}
+    for language in ("fr", "en"):
+        raw = form.get(f"{field}_{language}")
+        if isinstance(raw, str) and raw.strip():
+            values[language] = raw.strip()[:limit]
+    return values
+
+
+@router.post("/digests/{digest_id}/edit")
+async def digest_edit(
+    request: Request, session: SessionDep, signed: ChangeDep, digest_id: int
+) -> Response:
+    """The draft's subject and introduction per language (PATCH /api/v1/digests/{id})."""
+    if not 1 <= digest_id <= MAX_DB_INT:
+        raise NotFound
+    form = await request.form()
+    subject, intro = _per_language(form, "subject", 300), _per_language(form, "intro", 5000)
+    try:
+        await digests.update_draft(
+            session, digest_id=digest_id, subject=subject or None, intro=intro or None
+        )
+    except digests.DigestNotFound as exc:
+        raise NotFound from exc
+    except digests.DigestNotDraft as exc:
+        return await _digest_page(
+            request, session, signed, digest_id, status_code=409,
+            error=desk_text(request)["conflict"].format(detail=exc),
+        )  # fmt: skip
+    return await _digest_page(
+        request, session, signed, digest_id, message=desk_text(request)["draft_saved"]
+    )
 
 
 # --- Digests -------------------------------------------------------------------------------------

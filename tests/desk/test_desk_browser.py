@@ -212,7 +212,8 @@ def test_the_editors_whole_day(
         for n in range(3):
             boxes.nth(n).check()
         page.locator("input.order").nth(2).fill("0")
-        page.get_by_label("Subject").fill("La sélection du jour")
+        page.get_by_label("Subject in French").fill("La sélection du jour")
+        page.get_by_label("Introduction in English").fill("Our pick of the day.")
         check_screen(page, shots, "05-compose")
         page.get_by_role("button", name="Create the draft").click()
         page.wait_for_url(re.compile(r"/desk/digests/\d+$"))
@@ -227,6 +228,8 @@ def test_the_editors_whole_day(
         # The email sets French spacing (a narrow no-break space before ':'): the title's end.
         assert titles[2][-20:] in frames["fr"].content()
         assert "unsubscribe" in frames["en"].content().lower()
+        assert "Our pick of the day." in frames["en"].content()
+        assert "La sélection du jour" in page.locator("#status").locator("xpath=..").inner_text()
         page.get_by_text("Phone", exact=True).click()
         width = page.locator(".previews iframe").first.evaluate("f => f.clientWidth")
         assert width <= 390

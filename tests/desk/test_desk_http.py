@@ -199,7 +199,8 @@ async def test_compose_preview_test_send_and_control_a_digest(
             "article": [ids[0], ids[1]],
             f"order_{ids[0]}": "2",
             f"order_{ids[1]}": "1",
-            "subject": "Notre sélection",
+            "subject_fr": "Notre sélection",
+            "intro_en": "Hello from the newsroom.",
         },
     )
     assert created.status_code == 303
@@ -210,6 +211,14 @@ async def test_compose_preview_test_send_and_control_a_digest(
     assert first != second
     preview = await client.get(f"{digest_url}/preview?lang=en")
     assert preview.status_code == 200
+    assert "Hello from the newsroom." in preview.text
+    # The draft's texts change per language, as PATCH /api/v1/digests/{id} does.
+    edited = await client.post(
+        f"{digest_url}/edit",
+        data={"csrf_token": token[1], "subject_fr": "Édition du soir", "subject_en": "Evening"},
+    )
+    assert "Édition du soir" in edited.text
+    assert "Evening" in edited.text
     assert "frame-ancestors 'self'" in preview.headers["content-security-policy"]
     assert preview.headers["x-frame-options"] == "SAMEORIGIN"
     await client.post(f"{digest_url}/test", data={"csrf_token": token[1], "language": "en"})
@@ -304,3 +313,22 @@ async def test_settings_mask_secrets(client: httpx.AsyncClient, session: AsyncSe
     page = await client.get("/desk/settings")
     assert "SECRET_KEY" in page.text
     assert SECRET not in page.text
+
+
+async def test_hide_show_and_delete_articles(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await add_editor(session)
+    await articles.import_feed_document(session, data=SAMPLE.read_bytes())
+    await session.commit()
+    await sign_in(client)
+    token = await csrf_of(client, "/desk/articles")
+    listing = await client.get("/desk/articles")
+    first = re.findall(r'action="/desk/articles/(\d+)/hide"', listing.text)[0]
+    await client.post(f"/desk/articles/{first}/hide", data={"csrf_token": token})
+    compose = await client.get("/desk/compose")
+    assert f'name="article" value="{first}"' not in compose.text  # not offered any more
+    await client.post(f"/desk/articles/{first}/unhide", data={"csrf_token": token})
+    assert f'name="article" value="{first}"' in (await client.get("/desk/compose")).text
+    deleted = await client.post(f"/desk/articles/{first}/delete", data={"csrf_token": token})
+    assert f"/desk/articles/{first}/hide" not in deleted.text
