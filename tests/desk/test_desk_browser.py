@@ -98,7 +98,9 @@ def editor_accounts(database_url: str, change: str) -> None:
         try:
             async with make_sessionmaker(engine)() as session:
                 if change == "add":
-                    await accounts.add_editor(session, email=EDITOR, password=PASSWORD)
+                    await accounts.add_editor(
+                        session, email=EDITOR, password=PASSWORD, is_admin=True
+                    )
                 else:
                     await accounts.remove_editor(session, email=EDITOR)
                 await session.commit()
@@ -285,10 +287,17 @@ def test_the_editors_whole_day(
             page.get_by_role("link", name=link, exact=True).click()
             check_screen(page, shots, name)
 
+        # An admin's API keys: created, shown once.
+        page.get_by_role("link", name="API keys").click()
+        page.get_by_label("Key name").fill("site WordPress")
+        page.get_by_role("button", name="Create a key").click()
+        assert len(page.locator("#new-key").inner_text()) > 20
+        check_screen(page, shots, "13-keys")
+
         # The French desk.
         page.goto(f"{url}/desk?lang=fr")
         assert page.locator("h1").inner_text() == "Vue d’ensemble"
-        check_screen(page, shots, "13-overview-fr")
+        check_screen(page, shots, "14-overview-fr")
         page.goto(f"{url}/desk?lang=en")
 
         # A form posted without its CSRF token is refused.
