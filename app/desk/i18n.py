@@ -187,6 +187,7 @@ DESK_MESSAGES: dict[str, str] = {
     "hidden": N_("hidden"),
     "article_deleted": N_("Article deleted."),
     "actions": N_("Actions"),
+    "subject_short": N_("Subject"),
 }
 # --- end of the desk strings -------------------------------------------------------------------
 
@@ -195,10 +196,10 @@ class DeskText:
     """The desk's strings in one language: `t.title`, `t["st_" + status]`, `t.get(key)`."""
 
     def __init__(self, language: str) -> None:
-        self.language = language
+        self._code = language  # not `language`: that is a string's key (t.language)
 
     def __getitem__(self, key: str) -> str:
-        return i18n.translate(self.language, DESK_MESSAGES[key])
+        return i18n.translate(self._code, DESK_MESSAGES[key])
 
     def __getattr__(self, key: str) -> str:
         try:

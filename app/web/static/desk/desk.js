@@ -26,9 +26,9 @@ function watchProgress(section) {
     }
     bar.value = data.progress;
     bar.textContent = Math.round(data.progress * 100) + " %";
-    let text = d.sentLabel + " : " + number.format(data.sent) + " · " + d.failedLabel + " : " + number.format(data.failed);
-    if (data.rate_per_second) text += " · " + d.rateLabel + " : " + number.format(Math.round(data.rate_per_second * 10) / 10) + " / s";
-    if (data.eta_seconds) text += " · " + d.etaLabel + " : " + number.format(Math.round(data.eta_seconds)) + " s";
+    let text = d.sentLabel + " " + number.format(data.sent) + " · " + d.failedLabel + " " + number.format(data.failed);
+    if (data.rate_per_second) text += " · " + d.rateLabel + " " + number.format(Math.round(data.rate_per_second * 10) / 10) + " / s";
+    if (data.eta_seconds) text += " · " + d.etaLabel + " " + number.format(Math.round(data.eta_seconds)) + " s";
     figures.textContent = text;
     window.setTimeout(tick, 1000);
   }
