@@ -103,7 +103,7 @@ async def test_import_reports_bad_rows_and_never_revives(
     report = await drain_outbox(app)
     assert report.sent == 3
     [english] = smtp_server.messages_to("reader@example.com")
-    assert "confirm your subscription" in english["Subject"]
+    assert "confirm your subscription" in english["Subject"].lower()
 
     # Twice: nobody added, no second confirmation.
     again = await run_cli(["subscribers", "import", str(path)], cli_env(settings))
