@@ -329,6 +329,7 @@ def bounces_process(
     from rich.table import Table
 
     from app.bounces import reports, service
+    from app.kinds import delivery_kinds
 
     settings = load_settings()
     tokens = _tokens(settings)
@@ -340,7 +341,11 @@ def bounces_process(
         _in_transaction(
             settings,
             lambda s: service.process_returned_mail(
-                s, settings=settings, tokens=tokens, messages=messages
+                s,
+                settings=settings,
+                tokens=tokens,
+                messages=messages,
+                kinds=delivery_kinds(settings, tokens),
             ),
         )
     )
@@ -682,9 +687,26 @@ def _status_lines(digest: Digest, progress: DigestProgress) -> list[str]:
         f"progress {progress.progress:.1%}, rate {_format_rate(progress.rate_per_second)}, "
         f"ETA {_format_eta(progress.eta_seconds)}",
     ]
+    if progress.pace_per_second is not None or progress.throttled_at is not None:
+        pace = (
+            "unlimited"
+            if progress.pace_per_second is None
+            else f"{progress.pace_per_second:.1f} msg/s"
+        )
+        throttled = ", throttled by the relay" if progress.throttled_at is not None else ""
+        lines.append(f"pace {pace}{throttled}")
+    if progress.bounce_rate is not None or progress.complaint_rate is not None:
+        lines.append(
+            f"bounce rate {_format_share(progress.bounce_rate)}, "
+            f"complaint rate {_format_share(progress.complaint_rate)}"
+        )
     if digest.status == "paused" and digest.paused_reason:
         lines.append(f"paused: {digest.paused_reason}")
     return lines
+
+
+def _format_share(share: float | None) -> str:
+    return "-" if share is None else f"{share:.2%}"
 
 
 async def _read_status(
@@ -775,6 +797,50 @@ def digests_status(
         raise typer.Exit(130) from None
     for line in _status_lines(digest, progress):
         typer.echo(line)
+
+
+@digests_cli.command("domains")
+def digests_domains(
+    digest_id: int = typer.Argument(..., help="The digest's id."),
+    limit: int = typer.Option(20, min=1, max=1000, help="How many domains, largest first."),
+) -> None:
+    """Deliverability of a digest: bounce and complaint rates, and per recipient domain the
+    copies delivered, deferred (4xx, throttled) and bounced, and the complaints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.digests import service
+
+    settings = load_settings()
+    try:
+        figures = asyncio.run(
+            _in_transaction(
+                settings,
+                lambda s: service.deliverability(s, digest_id=digest_id, domains=limit),
+            )
+        )
+    except service.DigestNotFound as exc:
+        fail(str(exc))
+    typer.echo(
+        f"digest {digest_id}: delivered {figures.delivered}, deferred {figures.deferred}, "
+        f"bounced {figures.bounced}, complaints {figures.complaints}; bounce rate "
+        f"{_format_share(figures.bounce_rate)}, complaint rate "
+        f"{_format_share(figures.complaint_rate)}"
+    )
+    table = Table(title=f"Recipient domains ({len(figures.domains)} of {figures.domain_count})")
+    for column in ("domain", "delivered", "deferred", "bounced", "complaints", "bounce rate"):
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for d in figures.domains:
+        tried = d.delivered + d.bounced
+        table.add_row(
+            d.domain,
+            str(d.delivered),
+            str(d.deferred),
+            str(d.bounced),
+            str(d.complaints),
+            _format_share(d.bounced / tried if tried else None),
+        )
+    Console(width=120).print(table)
 
 
 @digests_cli.command("list")

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     send_refusal_sample: int = Field(default=300, ge=1)
     send_refusal_max_share: float = Field(default=0.5, gt=0, le=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    # Breakers: a send pauses itself past these shares (app/outbox/breakers.py).
+    send_pause_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    send_pause_complaint_rate: float = Field(default=0.003, gt=0, le=1)
+    send_breaker_min_attempts: int = Field(default=500, ge=1)
+    # Soft bounces on this many digests in a row, no delivery between: the reader is bounced.
+    soft_bounce_limit: int = Field(default=3, ge=1)
 
     # Signup
     confirm_token_max_age_days: int = Field(default=7, ge=1)

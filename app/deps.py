@@ -14,6 +14,7 @@ from app.db import session_scope
 from app.editors import authenticate
 from app.keys import ensure_hashing_key
 from app.models import ApiKey
+from app.outbox.kinds import Kinds
 from app.security import Tokens
 
 
@@ -34,6 +35,12 @@ async def get_tokens(request: Request) -> Tokens:
     return await ensure_hashing_key(tokens, request.app.state.engine)
 
 
+def get_kinds(request: Request) -> Kinds:
+    # The delivery kinds (app/kinds.py), built once per app: how a domain pauses another's send.
+    kinds: Kinds = request.app.state.kinds
+    return kinds
+
+
 def client_ip(request: Request) -> str:
     settings: Settings = request.app.state.settings
     if settings.trust_forwarded_for:
@@ -50,6 +57,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # success for data that then failed to commit, and no lock outlives the handler.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 TokensDep = Annotated[Tokens, Depends(get_tokens)]
+KindsDep = Annotated[Kinds, Depends(get_kinds)]
 ClientIpDep = Annotated[str, Depends(client_ip)]
 
 # Bounded integers from URLs: ids and offsets past a 32-bit database integer are a 422 naming

@@ -28,6 +28,7 @@ from app.http import (
     SecurityHeaders,
 )
 from app.i18n import translate
+from app.kinds import delivery_kinds
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
 from app.security import Tokens
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.state.settings = settings
     app.state.metrics = metrics.Metrics()
     app.state.tokens = Tokens.from_settings(settings)  # hashing key: loaded by the lifespan
+    app.state.kinds = delivery_kinds(settings, app.state.tokens)
     app.state.signup_limiter = RateLimiter(
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )

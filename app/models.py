@@ -303,7 +303,56 @@ class BounceEvent(SQLModel, table=True):
     # Returned mail only: the report's Message-ID or SHA-256 (app.bounces.reports.report_id);
     # unique, so that reading the same mailbox again never applies a report twice.
     report_id: str | None = Field(default=None, max_length=200, unique=True, index=True)
+    # The send (digest) the bounce or complaint is about: the one its report names, else the
+    # reader's latest copy. Counts toward that send's breakers and a reader's soft-bounce run.
+    digest_id: int | None = Field(default=None, index=True)
     created_at: datetime = _ts(default_factory=utcnow, index=True)  # the desk's log, newest first
+
+
+# --- Deliverability of each send (written by workers and the bounce handling) -----------------
+
+
+class SendTally(SQLModel, table=True):
+    """Outcome counters of one send per recipient domain: a few hundred rows for a million
+    readers, so a send's figures and breakers read counters, never the deliveries."""
+
+    __tablename__ = "send_tally"
+
+    kind: str = Field(primary_key=True, max_length=16)
+    send_id: int = Field(primary_key=True)
+    domain: str = Field(primary_key=True, max_length=255)
+    delivered: int = 0  # accepted by the relay
+    deferred: int = 0  # a temporary refusal (4xx, throttling): tried again later
+    bounced: int = 0  # a hard bounce at send time
+    complaints: int = 0  # spam complaints reported about this send
+
+
+class SendPace(SQLModel, table=True):
+    """The pace each worker keeps for a send it is sending (app.worker.pacing), reported after
+    each batch: the digest's progress shows it, and whether the relay throttles."""
+
+    __tablename__ = "send_pace"
+
+    kind: str = Field(primary_key=True, max_length=16)
+    send_id: int = Field(primary_key=True)
+    worker_id: str = Field(primary_key=True, max_length=100)
+    rate_per_second: float | None = None  # None: unlimited (never throttled)
+    throttled_at: datetime | None = _ts(default=None)  # the relay's last throttling reply
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class SendBreaker(SQLModel, table=True):
+    """The counters of a send when it was last resumed: the breakers judge only what came
+    since (else a send a breaker paused would pause again at once)."""
+
+    __tablename__ = "send_breaker"
+
+    kind: str = Field(primary_key=True, max_length=16)
+    send_id: int = Field(primary_key=True)
+    delivered: int = 0
+    bounced: int = 0
+    complaints: int = 0
+    rebased_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- Keys --------------------------------------------------------------------------------------

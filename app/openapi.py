@@ -67,6 +67,7 @@ _DIGEST_LINKS = {
     "GetDigest": ("get", DIGEST, _DIGEST_ID),
     "EditDigest": ("patch", DIGEST, _DIGEST_ID),
     "PreviewDigest": ("get", f"{DIGEST}/preview", _DIGEST_ID),
+    "DigestDeliverability": ("get", f"{DIGEST}/deliverability", _DIGEST_ID),
     "TestDigest": ("post", f"{DIGEST}/test", _DIGEST_ID),
     "SendDigest": ("post", f"{DIGEST}/send", _DIGEST_ID),
     "PauseDigest": ("post", f"{DIGEST}/pause", _DIGEST_ID),

@@ -43,6 +43,13 @@ class Faults:
     drop_after_messages: int | None = None  # hang up after every Nth 250 reply
     drop_before_reply_every: int | None = None  # store every Nth message, then hang up unreplied
     delay_seconds: float = 0.0
+    # A relay that throttles: above `rate_limit` recipients per second (a token bucket holding
+    # `rate_burst`), RCPT gets `throttle_reply`.
+    rate_limit: float | None = None
+    rate_burst: float = 10.0
+    throttle_reply: str = "451 4.7.1 Rate limit exceeded, slow down"
+    refuse_every: int | None = None  # every Nth recipient: `refuse_reply` (a share of hard bounces)
+    refuse_reply: str = "550 5.1.1 <x>: No such user"
 
 
 class _Handler:
@@ -63,6 +70,10 @@ class _Handler:
     ) -> str:
         faults = self.server.faults
         key = address.lower()
+        if faults.rate_limit is not None and not self.server.take_token():
+            return faults.throttle_reply
+        if faults.refuse_every and self.server.index_of(key) % faults.refuse_every == 0:
+            return faults.refuse_reply.replace("<x>", f"<{address}>")
         if faults.rcpt_all:
             return faults.rcpt_all.replace("<x>", f"<{address}>")
         if key in faults.rcpt:
@@ -118,6 +129,9 @@ class SmtpServer:
         self.received: list[Received] = []
         self.drops = 0
         self.lock = threading.Lock()
+        self.attempts: list[tuple[float, bool]] = []  # (monotonic time, throttled) per RCPT
+        self._tokens = 0.0
+        self._refilled = 0.0
         self._kwargs = kwargs
         self._controller: Controller | None = None
 
@@ -133,6 +147,31 @@ class SmtpServer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def take_token(self) -> bool:
+        """The throttling relay's bucket: one token per recipient, refilled at rate_limit/s."""
+        limit = self.faults.rate_limit
+        assert limit is not None
+        now = time.monotonic()
+        with self.lock:
+            if not self._refilled:
+                self._tokens, self._refilled = self.faults.rate_burst, now
+            self._tokens = min(
+                self.faults.rate_burst, self._tokens + (now - self._refilled) * limit
+            )
+            self._refilled = now
+            allowed = self._tokens >= 1
+            if allowed:
+                self._tokens -= 1
+            self.attempts.append((now, not allowed))
+            return allowed
+
+    @staticmethod
+    def index_of(address: str) -> int:
+        """N of "readerN@...", the test readers' addresses; -1 for any other."""
+        local = address.split("@", 1)[0]
+        digits = local.removeprefix("reader")
+        return int(digits) if digits.isdigit() else -1
 
     def messages_to(self, address: str) -> list[EmailMessage]:
         with self.lock:

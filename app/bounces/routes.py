@@ -16,7 +16,7 @@ from app.bounces.schemas import (
     UnbounceIn,
     UnbounceOut,
 )
-from app.deps import EditorDep, SessionDep, SettingsDep, TokensDep
+from app.deps import EditorDep, KindsDep, SessionDep, SettingsDep, TokensDep
 from app.editors import authenticate
 
 router = APIRouter(prefix="/api/v1", tags=["bounces"])
@@ -62,10 +62,14 @@ async def report_bounce(
     body: BounceCreate,
     session: SessionDep,
     tokens: TokensDep,
+    settings: SettingsDep,
+    kinds: KindsDep,
     source: Annotated[str, Depends(bounce_reporter)],
 ) -> BounceAccepted:
-    """hard -> bounced; complaint -> complained; soft -> counted (3 within 30 days -> bounced).
-    The answer is the same (202) whether or not the address is known; unknown ones store nothing."""
+    """hard -> bounced; complaint -> complained (and counted against the reader's latest
+    digest: past SEND_PAUSE_COMPLAINT_RATE its send pauses); soft -> counted (SOFT_BOUNCE_LIMIT
+    within 30 days, or on that many digests in a row -> bounced). The answer is the same (202)
+    whether or not the address is known; unknown ones store nothing."""
     await service.report_bounce(
         session,
         tokens=tokens,
@@ -73,6 +77,8 @@ async def report_bounce(
         type=body.type,
         reason=body.reason,
         source=source,
+        settings=settings,
+        kinds=kinds,
     )
     return BounceAccepted()
 

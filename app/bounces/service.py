@@ -1,8 +1,13 @@
 """Bounces and complaints: one rule for the webhook, the editor API and returned mail.
 
-hard -> `bounced`; complaint -> `complained`; soft -> counted, the third within 30 days ->
-`bounced`. A subscriber who becomes bounced or complained is mailed nothing more, including
-deliveries already queued.
+hard -> `bounced`; complaint -> `complained`; soft -> counted: on SOFT_BOUNCE_LIMIT (3) digests
+in a row with no delivery between -> `bounced` (soft bounces tied to no digest: SOFT_BOUNCE_LIMIT
+within 30 days). A subscriber
+who becomes bounced or complained is mailed nothing more, including deliveries already queued.
+
+Each bounce or complaint is tied to the digest it is about (the copy a report names, else the
+reader's latest copy); complaints add to that send's counters, and the complaint breaker
+(app.outbox.breakers) is checked once they are recorded.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.outbox import breakers, tally
 from app.outbox.identity import delivery_of_message_id, verp_delivery_id
+from app.outbox.kinds import Kinds
 from app.security import Tokens
 from app.subscribers.lifecycle import change_status, record_event
 from app.subscribers.service import subscriber_by_email
@@ -58,6 +65,41 @@ class BounceOutcome:
     subscriber_id: int
     status: str
     changed: bool  # the status changed because of this event
+    digest_id: int | None = None  # the send it was tied to
+
+
+async def _soft_bounced_in_a_row(
+    session: AsyncSession, *, subscriber_id: int, digest_id: int, limit: int
+) -> bool:
+    """Whether the reader's last `limit` digest copies (up to `digest_id`) all soft-bounced:
+    a copy that went out with no soft bounce since is a delivery, and breaks the run."""
+    copies = (
+        await session.exec(
+            select(Delivery.digest_id)
+            .where(
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.kind == DeliveryKind.digest,
+                col(Delivery.digest_id) <= digest_id,
+                col(Delivery.status).in_([DeliveryStatus.sent, DeliveryStatus.failed]),
+            )
+            .order_by(col(Delivery.digest_id).desc())
+            .limit(limit)
+        )
+    ).all()
+    if len(copies) < limit:
+        return False
+    soft = set(
+        (
+            await session.exec(
+                select(BounceEvent.digest_id).where(
+                    BounceEvent.subscriber_id == subscriber_id,
+                    BounceEvent.type == BounceType.soft,
+                    col(BounceEvent.digest_id).in_(list(copies)),
+                )
+            )
+        ).all()
+    )
+    return all(c in soft for c in copies)
 
 
 async def apply_bounce(
@@ -68,13 +110,21 @@ async def apply_bounce(
     reason: str | None,
     source: str,
     report_id: str | None = None,
+    digest_id: int | None = None,
+    soft_bounce_limit: int = SOFT_BOUNCE_LIMIT,
 ) -> BounceOutcome | None:
     """Record one bounce or complaint for a known subscriber and apply its effect.
 
-    With a `report_id` (returned mail), None if that report was already applied: nothing is
-    recorded or changed again."""
+    `digest_id`: the digest it is about, if known; else the reader's latest copy. With a
+    `report_id` (returned mail), None if that report was already applied: nothing is recorded or
+    changed again."""
     assert subscriber.id is not None
     now = utcnow()
+    if digest_id is None:
+        latest = await tally.latest_send_of(
+            session, subscriber_id=subscriber.id, kinds=[DeliveryKind.digest.value]
+        )
+        digest_id = latest[1] if latest is not None else None
     reason = " ".join(reason.split())[:2000] if reason else None
     event = BounceEvent(
         subscriber_id=subscriber.id,
@@ -82,6 +132,7 @@ async def apply_bounce(
         reason=reason,
         source=source,
         report_id=report_id,
+        digest_id=digest_id,
         created_at=now,
     )
     if report_id is None:
@@ -100,6 +151,15 @@ async def apply_bounce(
     )
     await session.flush()
     metrics.count_bounce(str(type))
+    if type == BounceType.complaint and digest_id is not None:
+        await tally.add(
+            session,
+            {
+                (DeliveryKind.digest.value, digest_id, tally.domain_of(subscriber.email)): {
+                    "complaints": 1
+                }
+            },
+        )
 
     new_status: SubscriberStatus | None = None
     why = str(type)
@@ -109,7 +169,19 @@ async def apply_bounce(
     elif subscriber.status not in (SubscriberStatus.bounced, SubscriberStatus.complained):
         if type == BounceType.hard:
             new_status = SubscriberStatus.bounced
+        elif digest_id is not None:
+            # A soft bounce on a digest: suppressed after SOFT_BOUNCE_LIMIT digests in a row
+            # with no delivery between (a reader whose box was full once a month stays).
+            if await _soft_bounced_in_a_row(
+                session, subscriber_id=subscriber.id, digest_id=digest_id, limit=soft_bounce_limit
+            ):
+                new_status = SubscriberStatus.bounced
+                why = (
+                    f"soft bounces on {soft_bounce_limit} digests in a row with no delivery "
+                    f"between (SOFT_BOUNCE_LIMIT), the last on digest {digest_id}"
+                )
         else:
+            # Tied to no digest (the reader never got one): SOFT_BOUNCE_LIMIT within 30 days.
             recent_soft = (
                 await session.exec(
                     select(func.count()).where(
@@ -119,12 +191,12 @@ async def apply_bounce(
                     )
                 )
             ).one()
-            if recent_soft >= SOFT_BOUNCE_LIMIT:
+            if recent_soft >= soft_bounce_limit:
                 new_status = SubscriberStatus.bounced
                 why = f"{recent_soft} soft bounces within {SOFT_BOUNCE_WINDOW.days} days"
 
     if new_status is None:
-        return BounceOutcome(subscriber.id, subscriber.status, changed=False)
+        return BounceOutcome(subscriber.id, subscriber.status, changed=False, digest_id=digest_id)
     previous = subscriber.status
     await change_status(
         session,
@@ -138,18 +210,61 @@ async def apply_bounce(
         detail=f"{why} (was {previous})",
         now=now,
     )
-    return BounceOutcome(subscriber.id, new_status, changed=True)
+    return BounceOutcome(subscriber.id, new_status, changed=True, digest_id=digest_id)
 
 
-async def bounce_at_send(session: AsyncSession, *, subscriber_id: int | None, reply: str) -> None:
+async def bounce_at_send(
+    session: AsyncSession, *, subscriber_id: int | None, reply: str, digest_id: int | None = None
+) -> None:
     """A 5xx on the recipient at send time is a hard bounce, recorded like any other."""
     if subscriber_id is None:
         return
     subscriber = await session.get(Subscriber, subscriber_id)
     if subscriber is not None:
         await apply_bounce(
-            session, subscriber=subscriber, type=BounceType.hard, reason=reply, source="smtp"
+            session,
+            subscriber=subscriber,
+            type=BounceType.hard,
+            reason=reply,
+            source="smtp",
+            digest_id=digest_id,
         )
+
+
+async def soft_bounce_at_send(
+    session: AsyncSession,
+    *,
+    subscriber_id: int | None,
+    digest_id: int | None,
+    reply: str,
+    soft_bounce_limit: int = SOFT_BOUNCE_LIMIT,
+) -> None:
+    """A copy the relay refused for a while (4xx) until its last attempt: a soft bounce on its
+    digest."""
+    if subscriber_id is None or digest_id is None:
+        return
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is not None and subscriber.erased_at is None:
+        await apply_bounce(
+            session,
+            subscriber=subscriber,
+            type=BounceType.soft,
+            reason=reply,
+            source="smtp",
+            digest_id=digest_id,
+            soft_bounce_limit=soft_bounce_limit,
+        )
+
+
+async def check_breakers(
+    session: AsyncSession, *, settings: Settings, kinds: Kinds, digest_ids: Iterable[int | None]
+) -> list[tuple[str, int, str]]:
+    """After complaints are recorded: pause the digests whose complaint rate trips the breaker
+    (through the digest kind, the path of every pause)."""
+    sends = {(DeliveryKind.digest.value, i) for i in digest_ids if i is not None}
+    if not sends:
+        return []
+    return await breakers.check(session, settings=settings, kinds=kinds, sends=sends)
 
 
 async def report_bounce(
@@ -160,8 +275,11 @@ async def report_bounce(
     type: BounceType,
     reason: str | None,
     source: str,
+    settings: Settings | None = None,
+    kinds: Kinds | None = None,
 ) -> BounceOutcome | None:
-    """A bounce reported by address (API, webhook). Unknown addresses: None, nothing stored."""
+    """A bounce reported by address (API, webhook), tied to the reader's latest copy. Unknown
+    addresses: None, nothing stored. With `kinds`, a complaint checks the complaint breaker."""
     # An erased subscriber is already suppressed; storing a fresh reason would store personal
     # data again, so they are treated like an unknown address.
     subscriber = await subscriber_by_email(
@@ -170,9 +288,18 @@ async def report_bounce(
     if subscriber is None:
         return None
     outcome = await apply_bounce(
-        session, subscriber=subscriber, type=type, reason=reason, source=source
+        session,
+        subscriber=subscriber,
+        type=type,
+        reason=reason,
+        source=source,
+        soft_bounce_limit=settings.soft_bounce_limit if settings else SOFT_BOUNCE_LIMIT,
     )
     assert outcome is not None  # only a report_id can make it None
+    if type == BounceType.complaint and settings is not None and kinds is not None:
+        await check_breakers(
+            session, settings=settings, kinds=kinds, digest_ids=[outcome.digest_id]
+        )
     return outcome
 
 
@@ -249,10 +376,12 @@ async def process_returned_mail(
     settings: Settings,
     tokens: Tokens,
     messages: Iterable[tuple[str, bytes]],
+    kinds: Kinds | None = None,
 ) -> ProcessSummary:
     """Apply every readable report in (name, raw message) pairs, each at most once ever (by its
     `report_id`); list the rest."""
     summary = ProcessSummary()
+    complained: set[int | None] = set()
     for name, raw in messages:
         summary.processed += 1
         try:
@@ -277,10 +406,13 @@ async def process_returned_mail(
             reason=reason,
             source=BounceSource.mailbox,
             report_id=report.report_id,
+            soft_bounce_limit=settings.soft_bounce_limit,
         )
         if outcome is None:
             summary.already_processed += 1
             continue
+        if bounce_type == BounceType.complaint:
+            complained.add(outcome.digest_id)
         summary.suppressed += outcome.changed
         if bounce_type == BounceType.hard:
             summary.hard += 1
@@ -288,6 +420,8 @@ async def process_returned_mail(
             summary.soft += 1
         else:
             summary.complaints += 1
+    if kinds is not None and complained:
+        await check_breakers(session, settings=settings, kinds=kinds, digest_ids=complained)
     return summary
 
 

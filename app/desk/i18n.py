@@ -188,6 +188,9 @@ DESK_MESSAGES: dict[str, str] = {
     "article_deleted": N_("Article deleted."),
     "actions": N_("Actions"),
     "subject_short": N_("Subject"),
+    "bounce_rate": N_("Bounce rate"),
+    "complaint_rate": N_("Complaint rate"),
+    "throttled": N_("the relay is slowing us down"),
 }
 # --- end of the desk strings -------------------------------------------------------------------
 

@@ -510,6 +510,10 @@ async def digest_progress(
             "rate_per_second": progress.rate_per_second,
             "eta_seconds": progress.eta_seconds,
             "progress": progress.progress,
+            "pace_per_second": progress.pace_per_second,
+            "throttled_at": progress.throttled_at.isoformat() if progress.throttled_at else None,
+            "bounce_rate": progress.bounce_rate,
+            "complaint_rate": progress.complaint_rate,
         },
         headers={"Cache-Control": "no-store"},
     )

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.bounces.service import bounce_at_send
+from app.bounces.service import bounce_at_send, soft_bounce_at_send
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, compose_test_copy, digest_template
@@ -113,7 +113,18 @@ class DigestKind(BaseKind):
         return out
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
-        await bounce_at_send(session, subscriber_id=delivery.subscriber_id, reply=reply)
+        await bounce_at_send(
+            session, subscriber_id=delivery.subscriber_id, digest_id=delivery.digest_id, reply=reply
+        )
+
+    async def soft_bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
+        await soft_bounce_at_send(
+            session,
+            subscriber_id=delivery.subscriber_id,
+            digest_id=delivery.digest_id,
+            reply=reply,
+            soft_bounce_limit=self.settings.soft_bounce_limit,
+        )
 
     async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:
         return await service.pause_digest(session, digest_id=send_id, reason=reason)

@@ -14,6 +14,7 @@ from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, To
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
+    DeliverabilityPublic,
     DigestActionIn,
     DigestArticlePublic,
     DigestCreate,
@@ -21,6 +22,7 @@ from app.digests.schemas import (
     DigestPublic,
     DigestSummary,
     DigestUpdate,
+    DomainFiguresPublic,
     TestSendAccepted,
     TestSendIn,
 )
@@ -63,6 +65,11 @@ def _summary_fields(
         "rate_per_second": progress.rate_per_second,
         "eta_seconds": progress.eta_seconds,
         "progress": progress.progress,
+        "pace_per_second": progress.pace_per_second,
+        "throttled_by_relay": progress.throttled_at is not None,
+        "throttled_at": progress.throttled_at,
+        "bounce_rate": progress.bounce_rate,
+        "complaint_rate": progress.complaint_rate,
     }
 
 
@@ -187,6 +194,47 @@ async def update_digest(
     except service.UnknownArticles as exc:
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     return await _public(session, digest)
+
+
+@router.get(
+    "/{digest_id}/deliverability",
+    response_model=DeliverabilityPublic,
+    responses={**AUTH, **NOT_FOUND},
+)
+async def deliverability(
+    digest_id: IdPath,
+    session: SessionDep,
+    _editor: EditorDep,
+    domains: Annotated[
+        int, Query(ge=1, le=1000, description="How many recipient domains to list")
+    ] = 50,
+) -> DeliverabilityPublic:
+    """Bounce rate, complaint rate, and delivered / deferred / bounced per recipient domain,
+    from the counters workers keep (cheap at any list size: one row per domain)."""
+    try:
+        figures = await service.deliverability(session, digest_id=digest_id, domains=domains)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    return DeliverabilityPublic(
+        digest_id=digest_id,
+        delivered=figures.delivered,
+        deferred=figures.deferred,
+        bounced=figures.bounced,
+        complaints=figures.complaints,
+        bounce_rate=figures.bounce_rate,
+        complaint_rate=figures.complaint_rate,
+        domains=[
+            DomainFiguresPublic(
+                domain=d.domain,
+                delivered=d.delivered,
+                deferred=d.deferred,
+                bounced=d.bounced,
+                complaints=d.complaints,
+            )
+            for d in figures.domains
+        ],
+        domain_count=figures.domain_count,
+    )
 
 
 @router.get(

@@ -128,6 +128,23 @@ class DigestSummary(BaseModel):
         le=1,
         description="Share of recipients decided: (sent + failed + skipped) / recipients",
     )
+    pace_per_second: float | None = Field(
+        description="The pace the workers keep while sending, in messages per second (they "
+        "slow down when the relay throttles, speed up while it accepts, never above "
+        "SEND_RATE_PER_SECOND); null when unlimited or not sending"
+    )
+    throttled_by_relay: bool = Field(
+        description="The relay answered with a throttling reply within the last minute"
+    )
+    throttled_at: UtcDatetime | None = Field(
+        description="When the relay last throttled this send, within the last minute"
+    )
+    bounce_rate: float | None = Field(
+        description="Hard bounces at send time / (delivered + hard bounces); null before any"
+    )
+    complaint_rate: float | None = Field(
+        description="Spam complaints / delivered copies; null before any delivery"
+    )
 
 
 class DigestPublic(DigestSummary):
@@ -139,6 +156,28 @@ class DigestList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class DomainFiguresPublic(BaseModel):
+    domain: str = Field(description="The recipient domain, lower-cased")
+    delivered: int = Field(description="Copies the relay accepted")
+    deferred: int = Field(description="Temporary refusals (4xx, throttling), each tried again")
+    bounced: int = Field(description="Hard bounces at send time")
+    complaints: int = Field(description="Spam complaints about this digest")
+
+
+class DeliverabilityPublic(BaseModel):
+    digest_id: int
+    delivered: int
+    deferred: int
+    bounced: int
+    complaints: int
+    bounce_rate: float | None = Field(description="bounced / (delivered + bounced)")
+    complaint_rate: float | None = Field(description="complaints / delivered")
+    domains: list[DomainFiguresPublic] = Field(
+        description="The largest recipient domains, by copies tried, largest first"
+    )
+    domain_count: int = Field(description="How many recipient domains in all")
 
 
 class TestSendIn(BaseModel):

@@ -25,8 +25,8 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.outbox import breakers, signals, tally
 from app.outbox import queue as outbox
-from app.outbox import signals
 
 DEFAULT_MAX_ARTICLES = 15
 MAX_ARTICLES = 50
@@ -97,6 +97,39 @@ class DigestProgress:
     # left, or when the digest is not sending (a paused send has no end in sight).
     eta_seconds: float | None
     progress: float  # decided (sent, failed, skipped) / recipients, 0..1
+    # The pace the workers keep for this send (app.worker.pacing), summed; None: unlimited.
+    pace_per_second: float | None = None
+    # When the relay last answered with a throttling reply (within the last minute), else None.
+    throttled_at: datetime | None = None
+    bounce_rate: float | None = None  # hard bounces / (delivered + hard bounces)
+    complaint_rate: float | None = None  # complaints / delivered copies
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFigures:
+    domain: str
+    delivered: int
+    deferred: int
+    bounced: int
+    complaints: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverability:
+    delivered: int
+    deferred: int
+    bounced: int
+    complaints: int
+    bounce_rate: float | None
+    complaint_rate: float | None
+    domains: list[DomainFigures]
+    domain_count: int  # all the domains, of which `domains` are the largest
+
+
+def _rates(counts: tally.Counts) -> tuple[float | None, float | None]:
+    bounce = counts.bounced / counts.attempts if counts.attempts else None
+    complaint = counts.complaints / counts.delivered if counts.delivered else None
+    return bounce, complaint
 
 
 # --- Compose -----------------------------------------------------------------------------------
@@ -413,6 +446,8 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
     if not getattr(result, "rowcount", 0):
         raise await _conflict(session, digest_id=digest_id, action="resume", allowed=["paused"])
     await signals.publish(session, signals.resume_signal(digest_id))
+    # The editor resumes knowing the figures: the breakers judge what comes from here on.
+    await breakers.rebase(session, kind=DeliveryKind.digest, send_id=digest_id)
     await session.execute(
         sa.update(Delivery)
         .where(
@@ -562,11 +597,57 @@ async def digest_progress(
             raw[digest_id][status] = count
         if status == DeliveryStatus.sent:
             recent[digest_id] = sent_recently
-    return {
-        d.id: _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
-        for d in digests
-        if d.id is not None
-    }
+    paces = await tally.pace_of(session, kind=DeliveryKind.digest, send_ids=ids, now=now)
+    totals = await tally.totals_of(session, kind=DeliveryKind.digest, send_ids=ids)
+    progress: dict[int, DigestProgress] = {}
+    for d in digests:
+        if d.id is None:
+            continue
+        base = _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
+        pace = paces.get(d.id)
+        throttled_at = as_utc(pace.throttled_at) if pace and pace.throttled_at else None
+        if throttled_at is not None and throttled_at < now - tally.PACE_FRESH:
+            throttled_at = None
+        bounce_rate, complaint_rate = _rates(totals.get(d.id, tally.Counts()))
+        progress[d.id] = DigestProgress(
+            counts=base.counts,
+            rate_per_second=base.rate_per_second,
+            eta_seconds=base.eta_seconds,
+            progress=base.progress,
+            pace_per_second=(
+                pace.rate_per_second
+                if pace is not None and d.status == DigestStatus.sending
+                else None
+            ),
+            throttled_at=throttled_at,
+            bounce_rate=bounce_rate,
+            complaint_rate=complaint_rate,
+        )
+    return progress
+
+
+async def deliverability(session: AsyncSession, *, digest_id: int, domains: int) -> Deliverability:
+    """The send's outcome counters, in all and for its `domains` largest recipient domains:
+    reads the counters workers keep (one row per domain), never the deliveries."""
+    await get_digest(session, digest_id=digest_id)
+    totals = await tally.totals(session, kind=DeliveryKind.digest, send_id=digest_id)
+    rows, count = await tally.by_domain(
+        session, kind=DeliveryKind.digest, send_id=digest_id, limit=domains
+    )
+    bounce_rate, complaint_rate = _rates(totals)
+    return Deliverability(
+        delivered=totals.delivered,
+        deferred=totals.deferred,
+        bounced=totals.bounced,
+        complaints=totals.complaints,
+        bounce_rate=bounce_rate,
+        complaint_rate=complaint_rate,
+        domains=[
+            DomainFigures(domain, c.delivered, c.deferred, c.bounced, c.complaints)
+            for domain, c in rows
+        ],
+        domain_count=count,
+    )
 
 
 def _progress(

@@ -67,6 +67,10 @@ class Kind(Protocol):
         """The relay refused the recipient for good (5xx at RCPT): a hard bounce."""
         ...
 
+    async def soft_bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
+        """The relay refused the recipient for a while (4xx) until the last attempt."""
+        ...
+
     async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:
         """Pause the send `send_id` (a digest) because the sending setup is broken; False when
         the kind has no sends or that send was not running."""
@@ -99,6 +103,9 @@ class BaseKind:
         raise NotImplementedError
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
+        return None
+
+    async def soft_bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
         return None
 
     async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:

@@ -228,8 +228,9 @@ async def mark_skipped(
 
 async def mark_failed(
     session: AsyncSession, *, worker_id: str, delivery_id: int, reply: str
-) -> None:
-    await session.execute(
+) -> bool:
+    """False when the row is not this worker's any more: its outcome is not ours to record."""
+    result = await session.execute(
         sa.update(Delivery)
         .where(_held_by(worker_id, [delivery_id]))
         .values(
@@ -240,6 +241,7 @@ async def mark_failed(
         )
         .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def backoff_seconds(attempts: int, *, base: float, cap: float) -> float:

@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import defaultdict
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.outbox import queue as outbox
+from app.outbox import tally
+from app.outbox.kinds import Outgoing
 
 log = logging.getLogger("app.worker")
 
 RECORD_GROUP = 10  # messages: at most this many accepted-but-unrecorded per worker
 RECORD_DELAY = 0.05  # seconds: and never older than this
+# Outcome counters (app.outbox.tally) are figures, not the outcomes: written with the outcomes
+# at most this often, at the end of each batch and before a breaker reads them, so that they
+# cost the hot path a few statements a second, not one per group. A crash loses at most this
+# much of them; another worker's breaker sees this worker's deliveries this late at most.
+TALLY_SECONDS = 0.25
 LEFT_REASON = "the reader left the list"
 
 
@@ -32,6 +41,9 @@ class Recorder:
         self.worker_id = worker_id
         self._sent: list[int] = []
         self._left: list[int] = []
+        # Outcome counters of sends (app.outbox.tally), written with the outcomes.
+        self._counts: defaultdict[tally.TallyKey, dict[str, int]] = defaultdict(dict)
+        self._counted_at = time.monotonic()
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -44,12 +56,29 @@ class Recorder:
         """A held row not sent because its reader left the list meanwhile."""
         self._left.append(delivery_id)
 
-    async def flush(self) -> None:
+    def count(self, item: Outgoing, outcome: str) -> None:
+        """One more `outcome` (delivered, deferred, bounced) for the item's send and domain."""
+        delivery = item.delivery
+        if delivery.digest_id is None:
+            return  # not part of a send (a confirmation email)
+        key = (delivery.kind, delivery.digest_id, tally.domain_of(item.recipient))
+        counts = self._counts[key]
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    async def flush(self, *, counters: bool = False) -> None:
+        """Record what is pending; the outcome counters too when `counters` (end of a batch) or
+        TALLY_SECONDS after they were last written."""
         async with self._lock:
-            if not self._sent and not self._left:
+            now = time.monotonic()
+            counters = bool(self._counts) and (counters or now - self._counted_at >= TALLY_SECONDS)
+            if not self._sent and not self._left and not counters:
                 return
             sent, self._sent = self._sent, []
             left, self._left = self._left, []
+            counts: defaultdict[tally.TallyKey, dict[str, int]] = defaultdict(dict)
+            if counters:
+                counts, self._counts = self._counts, counts
+                self._counted_at = now
             self._full.clear()
             try:
                 async with self.sessionmaker() as session:
@@ -57,11 +86,16 @@ class Recorder:
                     await outbox.mark_skipped(
                         session, worker_id=self.worker_id, ids=left, reason=LEFT_REASON
                     )
+                    await tally.add(session, counts)
                     await session.commit()
             except BaseException:
                 # Not recorded yet: keep them for the next flush.
                 self._sent[:0] = sent
                 self._left[:0] = left
+                for key, added in counts.items():
+                    mine = self._counts[key]
+                    for outcome, n in added.items():
+                        mine[outcome] = mine.get(outcome, 0) + n
                 raise
 
     async def run(self, stop: asyncio.Event) -> None:

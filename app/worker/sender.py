@@ -25,9 +25,8 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -36,12 +35,13 @@ from app.config import Settings
 from app.mail.dkim import DkimSigner
 from app.mail.transport import Connection, Mailer, SendError
 from app.models import utcnow
+from app.outbox import breakers, signals, tally
 from app.outbox import queue as outbox
-from app.outbox import signals
 from app.outbox.identity import verp_sender
 from app.outbox.kinds import Composition, Kinds, Outgoing
 from app.outbox.queue import Claimed
 from app.worker.control import Control, Stop, Watcher
+from app.worker.pacing import Pace, is_throttling, speaks_of_volume
 from app.worker.recorder import Recorder
 from app.worker.relay import BounceGuard, RelayHealth, Verdict
 
@@ -121,7 +121,7 @@ class Sender:
         self.mailer = mailer
         self.kinds = kinds
         self.worker_id = worker_id or default_worker_id()
-        self.limiter = _limiter(settings.send_rate_per_second)
+        self.pace = Pace(ceiling=settings.send_rate_per_second, lanes=settings.send_concurrency)
         # Built once: a half-configured DKIM setup fails here, at start, with a clear message.
         self.signer = DkimSigner.from_settings(settings)
         self.pool = ConnectionPool(mailer, max_messages=settings.smtp_messages_per_connection)
@@ -186,7 +186,7 @@ class Sender:
                 await self._release([h.item.delivery for h in self.guard.release_all()])
             await self.pool.close_all()
             try:
-                await self.recorder.flush()
+                await self.recorder.flush(counters=True)
             except Exception:
                 log.exception("could not record the last sent messages; they may be resent")
             stop_listening.set()
@@ -271,7 +271,7 @@ class Sender:
         report = BatchReport(claimed=len(batch.claimed), skipped=batch.skipped)
         pending = deque(batch.outgoing)
         unsent: list[Claimed] = []
-        lanes = min(self.settings.send_concurrency, len(pending))
+        lanes = min(self.pace.lanes, len(pending))
         done = asyncio.Event()
 
         def in_hand() -> list[Claimed]:
@@ -281,13 +281,15 @@ class Sender:
         flusher = asyncio.create_task(self.recorder.run(done))
         watcher = asyncio.create_task(self.watcher.run(in_hand, done))
         try:
-            await asyncio.gather(*(self._lane(pending, report, unsent) for _ in range(lanes)))
+            await asyncio.gather(
+                *(self._lane(lane, pending, report, unsent) for lane in range(lanes))
+            )
         finally:
             done.set()
             await flusher
             await watcher
             try:
-                await self.recorder.flush()
+                await self.recorder.flush(counters=True)
             except Exception:  # kept by the recorder; the next batch's flusher tries again
                 log.warning("could not record this batch's sent messages yet", exc_info=True)
             unsent.extend(item.delivery for item in pending)
@@ -300,6 +302,7 @@ class Sender:
             self.control.done_with(c.id for c in batch.claimed)
         report.held = len(self.guard.held())
         await self._finish_sends(batch.claimed)
+        await self._report_pace(batch.claimed)
         log.info(
             "batch sent",
             extra={
@@ -319,7 +322,7 @@ class Sender:
         return report
 
     async def _lane(
-        self, pending: deque[Outgoing], report: BatchReport, unsent: list[Claimed]
+        self, lane: int, pending: deque[Outgoing], report: BatchReport, unsent: list[Claimed]
     ) -> None:
         connection: Connection | None = None
         used = 0
@@ -327,6 +330,8 @@ class Sender:
             while pending:
                 if self._stopping.is_set() or self.relay.is_down():
                     return  # what is left in `pending` is released by _deliver
+                if lane >= self.pace.lanes:
+                    return  # the relay refused connections: fewer lanes (pacing.py)
                 item = pending.popleft()
                 if connection is None:
                     try:
@@ -334,8 +339,8 @@ class Sender:
                     except SendError as exc:
                         await self._connect_failed(item, exc, report)
                         continue
-                if self.limiter is not None:
-                    await self.limiter.acquire()
+                if self.pace.rate is not None:
+                    await self.pace.wait_turn()
                 # Checked last, right before the wire: a pause, cancel or unsubscribe answered
                 # before this point stops this message.
                 stop = self.control.stop_for(item.delivery)
@@ -360,7 +365,9 @@ class Sender:
                 metrics.observe_send(time.perf_counter() - send_started)
                 used += 1
                 self.relay.delivered()
+                self.pace.delivered()
                 self.recorder.sent(item.delivery.id)
+                self.recorder.count(item, "delivered")
                 report.sent += 1
                 verdict = self.guard.delivered(item)
                 if verdict.apply:
@@ -396,6 +403,7 @@ class Sender:
             cap=min(60.0, self.settings.send_retry_max_seconds),
         )
         self.relay.unreachable(delay)
+        self.pace.connection_refused()
         log.warning("SMTP relay unreachable (%s); pausing %.1fs", exc.reply, delay)
         await self._release(
             [item.delivery], reason=exc.reply, retry_at=utcnow() + timedelta(seconds=delay)
@@ -413,8 +421,20 @@ class Sender:
         if exc.permanent and exc.stage != "rcpt":
             await self._setup_error(item, exc, report)
             return
+        if is_throttling(exc):
+            self.pace.throttling()
+            if speaks_of_volume(exc):
+                await self._throttled(item, exc, report)
+                return
+        if not exc.permanent:
+            self.recorder.count(item, "deferred")
         async with self.sessionmaker() as session:
-            retried = await self._retry_or_fail(session, item.delivery, exc.reply)
+            # Failing for a temporary refusal of the recipient (4xx at RCPT) is a soft bounce;
+            # for a dropped connection or a timeout it says nothing of the reader.
+            soft_bounce = exc.recipient and exc.code is not None and not exc.permanent
+            retried = await self._retry_or_fail(
+                session, item.delivery, exc.reply, soft_bounce=soft_bounce
+            )
             await session.commit()
         if retried:
             report.retried += 1
@@ -426,21 +446,65 @@ class Sender:
             # attempt, never a bounce) and toward pausing the send.
             await self._pause_if_setup_broken(item, exc, self.relay.setup_error())
 
+    async def _throttled(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
+        """The relay asks us to slow down: the pace drops (pacing.py) and the message is tried
+        again in a moment. No attempt is counted: the reply says nothing of the reader."""
+        self.recorder.count(item, "deferred")
+        delay = outbox.backoff_seconds(
+            1, base=min(2.0, self.settings.send_retry_base_seconds), cap=2.0
+        )
+        async with self.sessionmaker() as session:
+            await outbox.mark_retry(
+                session,
+                worker_id=self.worker_id,
+                delivery_id=item.delivery.id,
+                reply=exc.reply,
+                retry_at=utcnow() + timedelta(seconds=delay),
+                count_attempt=False,
+            )
+            await session.commit()
+        report.retried += 1
+
     async def _carry_out(self, verdict: Verdict, report: BatchReport) -> None:
-        """Apply the bounces judged real; give back the others and pause their sends."""
+        """Apply the bounces judged real; give back the others and pause their sends. Bounces
+        of a send paused or cancelled meanwhile are given back too, never applied: whether the
+        relay refused everyone is then unknown, and the send's rows wait for the editor."""
         if verdict.apply:
+            applied: list[Claimed] = []
+            halted_back: list[Claimed] = []
             async with self.sessionmaker() as session:
+                halted = await self._halted(session, [h.item.delivery for h in verdict.apply])
+                counts: dict[tally.TallyKey, dict[str, int]] = {}
                 for held in verdict.apply:
                     delivery = held.item.delivery
-                    await outbox.mark_failed(
+                    if delivery.digest_id is not None and delivery.digest_id in halted.get(
+                        delivery.kind, set()
+                    ):
+                        halted_back.append(delivery)
+                        continue
+                    if not await outbox.mark_failed(
                         session, worker_id=self.worker_id, delivery_id=delivery.id, reply=held.reply
-                    )
+                    ):
+                        continue  # not ours any more (lease taken over): its holder decides
+                    applied.append(delivery)
                     kind = self.kinds.get(delivery.kind)
                     if kind is not None:
                         await kind.bounced(session, delivery=delivery, reply=held.reply)
+                    if delivery.digest_id is not None:
+                        key = (
+                            delivery.kind,
+                            delivery.digest_id,
+                            tally.domain_of(held.item.recipient),
+                        )
+                        counts.setdefault(key, {"bounced": 0})["bounced"] += 1
+                await tally.add(session, counts)
                 await session.commit()
-            report.failed += len(verdict.apply)
-            await self._finish_sends([h.item.delivery for h in verdict.apply])
+            report.failed += len(applied)
+            if halted_back:
+                await self._release(halted_back)
+                report.released += len(halted_back)
+            await self._check_breakers(applied)
+            await self._finish_sends(applied)
         if verdict.give_back:
             reason = f"paused: {verdict.reason}. Check the relay, then resume."
             await self._pause_sends([h.item.delivery for h in verdict.give_back], reason)
@@ -462,14 +526,76 @@ class Sender:
                 self.control.halt(send_id)
             await session.commit()
 
-    async def _retry_or_fail(self, session: AsyncSession, delivery: Claimed, reply: str) -> bool:
+    async def _halted(
+        self, session: AsyncSession, deliveries: Iterable[Claimed]
+    ) -> dict[str, set[int]]:
+        """Of these rows' sends, those paused or cancelled now (read from the database: the
+        pause may have come from another process, or while this worker was idle)."""
+        sends: dict[str, set[int]] = defaultdict(set)
+        for delivery in deliveries:
+            if delivery.digest_id is not None:
+                sends[delivery.kind].add(delivery.digest_id)
+        halted: dict[str, set[int]] = {}
+        for name, send_ids in sends.items():
+            kind = self.kinds.get(name)
+            if kind is not None and kind.stops_with_send:
+                halted[name] = await kind.halted_sends(session, send_ids=send_ids)
+                for send_id in halted[name]:
+                    self.control.halt(send_id)
+        return halted
+
+    async def _check_breakers(self, deliveries: Sequence[Claimed]) -> None:
+        """After bounces are recorded: pause the sends whose bounce rate trips the breaker."""
+        sends = {(d.kind, d.digest_id) for d in deliveries if d.digest_id is not None}
+        if not sends:
+            return
+        await self.recorder.flush(counters=True)  # the rate over this worker's latest answers
+        async with self.sessionmaker() as session:
+            paused = await breakers.check(
+                session, settings=self.settings, kinds=self.kinds, sends=sends
+            )
+            await session.commit()
+        for _, send_id, _ in paused:
+            self.control.halt(send_id)
+
+    async def _report_pace(self, claimed: Sequence[Claimed]) -> None:
+        """The pace of this worker, for the progress of the sends in this batch."""
+        if self.pace.rate is None and self.pace.throttled_at is None:
+            return  # unlimited and never throttled: nothing worth a write
+        sends = {(c.kind, c.digest_id) for c in claimed if c.digest_id is not None}
+        sends = {s for s in sends if s[0] in self.kinds.halting}
+        if not sends:
+            return
+        throttled_at = self.pace.throttled_at
+        try:
+            async with self.sessionmaker() as session:
+                await tally.report_pace(
+                    session,
+                    worker_id=self.worker_id,
+                    sends=[(k, i) for k, i in sends if i is not None],
+                    rate_per_second=self.pace.reported_rate(),
+                    throttled_at=(
+                        datetime.fromtimestamp(throttled_at, UTC) if throttled_at else None
+                    ),
+                )
+                await session.commit()
+        except Exception:  # only a figure for the progress: the next batch reports again
+            log.warning("could not report the pace", exc_info=True)
+
+    async def _retry_or_fail(
+        self, session: AsyncSession, delivery: Claimed, reply: str, *, soft_bounce: bool = False
+    ) -> bool:
         """Back to the queue after a jittered backoff (True), or failed for good once
-        SEND_MAX_ATTEMPTS is reached (False), with the last reply kept."""
+        SEND_MAX_ATTEMPTS is reached (False), with the last reply kept. `soft_bounce`: the
+        reply was a temporary refusal of the recipient; failing for it is a soft bounce."""
         attempts = delivery.attempts + 1
         if attempts >= self.settings.send_max_attempts:
-            await outbox.mark_failed(
+            failed = await outbox.mark_failed(
                 session, worker_id=self.worker_id, delivery_id=delivery.id, reply=reply
             )
+            kind = self.kinds.get(delivery.kind)
+            if failed and soft_bounce and kind is not None:
+                await kind.soft_bounced(session, delivery=delivery, reply=reply)
             return False
         delay = outbox.backoff_seconds(
             attempts,
@@ -548,14 +674,6 @@ def _sign_all(signer: DkimSigner, outgoing: list[Outgoing]) -> None:
     for item in outgoing:
         # A wire-ready copy (CRLF only) skips the signer's line-end scans: ~65 µs a message.
         item.message = signer.sign(item.message, wire_ready=item.wire_ready)
-
-
-def _limiter(rate_per_second: float) -> AsyncLimiter | None:
-    if rate_per_second <= 0:
-        return None
-    # A token bucket of about one second's worth of messages.
-    burst = max(1.0, rate_per_second)
-    return AsyncLimiter(max_rate=burst, time_period=burst / rate_per_second)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
