@@ -1,4 +1,5 @@
-"""What a worker process runs besides requests: the sender and the rooms' periodic jobs.
+"""What a worker process runs besides requests: the sender and the rooms' periodic jobs (feed
+polling, schedules).
 
 The one place that wires the sender to the delivery kinds and starts the rooms' loops, used by
 `newsletter worker` and by `newsletter serve` (which runs them inside the server unless
@@ -16,6 +17,7 @@ from app.articles.polling import poll_feeds_forever
 from app.config import Settings
 from app.kinds import delivery_kinds
 from app.mail.transport import Mailer
+from app.schedules.runner import Scheduler
 from app.security import Tokens
 from app.worker.sender import Sender
 
@@ -40,6 +42,12 @@ async def run_background(
     tokens: Tokens,
     stop: asyncio.Event,
 ) -> None:
-    """Send and poll until `stop` is set; each job finishes its work in hand, then returns."""
+    """Send, poll and run the schedules until `stop` is set; each job finishes its work in
+    hand, then returns."""
     sender = make_sender(settings, sessionmaker, mailer, tokens)
-    await asyncio.gather(sender.run(stop), poll_feeds_forever(settings, sessionmaker, stop))
+    scheduler = Scheduler(settings, sessionmaker, worker_id=sender.worker_id)
+    await asyncio.gather(
+        sender.run(stop),
+        poll_feeds_forever(settings, sessionmaker, stop),
+        scheduler.run(stop),
+    )

@@ -544,7 +544,11 @@ async def _import(
                 # again (what is already in is skipped).
                 async with sessionmaker() as session:
                     result = await import_chunk(
-                        session, rows=chunk, confirmed=confirmed, now=utcnow()
+                        session,
+                        rows=chunk,
+                        confirmed=confirmed,
+                        now=utcnow(),
+                        cadence=settings.default_cadence,
                     )
                     await session.commit()
                 total.added += result.added
@@ -653,6 +657,86 @@ def subscribers_export(
         with output.open("w", encoding="utf-8", newline="") as handle:
             count = asyncio.run(_export(settings, status, handle))
     typer.echo(f"exported {count} subscriber(s)", err=True)
+
+
+# --- schedules ----------------------------------------------------------------------------------
+
+schedules_cli = typer.Typer(help="Schedules: list them, run one now.", no_args_is_help=True)
+cli.add_typer(schedules_cli, name="schedules")
+
+
+@schedules_cli.command("list")
+def schedules_list() -> None:
+    """Every schedule, its next slot and its last run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.schedules import service
+
+    async def read(session: AsyncSession) -> list[tuple[Any, Any, Any]]:
+        schedules = await service.list_schedules(session)
+        runs = await service.recent_runs(
+            session, schedule_ids=[s.id for s in schedules if s.id is not None], limit=1
+        )
+        return [
+            (s, service.next_run_at(s), next(iter(runs.get(s.id or 0, [])), None))
+            for s in schedules
+        ]
+
+    settings = load_settings()
+    rows = asyncio.run(_in_transaction(settings, read))
+    table = Table(title=f"Schedules ({len(rows)})")
+    for column in ("id", "name", "cron", "timezone", "cadence", "enabled", "next run", "last run"):
+        table.add_column(column, justify="right" if column == "id" else "left")
+    for schedule, next_at, last in rows:
+        last_run = "-"
+        if last is not None:
+            digest = f" (digest {last.digest_id})" if last.digest_id else ""
+            last_run = f"{last.slot_at:%Y-%m-%d %H:%M} UTC {last.outcome}{digest}"
+        table.add_row(
+            str(schedule.id),
+            schedule.name,
+            schedule.cron,
+            schedule.timezone,
+            schedule.cadence,
+            "yes" if schedule.enabled else "no",
+            next_at.isoformat() if next_at else "-",
+            last_run,
+        )
+    Console().print(table)
+
+
+async def _run_schedule_now(settings: Settings, schedule_id: int) -> Any:
+    from app.db import make_engine, make_sessionmaker
+    from app.schedules.runner import Scheduler
+
+    engine = make_engine(settings.database_url)
+    try:
+        return await Scheduler(settings, make_sessionmaker(engine)).run_now(schedule_id)
+    finally:
+        await engine.dispose()
+
+
+@schedules_cli.command("run-now")
+def schedules_run_now(schedule_id: int = typer.Argument(..., help="The schedule's id.")) -> None:
+    """Run a schedule at once, as if a slot were due now (FEED_URL polled first): its digest
+    is queued (the worker sends it), or the skip is recorded."""
+    from app.schedules import service
+
+    settings = load_settings()
+    try:
+        run = run_async(_run_schedule_now(settings, schedule_id))
+    except service.ScheduleNotFound as exc:
+        fail(str(exc))
+    if run is None:
+        fail("this schedule is being run right now by another process")
+    digest = f", digest {run.digest_id} queued" if run.digest_id else ""
+    detail = f" ({run.detail})" if run.detail else ""
+    typer.echo(
+        f"schedule {schedule_id}: {run.outcome}, {run.article_count} article(s){digest}{detail}"
+    )
+    if run.outcome == "failed":
+        raise typer.Exit(1)
 
 
 # --- digests ------------------------------------------------------------------------------------

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     feed_allow_private_networks: bool = False
     feed_max_items: int = Field(default=500, ge=1, le=100_000)
 
+    # Readers' choices and schedules
+    default_cadence: Literal["daily", "weekly"] = "weekly"
+    # Topics readers may pick (the feed's category names), comma-separated; empty: no choice.
+    topics: str = ""
+    # A slot missed while no worker ran is sent late only within this many hours, and only once.
+    schedule_catch_up_hours: float = Field(default=6.0, ge=0, le=24 * 31)
+
     # Compliance
     organization_address: str = ""
     unsubscribe_mailto: str | None = None
@@ -172,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def site_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.site_origins.split(",") if o.strip()]
+
+    @property
+    def topic_list(self) -> list[str]:
+        return list(dict.fromkeys(t.strip() for t in self.topics.split(",") if t.strip()))
 
     @property
     def uses_smtp(self) -> bool:

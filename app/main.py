@@ -31,6 +31,7 @@ from app.i18n import translate
 from app.kinds import delivery_kinds
 from app.mail.transport import make_mailer
 from app.ratelimit import RateLimited, RateLimiter
+from app.schedules import routes as schedule_routes
 from app.security import Tokens
 from app.subscribers import routes as subscriber_routes
 from app.subscriptions import routes as subscription_routes
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(bounce_routes.router)
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
+    app.include_router(schedule_routes.router)
     app.include_router(monitoring.router)
     desk_routes.install(app)
     openapi.install(app)
@@ -130,7 +132,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     @app.get("/robots.txt", include_in_schema=False)
     async def robots() -> PlainTextResponse:
-        return PlainTextResponse("User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\n")
+        return PlainTextResponse(
+            "User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\nDisallow: /preferences/\n"
+        )
 
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
     app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())

@@ -41,6 +41,9 @@ class Metrics:
         )
         self.unsubscribes = Counter("unsubscribes", "Subscribers who unsubscribed", registry=r)
         self.bounces = Counter("bounces", "Bounces and complaints recorded", ["type"], registry=r)
+        self.schedule_runs = Counter(
+            "schedule_runs", "Scheduled slots run, by outcome", ["outcome"], registry=r
+        )
         self.send_latency = Histogram(
             "send_latency_seconds",
             "Duration of one SMTP send (message accepted by the relay)",
@@ -124,6 +127,11 @@ def count_unsubscribe() -> None:
 def count_bounce(bounce_type: str) -> None:
     """For the bounce handling: `hard`, `soft` or `complaint`."""
     _current.bounces.labels(type=bounce_type).inc()
+
+
+def count_schedule_run(outcome: str) -> None:
+    """For the schedules: `sent`, `skipped_not_enough_articles` or `failed`."""
+    _current.schedule_runs.labels(outcome=outcome).inc()
 
 
 def observe_send(seconds: float) -> None:

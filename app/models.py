@@ -89,6 +89,20 @@ class DeliveryKind(StrEnum):
     test = "test"
 
 
+class Cadence(StrEnum):
+    """How often a reader wants a digest; a schedule serves one cadence."""
+
+    daily = "daily"
+    weekly = "weekly"
+
+
+class ScheduleRunOutcome(StrEnum):
+    running = "running"  # claimed by a worker (under a lease), not finished yet
+    sent = "sent"
+    skipped_not_enough_articles = "skipped_not_enough_articles"
+    failed = "failed"
+
+
 class BounceType(StrEnum):
     hard = "hard"
     soft = "soft"
@@ -101,6 +115,10 @@ class BounceType(StrEnum):
 class SubscriberBase(SQLModel):
     name: str | None = Field(default=None, max_length=200)
     language: str = Field(default=Language.fr, max_length=8)
+    # The digests a reader gets: those of schedules of this cadence (editors' digests go to all).
+    cadence: str = Field(default=Cadence.weekly, max_length=16)
+    # Category names (spelled as in TOPICS); empty means every article.
+    topics: list[str] = Field(default_factory=list, sa_type=sa.JSON)
 
 
 class Subscriber(SubscriberBase, table=True):
@@ -233,6 +251,11 @@ class Digest(SQLModel, table=True):
     cancelled_at: datetime | None = _ts(default=None)
     paused_reason: str | None = Field(default=None, max_length=2000)
     recipients: int = 0
+    # Set for a schedule's digest: it goes only to readers of this cadence. None: to everyone.
+    cadence: str | None = Field(default=None, max_length=16)
+    schedule_id: int | None = Field(
+        default=None, foreign_key="schedule.id", index=True, ondelete="SET NULL"
+    )
 
 
 class DigestArticle(SQLModel, table=True):
@@ -255,6 +278,53 @@ class DigestArticle(SQLModel, table=True):
     image_url: str | None = Field(default=None, max_length=2000)
     image_alt: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = _ts(default=None)
+
+
+# --- Schedules ---------------------------------------------------------------------------------
+
+
+class Schedule(SQLModel, table=True):
+    """A recurrence (cron in a time zone) that composes and sends a digest when there is news."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    cron: str = Field(max_length=100)
+    timezone: str = Field(max_length=64)
+    cadence: str = Field(default=Cadence.weekly, max_length=16)
+    min_articles: int = 1
+    max_articles: int = 15
+    categories: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    # As a digest's: one text for every language, or {"fr": ..., "en": ...}; None: the default.
+    subject: str | dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    intro: str | dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    enabled: bool = True
+    # Slots before this instant are never run (set at creation and when re-enabled), so a new
+    # schedule does not send at once for a slot that passed before it existed.
+    active_since: datetime = _ts(default_factory=utcnow)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class ScheduleRun(SQLModel, table=True):
+    """One slot of one schedule: the unique key makes it run once, whatever the workers."""
+
+    __tablename__ = "schedule_run"
+    __table_args__ = (sa.UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_run_slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(foreign_key="schedule.id", index=True, ondelete="CASCADE")
+    slot_at: datetime = _ts()
+    outcome: str = Field(default=ScheduleRunOutcome.running, max_length=32)
+    started_at: datetime = _ts(default_factory=utcnow)
+    finished_at: datetime | None = _ts(default=None)
+    # A worker that died mid-run leaves its lease to run out; another takes the slot over.
+    lease_until: datetime | None = _ts(default=None)
+    leased_by: str | None = Field(default=None, max_length=100)
+    digest_id: int | None = Field(
+        default=None, foreign_key="digest.id", index=True, ondelete="SET NULL"
+    )
+    article_count: int = 0
+    detail: str | None = Field(default=None, max_length=2000)
 
 
 # --- The outbox --------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ _ARTICLE_LINKS = {
     "HideArticle": ("post", "/api/v1/articles/{article_id}/hide", _ARTICLE_ID),
     "DigestOfArticle": ("post", "/api/v1/digests", {}, {"article_ids": ["$response.body#/id"]}),
 }
+SCHEDULE = "/api/v1/schedules/{schedule_id}"
+_SCHEDULE_ID = {"schedule_id": "$response.body#/id"}
+_SCHEDULE_LINKS = {
+    "GetSchedule": ("get", SCHEDULE, _SCHEDULE_ID),
+    "UpdateSchedule": ("patch", SCHEDULE, _SCHEDULE_ID),
+    "DeleteSchedule": ("delete", SCHEDULE, _SCHEDULE_ID),
+}
 SUBSCRIBER = "/api/v1/subscribers/{email}"
 # OpenAPI links (3.1, 4.8.20): how one answer feeds the next request, so that clients and
 # Schemathesis's stateful phase can follow whole editor workflows. (method, path, status) ->
@@ -92,6 +99,8 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
     ("post", f"{DIGEST}/pause", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/resume", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/cancel", "200"): {"GetDigest": _DIGEST_LINKS["GetDigest"]},
+    ("post", "/api/v1/schedules", "201"): _SCHEDULE_LINKS,
+    ("patch", SCHEDULE, "200"): _SCHEDULE_LINKS,
     ("patch", DIGEST, "200"): _DIGEST_LINKS,
     ("post", "/api/v1/articles", "201"): _ARTICLE_LINKS,
     ("post", "/api/v1/articles", "200"): _ARTICLE_LINKS,

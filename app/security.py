@@ -1,4 +1,4 @@
-"""Signed, scoped tokens (confirm / unsubscribe), keyed address hashes and API-key hashing.
+"""Signed, scoped tokens (confirm / unsubscribe / preferences), keyed address hashes and API-key hashing.
 
 Two keys, two jobs. Links are signed with SECRET_KEY and still accepted when signed with one of
 SECRET_KEY_FALLBACKS, so the signing key can be replaced. Address hashes use the hashing key kept
@@ -19,6 +19,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 # One salt per purpose: a token signed for one purpose never verifies for another.
 CONFIRM_SALT = "newsletter.confirm.v1"
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
+PREFERENCES_SALT = "newsletter.preferences.v1"
 API_KEY_PREFIX = "nl_"
 LEGACY_EMAIL_HASH_INFO = b"newsletter.email-hash.v1"
 
@@ -71,6 +72,8 @@ class Tokens:
         self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM_SALT)
         # Unsubscribe links never expire: a link in a two-year-old email must still work.
         self._unsubscribe = URLSafeSerializer(keys, salt=UNSUBSCRIBE_SALT)
+        # Nor do preferences links (every digest's footer carries one).
+        self._preferences = URLSafeSerializer(keys, salt=PREFERENCES_SALT)
         self.confirm_max_age_seconds = confirm_max_age_seconds
         self.hashing_key = hashing_key
 
@@ -123,6 +126,16 @@ class Tokens:
     def read_unsubscribe_token(self, token: str) -> tuple[int, str]:
         try:
             data = self._unsubscribe.loads(token)
+        except BadSignature as exc:
+            raise TokenError("the link is not valid") from exc
+        return _pair(data)
+
+    def preferences_token(self, subscriber_id: int, email_hash: str) -> str:
+        return self._preferences.dumps([subscriber_id, email_hash[:16]])
+
+    def read_preferences_token(self, token: str) -> tuple[int, str]:
+        try:
+            data = self._preferences.loads(token)
         except BadSignature as exc:
             raise TokenError("the link is not valid") from exc
         return _pair(data)

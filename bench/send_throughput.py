@@ -14,6 +14,11 @@ same runs again with every copy DKIM-signed, and the ratio of the two.
     python bench/send_throughput.py --dkim both         # ... signed RSA-2048 + Ed25519
     python bench/send_throughput.py --subscribers 100000
     python bench/send_throughput.py --memory            # peak RSS at 10k and 100k
+    python bench/send_throughput.py --topic-sets 8      # ... then readers over 8 topic sets, 3 rounds
+
+With --topic-sets N, the same digest is sent again with the readers spread over N sets of topics
+(each set picks other articles of the digest: one rendering per set and language), and the rate
+is compared with the single-set runs of the same process.
 
 Not a test: it prints figures. Loopback only; every loop is bounded in count and time.
 """
@@ -25,6 +30,7 @@ import asyncio
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,6 +171,34 @@ async def load_workload(database_url: str, subscribers: int) -> int:
         digest_id = digest.id
     await engine.dispose()
     return digest_id
+
+
+# Sets of the sample's categories: each picks another part of the digest's 15 articles (12, 9
+# or 6 of them; "Non classé" is nobody's topic), as readers' choices would.
+_CATEGORIES = ("International", "Vie du site", "Culture", "Économie")
+TOPIC_SETS = (
+    list(_CATEGORIES),
+    *([c for c in _CATEGORIES if c != left_out] for left_out in _CATEGORIES),
+    ["International", "Économie"],
+    ["Culture", "Vie du site"],
+    ["International", "Culture"],
+)
+
+
+async def spread_topics(database_url: str, sets: int) -> None:
+    """Reader i gets TOPIC_SETS[i % sets] (one UPDATE per set); 0 sets: every reader has no
+    topics (the whole digest, one rendering per language)."""
+    engine = make_engine(database_url)
+    async with engine.begin() as conn:
+        if not sets:
+            await conn.execute(sa.update(Subscriber).values(topics=[]))
+        for index in range(sets):
+            await conn.execute(
+                sa.update(Subscriber)
+                .where(sa.text("id % :sets = :index").bindparams(sets=sets, index=index))
+                .values(topics=TOPIC_SETS[index])
+            )
+    await engine.dispose()
 
 
 async def reset_send(database_url: str, digest_id: int) -> None:
@@ -407,6 +441,13 @@ def main() -> None:
     )
     parser.add_argument("--memory", action="store_true", help="peak RSS at 10,000 and 100,000")
     parser.add_argument(
+        "--topic-sets",
+        type=int,
+        default=0,
+        help="also send with the readers spread over this many topic sets (1-8)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --topic-sets")
+    parser.add_argument(
         "--dkim",
         nargs="?",
         const="rsa",
@@ -417,6 +458,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.subscribers <= 1_000_000:
         parser.error("--subscribers must be between 1 and 1,000,000")
+    if not 0 <= args.topic_sets <= len(TOPIC_SETS):
+        parser.error(f"--topic-sets must be between 0 and {len(TOPIC_SETS)}")
     ensure_postfix_tools()
     sink = Sink.start()
     try:
@@ -455,6 +498,8 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
                         f"{workers} worker(s){', DKIM ' + args.dkim if dkim_env else ''}: "
                         f"{run.rate:,.0f} msg/s, peak RSS {run.peak_rss_mb:.0f} MB"
                     )
+        if args.topic_sets:
+            topic_comparison(args, sink, database_url, digest_id)
     print()
     print(
         f"send throughput: {args.subscribers:,} messages of {size / 1024:.1f} KiB to smtp-sink on loopback"
@@ -493,6 +538,43 @@ def throughput(args: argparse.Namespace, sink: Sink) -> None:
         print(
             f"DKIM: one worker signs and sends {on[0].rate:,.0f} msg/s "
             f"(target >= 1,500 -> {'meets' if on[0].rate >= 1500 else 'misses'})"
+        )
+
+
+def topic_comparison(
+    args: argparse.Namespace, sink: Sink, database_url: str, digest_id: int
+) -> None:
+    """The same send with every reader on the whole digest, then with the readers over
+    --topic-sets sets, alternately for --rounds rounds; medians and their ratio."""
+    rates: dict[tuple[int, int], list[float]] = {}
+    cpu: dict[tuple[int, int], list[float]] = {}
+    for round_ in range(args.rounds):
+        for sets in (0, args.topic_sets):
+            asyncio.run(spread_topics(database_url, sets))
+            for workers in (1, 2):
+                run = run_workers(
+                    database_url, digest_id, args.subscribers, sink, workers, args.concurrency
+                )
+                rates.setdefault((sets, workers), []).append(run.sustained)
+                cpu.setdefault((sets, workers), []).append(run.cpu_per_message)
+                log(
+                    f"round {round_ + 1}, {workers} worker(s), {sets or 'no'} topic sets: "
+                    f"{run.sustained:,.0f} msg/s sustained"
+                )
+    print()
+    print(
+        f"topics: {args.subscribers:,} readers, whole digest vs over {args.topic_sets} topic "
+        f"sets; medians of {args.rounds} alternating rounds (sustained msg/s, CPU µs/msg)"
+    )
+    for workers in (1, 2):
+        single = statistics.median(rates[(0, workers)])
+        spread = statistics.median(rates[(args.topic_sets, workers)])
+        print(
+            f"x{workers}: one set {single:,.0f} msg/s "
+            f"({statistics.median(cpu[(0, workers)]) * 1e6:,.0f} µs), "
+            f"{args.topic_sets} sets {spread:,.0f} msg/s "
+            f"({statistics.median(cpu[(args.topic_sets, workers)]) * 1e6:,.0f} µs): "
+            f"{spread / single:.2f} (target >= 0.80 -> {'meets' if spread >= 0.8 * single else 'misses'})"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 from fastapi import FastAPI
@@ -13,7 +14,7 @@ from typer.testing import Result
 
 from app.background import make_sender as build_sender
 from app.config import Settings
-from app.models import Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
+from app.models import Article, Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
 from app.security import Tokens
 from app.worker.sender import BatchReport, Sender
 
@@ -26,6 +27,8 @@ async def make_subscriber(
     name: str | None = "Reader",
     status: SubscriberStatus = SubscriberStatus.confirmed,
     language: str = "fr",
+    cadence: str = "weekly",
+    topics: list[str] | None = None,
 ) -> Subscriber:
     subscriber = Subscriber(
         email=email.lower(),
@@ -33,6 +36,8 @@ async def make_subscriber(
         name=name,
         status=status,
         language=language,
+        cadence=cadence,
+        topics=topics or [],
         confirmed_at=utcnow() if status == SubscriberStatus.confirmed else None,
     )
     session.add(subscriber)
@@ -150,3 +155,39 @@ async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Deliv
         )
     )
     return list(rows.all())
+
+
+class Clock:
+    """An injectable clock that tests move instead of waiting."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.now += delta
+        return self.now
+
+
+async def make_article(
+    session: AsyncSession,
+    *,
+    title: str,
+    published_at: datetime,
+    categories: list[str] | None = None,
+) -> Article:
+    slug = f"{title.lower().replace(' ', '-')}-{published_at:%Y%m%d%H%M%S%f}"
+    article = Article(
+        url=f"https://news.example.org/{slug}",
+        title=title,
+        summary=f"About {title}.",
+        categories=categories or [],
+        published_at=published_at,
+        created_at=published_at,
+    )
+    session.add(article)
+    await session.commit()
+    await session.refresh(article)
+    return article

@@ -31,6 +31,13 @@ async def poll_feed_once(
         await session.commit()
     if not due:
         return None
+    return await refresh_feed(settings, sessionmaker, url=url)
+
+
+async def refresh_feed(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *, url: str
+) -> service.ImportResult | None:
+    """Fetch and import `url` now (a conditional GET); None when it failed (logged, recorded)."""
     try:
         async with sessionmaker() as session:
             result = await service.import_feed_url(

@@ -12,19 +12,27 @@ from app.mail.render import RenderedEmail
 from app.outbox.identity import message_id_for
 from app.security import Tokens
 from app.subscribers.service import Recipient
-from app.subscriptions.links import sample_unsubscribe_url, unsubscribe_url
+from app.subscriptions.links import (
+    preferences_url,
+    sample_preferences_url,
+    sample_unsubscribe_url,
+    unsubscribe_url,
+)
 
 SAMPLE_NAMES = {"fr": "Camille", "en": "Alex"}
 SAMPLE_EMAIL = "reader@example.org"
 
 
-def recipient_values(*, name: str | None, email: str, unsubscribe_url: str) -> dict[str, str]:
+def recipient_values(
+    *, name: str | None, email: str, unsubscribe_url: str, preferences_url: str
+) -> dict[str, str]:
     """What replaces each `personalize` placeholder for one reader."""
     clean = header_safe(name or "", max_length=200)
     return {
         "name": clean,
         "greeting_name": f" {clean}" if clean else "",
         "unsubscribe_url": unsubscribe_url,
+        "preferences_url": preferences_url,
         "email": email,
     }
 
@@ -35,6 +43,7 @@ def sample_values(settings: Settings, tokens: Tokens, *, language: str) -> dict[
         name=SAMPLE_NAMES.get(language, SAMPLE_NAMES["fr"]),
         email=SAMPLE_EMAIL,
         unsubscribe_url=sample_unsubscribe_url(settings, tokens),
+        preferences_url=sample_preferences_url(settings, tokens),
     )
 
 
@@ -65,7 +74,8 @@ def compose_copy(
     delivery_id: int,
     recipient: Recipient,
 ) -> tuple[bytes, str]:
-    """One subscriber's copy: their name, unsubscribe link, Message-ID; nothing re-rendered."""
+    """One subscriber's copy: their name, unsubscribe and preferences links, Message-ID; nothing
+    re-rendered."""
     assert recipient.email is not None
     url = unsubscribe_url(settings, tokens, recipient)
     message_id = message_id_for(settings, delivery_id)
@@ -73,7 +83,12 @@ def compose_copy(
         to_name=recipient.name,
         to_address=recipient.email,
         message_id=message_id,
-        values=recipient_values(name=recipient.name, email=recipient.email, unsubscribe_url=url),
+        values=recipient_values(
+            name=recipient.name,
+            email=recipient.email,
+            unsubscribe_url=url,
+            preferences_url=preferences_url(settings, tokens, recipient),
+        ),
         headers={"List-Unsubscribe": list_unsubscribe_header(settings, url)},
     )
     return message, message_id

@@ -1,7 +1,8 @@
 """Digest copies and test copies, as delivery kinds.
 
-Each (digest, language) is rendered and MIME-encoded once (`RenderCache`, kept across batches:
-a digest that is sending can no longer be edited); each copy is then that template with the
+Each (digest, language, set of articles) is rendered and MIME-encoded once (`RenderCache`, kept
+across batches: a digest's articles are frozen when it is composed; a reader with topics gets only
+the articles in them, and nothing when none is); each copy is then that template with the
 reader's parts filled in (`MessageTemplate.render`, microseconds). A digest copy goes only to a
 reader who is still confirmed, and only while its digest is `sending`; test copies go out
 whatever the digest's status (they are how a draft is checked).
@@ -30,8 +31,10 @@ from app.outbox.kinds import BaseKind, Composition, Outgoing
 from app.outbox.queue import Claimed
 from app.security import Tokens
 from app.subscribers.service import recipients_by_id
+from app.topics import topic_keys
 
 log = logging.getLogger(__name__)
+NOTHING_IN_TOPICS = "nothing in the reader's topics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +43,60 @@ class DigestRendering:
     template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
 
 
+RenderKey = tuple[int, str, frozenset[int] | None]  # digest, language, positions (None: all)
+
+
 class RenderCache:
-    """Renderings per (digest, language), shared by the digest and test kinds of one worker."""
+    """Renderings per (digest, language, set of articles), shared by the digest and test kinds
+    of one worker. Readers with different topics that pick the same articles share one."""
 
-    def __init__(self, settings: Settings, max_entries: int = 16) -> None:
+    def __init__(self, settings: Settings, max_entries: int = 64) -> None:
         self.settings = settings
-        self._entries: OrderedDict[tuple[int, str], DigestRendering] = OrderedDict()
+        self._entries: OrderedDict[RenderKey, DigestRendering] = OrderedDict()
         self._max = max_entries
+        # Each digest's articles' topic keys by position (frozen with the digest).
+        self._categories: OrderedDict[int, list[tuple[int, frozenset[str]]]] = OrderedDict()
 
-    async def get(self, session: AsyncSession, digest_id: int, language: str) -> DigestRendering:
-        key = (digest_id, language_or_default(language, self.settings.default_language))
+    async def positions_for(
+        self, session: AsyncSession, digest_id: int, topics: Sequence[str]
+    ) -> frozenset[int] | None:
+        """The positions of the digest's articles in these topics; None for all of them (a
+        reader without topics, or whose topics cover every article)."""
+        if not topics:
+            return None
+        articles = self._categories.get(digest_id)
+        if articles is None:
+            articles = [
+                (a.position, topic_keys(a.categories or []))
+                for a in await service.digest_articles(session, digest_id=digest_id)
+            ]
+            self._categories[digest_id] = articles
+            while len(self._categories) > self._max:
+                self._categories.popitem(last=False)
+        keys = topic_keys(topics)
+        chosen = frozenset(p for p, categories in articles if categories & keys)
+        return None if len(chosen) == len(articles) else chosen
+
+    async def get(
+        self,
+        session: AsyncSession,
+        digest_id: int,
+        language: str,
+        positions: frozenset[int] | None = None,
+    ) -> DigestRendering:
+        key = (
+            digest_id,
+            language_or_default(language, self.settings.default_language),
+            positions,
+        )
         entry = self._entries.get(key)
         if entry is None:
             rendered = await render_digest(
-                session, digest_id=digest_id, language=key[1], settings=self.settings
+                session,
+                digest_id=digest_id,
+                language=key[1],
+                settings=self.settings,
+                positions=positions,
             )
             entry = DigestRendering(rendered, digest_template(self.settings, rendered))
             self._entries[key] = entry
@@ -93,8 +136,18 @@ class DigestKind(BaseKind):
                 out.skipped.append((delivery.id, "subscriber not eligible"))
                 continue
             try:
+                positions = await self.renders.positions_for(
+                    session, delivery.digest_id, recipient.topics
+                )
+                if positions is not None and not positions:
+                    # Nothing in this reader's topics today: no email rather than an empty one.
+                    out.skipped.append((delivery.id, NOTHING_IN_TOPICS))
+                    continue
                 rendering = await self.renders.get(
-                    session, delivery.digest_id, delivery.language or recipient.language
+                    session,
+                    delivery.digest_id,
+                    delivery.language or recipient.language,
+                    positions,
                 )
                 message, message_id = compose_copy(
                     self.settings,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -154,11 +154,19 @@ def _article_context(article: DigestArticle, language: str, settings: Settings) 
 
 
 async def render_digest(
-    session: AsyncSession, *, digest_id: int, language: str, settings: Settings
+    session: AsyncSession,
+    *,
+    digest_id: int,
+    language: str,
+    settings: Settings,
+    positions: Collection[int] | None = None,
 ) -> RenderedEmail:
-    """The digest in one language, with `personalize` placeholders for the reader's parts."""
+    """The digest in one language, with `personalize` placeholders for the reader's parts.
+    `positions`: only these of its articles (a reader's topics); None: all of them."""
     digest = await service.get_digest(session, digest_id=digest_id)
     articles = await service.digest_articles(session, digest_id=digest_id)
+    if positions is not None:
+        articles = [a for a in articles if a.position in positions]
     return render_digest_of(digest, articles, language=language, settings=settings)
 
 
@@ -184,6 +192,7 @@ def render_digest_of(
         intro_text=intro_text(intro, language, settings),
         greeting_name=marks["greeting_name"],
         unsubscribe_url=marks["unsubscribe_url"],
+        preferences_url=marks["preferences_url"],
         **brand_context(settings, language),
     )
 

@@ -174,16 +174,19 @@ async def create_digest(
     article_ids: Sequence[int] | None = None,
     since: datetime | None = None,
     max_articles: int = DEFAULT_MAX_ARTICLES,
+    cadence: str | None = None,
+    schedule_id: int | None = None,
 ) -> Digest:
     """A draft digest with a frozen copy of its articles, so later edits do not change it.
-    `subject` None: each language gets its default subject at render time."""
+    `subject` None: each language gets its default subject at render time. `cadence`: a
+    schedule's digest, for the readers of that cadence only."""
     if article_ids:
         articles = await _chosen_articles(session, article_ids=article_ids)
     else:
         articles = await _new_articles(session, since=since, limit=max_articles)
     if not articles:
         raise NoNewArticles("no new articles: every article is already in a sent digest")
-    digest = Digest()
+    digest = Digest(cadence=cadence, schedule_id=schedule_id)
     _set_subject(digest, subject)
     digest.intro = _per_language(intro)
     session.add(digest)
@@ -346,11 +349,15 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
         raise DigestNotDraft(digest.status)
 
     # One INSERT ... SELECT: 100,000 subscribers stay one statement, not 100,000 round trips.
-    # Who confirms after this statement is not added.
+    # Who confirms after this statement is not added. A schedule's digest goes to the readers
+    # of its cadence; an editor's to everyone.
+    cadence = (await session.exec(select(Digest.cadence).where(col(Digest.id) == digest_id))).one()
     recipients = sa.select(col(Subscriber.id), col(Subscriber.language)).where(
         col(Subscriber.status) == SubscriberStatus.confirmed,
         col(Subscriber.email).is_not(None),
     )
+    if cadence is not None:
+        recipients = recipients.where(col(Subscriber.cadence) == cadence)
     await outbox.enqueue_selected(
         session, kind=DeliveryKind.digest, recipients=recipients, digest_id=digest_id, now=now
     )

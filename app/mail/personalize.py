@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from markupsafe import Markup
 
 _OPEN, _CLOSE = "\ue000", "\ue001"
-FIELDS = ("name", "greeting_name", "unsubscribe_url", "email")
+FIELDS = ("name", "greeting_name", "unsubscribe_url", "preferences_url", "email")
 
 
 def placeholder(field: str) -> Markup:

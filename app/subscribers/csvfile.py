@@ -165,8 +165,9 @@ async def import_chunk(
     rows: Sequence[ImportRow],
     confirmed: bool,
     now: datetime,
+    cadence: str,
 ) -> ImportResult:
-    """Insert the rows not yet known; never touch an existing subscriber (so an unsubscribed,
+    """Insert the rows not yet known (with `cadence`: DEFAULT_CADENCE, and every topic); never touch an existing subscriber (so an unsubscribed,
     bounced, complained or erased address is not revived, and a second import adds nobody)."""
     result = ImportResult()
     if not rows:
@@ -189,12 +190,14 @@ async def import_chunk(
         else:
             result.already_subscribed += 1
     status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
-    values = [
+    values: list[dict[str, object]] = [
         {
             "email": row.email,
             "email_hash": row.email_hash,
             "name": row.name,
             "language": row.language,
+            "cadence": cadence,
+            "topics": [],
             "status": status.value,
             "created_at": now,
             "updated_at": now,

@@ -17,6 +17,8 @@ class SubscriberPublic(BaseModel):
     email: str | None
     name: str | None
     language: str
+    cadence: str
+    topics: list[str]
     status: str
     created_at: Timestamp
     confirmed_at: Timestamp | None

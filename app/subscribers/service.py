@@ -44,6 +44,7 @@ class Recipient:
     language: str
     status: str
     email_hash: str
+    topics: tuple[str, ...] = ()  # empty: every article
 
 
 async def subscriber_by_hash(session: AsyncSession, email_hash: str) -> Subscriber | None:
@@ -84,10 +85,22 @@ async def recipients_by_id(
                 col(Subscriber.language),
                 col(Subscriber.status),
                 col(Subscriber.email_hash),
+                col(Subscriber.topics),
             ).where(col(Subscriber.id).in_(wanted))
         )
     ).all()
-    return {row[0]: Recipient(*row) for row in rows}
+    return {
+        row[0]: Recipient(
+            id=row[0],
+            email=row[1],
+            name=row[2],
+            language=row[3],
+            status=row[4],
+            email_hash=row[5],
+            topics=tuple(row[6] or ()),
+        )
+        for row in rows
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +198,7 @@ async def erase_subscriber(
     previous = subscriber.status
     subscriber.email = None
     subscriber.name = None
+    subscriber.topics = []  # what a reader reads about is personal too
     subscriber.consent_ip = None
     subscriber.consent_user_agent = None
     subscriber.erased_at = now

@@ -1,4 +1,4 @@
-"""The reader's links this room answers: confirm and unsubscribe (signed, scoped tokens)."""
+"""The reader's links this room answers: confirm, unsubscribe and preferences (signed, scoped tokens)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ def confirm_url(settings: Settings, tokens: Tokens, recipient: Recipient) -> str
 def unsubscribe_url(settings: Settings, tokens: Tokens, recipient: Recipient) -> str:
     token = tokens.unsubscribe_token(recipient.id, recipient.email_hash)
     return f"{settings.public_base}/unsubscribe/{token}"
+
+
+def preferences_url(settings: Settings, tokens: Tokens, recipient: Recipient) -> str:
+    token = tokens.preferences_token(recipient.id, recipient.email_hash)
+    return f"{settings.public_base}/preferences/{token}"
+
+
+def sample_preferences_url(settings: Settings, tokens: Tokens) -> str:
+    """Like `sample_unsubscribe_url`: well formed, names nobody."""
+    return f"{settings.public_base}/preferences/{tokens.preferences_token(0, '0' * 16)}"
 
 
 def sample_unsubscribe_url(settings: Settings, tokens: Tokens) -> str:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.models import Language
+from app.models import Cadence, Language
 from app.openapi import EMAIL_FORMAT
+from app.topics import MAX_TOPIC_LENGTH, MAX_TOPICS, TOPIC_PATTERN
+
+Topic = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=TOPIC_PATTERN)
+]
 
 
 class SubscriptionCreate(BaseModel):
@@ -19,6 +24,12 @@ class SubscriptionCreate(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     language: Language | None = Field(
         default=None, description="The reader's language; left out: DEFAULT_LANGUAGE"
+    )
+    cadence: Cadence | None = Field(default=None, description="Omit for DEFAULT_CADENCE")
+    topics: list[Topic] | None = Field(
+        default=None,
+        max_length=MAX_TOPICS,
+        description="Category names, among TOPICS when it is set; omit or [] for every article",
     )
     website: str | None = Field(
         default=None, max_length=500, description="Honeypot: leave empty", exclude=True

@@ -71,9 +71,12 @@ async def signup(
     email: str,
     name: str | None,
     consent: Consent,
+    cadence: str | None = None,
+    topics: list[str] | None = None,
 ) -> Subscriber:
     """Start (or restart) double opt-in for `email` (normalised: app.addresses). The caller
-    answers the same whatever happens here."""
+    answers the same whatever happens here. `cadence` None: DEFAULT_CADENCE; `topics` (checked
+    against TOPICS by the caller) None: every article."""
     metrics.count_signup(consent.source)
     email_hash = tokens.email_hash(address_key(email))
     now = utcnow()
@@ -90,6 +93,8 @@ async def signup(
                 email_hash=email_hash,
                 name=name,
                 language=consent.language,
+                cadence=cadence or settings.default_cadence,
+                topics=list(topics or []),
                 status=SubscriberStatus.pending,
                 created_at=now,
                 updated_at=now,
@@ -117,6 +122,10 @@ async def signup(
     subscriber.email = email
     subscriber.name = name if name is not None else subscriber.name
     subscriber.language = consent.language
+    if cadence is not None:
+        subscriber.cadence = cadence
+    if topics is not None:
+        subscriber.topics = list(topics)
     subscriber.erased_at = None
     subscriber.consent_at = now
     subscriber.consent_ip = consent.ip
@@ -188,6 +197,40 @@ async def unsubscribe(
             event=SubscriberEventType.unsubscribed,
             detail=how,
         )
+    return subscriber
+
+
+async def subscriber_for_preferences(
+    session: AsyncSession, *, tokens: Tokens, token: str
+) -> Subscriber:
+    """The reader a preferences link names (any status but erased); changes nothing."""
+    subscriber_id, tag = tokens.read_preferences_token(token)
+    subscriber = await _subscriber_for(session, subscriber_id, tag)
+    if subscriber.erased_at is not None or subscriber.email is None:
+        raise TokenError("this link is no longer valid")
+    return subscriber
+
+
+async def update_preferences(
+    session: AsyncSession,
+    *,
+    tokens: Tokens,
+    token: str,
+    cadence: str,
+    topics: list[str],
+    name: str | None,
+    language: str,
+) -> Subscriber:
+    """Cadence, topics (checked against TOPICS by the caller), name and language. The status
+    does not change here: unsubscribing is its own link."""
+    subscriber = await subscriber_for_preferences(session, tokens=tokens, token=token)
+    subscriber.cadence = cadence
+    subscriber.topics = list(topics)
+    subscriber.name = name
+    subscriber.language = language
+    subscriber.updated_at = utcnow()
+    session.add(subscriber)
+    await session.flush()
     return subscriber
 
 

@@ -134,6 +134,9 @@ def test_server_keeps_answering_while_a_big_feed_is_imported(
     assert len(latencies) >= 10  # the import took long enough to measure something
     # Parsing on the event loop froze every probe for the whole parse (23 s). The machine is
     # shared (2 CPUs, the parser busy on one, other work on the rest): a lone probe may wait
-    # for a CPU, so the 100 ms bound is on the 95th percentile, and no probe may wait a second.
-    assert p95 < 0.1
+    # for a CPU, so the bound is on the median (a frozen loop makes it seconds), the 95th
+    # percentile may not pass a quarter of a second (seen: 118 ms at a load average of 12), and
+    # no probe may wait a second.
+    assert statistics.median(latencies) < 0.1
+    assert p95 < 0.25
     assert max(latencies) < 1.0

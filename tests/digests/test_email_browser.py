@@ -96,6 +96,7 @@ def for_reader(rendered: RenderedEmail, name: str) -> RenderedEmail:
         name=name,
         email="reader@example.org",
         unsubscribe_url="https://lettre.dzaleu.com/unsubscribe/WzQyXQ.sig",
+        preferences_url="https://lettre.dzaleu.com/preferences/WzQyXQ.sig",
     )
     return RenderedEmail(
         subject=rendered.subject,

@@ -121,8 +121,9 @@ async def test_import_confirmed_comma_file_without_bom(
     path.write_text(
         'email,name\nfatou.ndiaye@example.sn,"Ndiaye, Fatou"\nkofi@example.gh,\n', encoding="utf-8"
     )
+    env = {**cli_env(settings), "DEFAULT_CADENCE": "daily"}
     result = await run_cli(
-        ["subscribers", "import", str(path), "--confirmed", "--language", "en"], cli_env(settings)
+        ["subscribers", "import", str(path), "--confirmed", "--language", "en"], env
     )
     assert result.exit_code == 0, result.output
     assert "imported 2 (confirmed)" in result.stdout
@@ -131,6 +132,7 @@ async def test_import_confirmed_comma_file_without_bom(
         await session.exec(select(Subscriber).where(Subscriber.email == "fatou.ndiaye@example.sn"))
     ).one()
     assert (fatou.name, fatou.language, fatou.status) == ("Ndiaye, Fatou", "en", "confirmed")
+    assert (fatou.cadence, fatou.topics) == ("daily", [])  # DEFAULT_CADENCE, every topic
     assert fatou.confirmed_at is not None
     assert fatou.consent_source == "import"
     assert await count(session, Delivery) == 0  # consent already held: no opt-in email

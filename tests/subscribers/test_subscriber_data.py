@@ -66,6 +66,8 @@ async def test_list_filters_searches_and_paginates(
         "email",
         "name",
         "language",
+        "cadence",
+        "topics",
         "status",
         "created_at",
         "confirmed_at",

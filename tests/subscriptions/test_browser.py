@@ -333,3 +333,87 @@ def test_api_docs_render_with_no_other_host(
         assert problems == []
     finally:
         context.close()
+
+
+@pytest.fixture
+def live_app_with_topics(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[tuple[FastAPI, str]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        database_url, smtp_server, tmp_path, public_url=url, topics="International,Économie,Culture"
+    )
+    app = create_app(settings, run_worker=True)
+    with LiveServer(app, port=port):
+        yield app, url
+
+
+def test_reader_chooses_topics_and_cadence_on_a_phone(
+    browser: Any,
+    live_app_with_topics: tuple[FastAPI, str],
+    smtp_server: SmtpServer,
+    database_url: str,
+    backend: str,
+) -> None:
+    """Signup with choices, then the preferences page from the email's footer, at 390 px."""
+    app, url = live_app_with_topics
+    shots = ARTIFACTS / f"{backend}-preferences"
+    shots.mkdir(parents=True, exist_ok=True)
+    email = "choix@example.org"
+    context = browser.new_context(
+        locale="fr-FR", viewport={"width": 390, "height": 844}, is_mobile=True
+    )
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(f"{url}/subscribe")
+        page.locator("#email").fill(email)
+        page.get_by_label("Chaque jour").check()
+        page.get_by_label("Économie").check()
+        page.screenshot(path=str(shots / "1-form-390.png"), full_page=True)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        page.get_by_role("button", name=TEXT["fr"]["submit"]).click()
+        page.wait_for_load_state()
+        assert page.locator("h1").inner_text() == TEXT["fr"]["check"]
+        wait_for_mail(smtp_server, email)
+
+        subscriber_id, email_hash, _, _ = subscriber_row(database_url, email)
+        token = app.state.tokens.preferences_token(subscriber_id, email_hash)
+        response = page.goto(f"{url}/preferences/{token}")
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == "Vos préférences"
+        assert page.get_by_label("Chaque jour").is_checked()
+        assert page.get_by_label("Économie").is_checked()
+        assert not page.get_by_label("Culture").is_checked()
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(shots / "2-preferences-390.png"), full_page=True)
+
+        page.get_by_label("Chaque semaine").check()
+        page.get_by_label("Culture").check()
+        page.get_by_label("Économie").uncheck()
+        page.locator("#language").select_option("en")
+        page.get_by_role("button", name="Enregistrer").click()
+        page.wait_for_load_state()
+        assert page.locator("[role=status]").inner_text() == "Your preferences are saved."
+        assert page.get_by_label("Every week").is_checked()
+        assert page.get_by_label("Culture").is_checked()
+        page.screenshot(path=str(shots / "3-saved-390.png"), full_page=True)
+        engine = sa.create_engine(sync_url(database_url))
+        try:
+            with engine.connect() as conn:
+                cadence, topics, language = conn.execute(
+                    sa.text("SELECT cadence, topics, language FROM subscriber WHERE id = :i"),
+                    {"i": subscriber_id},
+                ).one()
+        finally:
+            engine.dispose()
+        assert (cadence, language) == ("weekly", "en")
+        assert "Culture" in str(topics)
+        assert "conomie" not in str(topics)
+        assert problems == []
+    finally:
+        context.close()

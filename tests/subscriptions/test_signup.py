@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import statistics
 from pathlib import Path
 
 import httpx
@@ -413,17 +414,25 @@ async def test_answer_time_does_not_reveal_a_subscribed_address(
 
     app.state.settings.signup_min_answer_ms = 200
     await make_subscriber(session, app.state.tokens, email="known@example.org")
-    timings = {}
-    for email in ("known@example.org", "fresh@example.org"):
-        started = time.perf_counter()
-        r = await client.post("/api/v1/subscriptions", json={"email": email})
-        timings[email] = time.perf_counter() - started
-        assert r.status_code == 202
-        started = time.perf_counter()
-        r = await client.post("/subscribe", data={"email": email})
-        timings[email + " form"] = time.perf_counter() - started
-    assert min(timings.values()) >= 0.2
-    assert max(timings.values()) - min(timings.values()) < 0.1
+    # Five rounds, alternating, compared by their medians: one slow answer on a loaded machine
+    # (seen: 350 ms against 216 ms) says nothing of the address; a status-dependent path would
+    # shift every answer for that address.
+    timings: dict[str, list[float]] = {}
+    for _round in range(5):
+        for email in ("known@example.org", "fresh@example.org"):
+            started = time.perf_counter()
+            r = await client.post("/api/v1/subscriptions", json={"email": email})
+            timings.setdefault(email, []).append(time.perf_counter() - started)
+            assert r.status_code == 202
+            started = time.perf_counter()
+            r = await client.post("/subscribe", data={"email": email})
+            timings.setdefault(email + " form", []).append(time.perf_counter() - started)
+    assert min(min(values) for values in timings.values()) >= 0.2
+    medians = {case: statistics.median(values) for case, values in timings.items()}
+    assert abs(medians["known@example.org"] - medians["fresh@example.org"]) < 0.05, medians
+    assert abs(medians["known@example.org form"] - medians["fresh@example.org form"]) < 0.05, (
+        medians
+    )
 
 
 async def test_forwarded_for_uses_the_entry_our_proxy_wrote(
