@@ -19,6 +19,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from app import editors as api_keys
 from app import i18n
@@ -31,7 +32,9 @@ from app.desk.i18n import DeskText, format_number, format_when
 from app.digests import service as digests
 from app.digests.render import digest_subject, preview_digest
 from app.http import PAGE_CSP_OWN_SCRIPTS
-from app.models import Language, SubscriberStatus
+from app.models import Cadence, Language, SubscriberStatus
+from app.schedules import service as schedules
+from app.schedules.schemas import ScheduleCreate, ScheduleUpdate
 from app.subscribers import csvfile
 from app.subscribers import service as subscribers
 from app.subscriptions import service as subscriptions
@@ -718,6 +721,7 @@ async def subscribers_import(
             rows=parsed.rows[start : start + IMPORT_CHUNK],
             confirmed=confirmed == "yes",
             now=utcnow(),
+            cadence=settings.default_cadence,
         )
         total.added += result.added
         total.already_subscribed += result.already_subscribed
@@ -841,6 +845,121 @@ async def keys_revoke(session: SessionDep, signed: ChangeDep, key_id: int) -> Re
         if key.id == key_id:
             await api_keys.revoke_api_key(session, name=key.name)
     return redirect("/desk/keys")
+
+
+# --- Schedules -----------------------------------------------------------------------------------
+
+
+def _schedule_values(form: Any) -> dict[str, Any]:
+    """The schedule form as the API's body (its schema checks it: no rule twice)."""
+    values: dict[str, Any] = {}
+    for field in ("name", "cron", "timezone", "cadence"):
+        raw = form.get(field)
+        if isinstance(raw, str):
+            values[field] = raw.strip()
+    for field in ("min_articles", "max_articles"):
+        raw = form.get(field)
+        if isinstance(raw, str) and raw.strip():
+            values[field] = int(raw) if raw.strip().isdigit() else raw
+    raw = form.get("categories")
+    if isinstance(raw, str):
+        values["categories"] = [c.strip() for c in raw.split(",") if c.strip()]
+    values["enabled"] = form.get("enabled") == "yes"
+    return values
+
+
+def _schedule_errors(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+    return str(exc)
+
+
+async def _schedules_page(
+    request: Request,
+    session: SessionDep,
+    signed: accounts.SignedIn,
+    *,
+    status_code: int = 200,
+    editing: Any = None,
+    **context: Any,
+) -> HTMLResponse:
+    found = await schedules.list_schedules(session)
+    runs = await schedules.recent_runs(
+        session, schedule_ids=[s.id for s in found if s.id is not None], limit=5
+    )
+    return page(
+        request, "schedules.html", signed=signed, status_code=status_code, schedules=found,
+        runs=runs, next_run={s.id: schedules.next_run_at(s) for s in found}, editing=editing,
+        cadences=[c.value for c in Cadence], **context,
+    )  # fmt: skip
+
+
+@router.get("/schedules")
+async def schedules_list(
+    request: Request, session: SessionDep, signed: SignedInDep, edit: int | None = None
+) -> HTMLResponse:
+    editing = None
+    if edit is not None and 1 <= edit <= MAX_DB_INT:
+        try:
+            editing = await schedules.get_schedule(session, schedule_id=edit)
+        except schedules.ScheduleNotFound as exc:
+            raise NotFound from exc
+    return await _schedules_page(request, session, signed, editing=editing)
+
+
+@router.post("/schedules")
+async def schedules_create(request: Request, session: SessionDep, signed: ChangeDep) -> Response:
+    form = await request.form()
+    try:
+        body = ScheduleCreate.model_validate(_schedule_values(form))
+        await schedules.create_schedule(session, values=body.model_dump())
+    except (ValidationError, schedules.InvalidSchedule) as exc:
+        return await _schedules_page(
+            request, session, signed, status_code=422,
+            error=desk_text(request)["conflict"].format(detail=_schedule_errors(exc)),
+        )  # fmt: skip
+    return redirect("/desk/schedules")
+
+
+@router.post("/schedules/{schedule_id}")
+async def schedules_update(
+    request: Request, session: SessionDep, signed: ChangeDep, schedule_id: int
+) -> Response:
+    if not 1 <= schedule_id <= MAX_DB_INT:
+        raise NotFound
+    form = await request.form()
+    try:
+        body = ScheduleUpdate.model_validate(_schedule_values(form))
+        changes = body.model_dump(exclude_unset=True)
+        await schedules.update_schedule(session, schedule_id=schedule_id, changes=changes)
+    except schedules.ScheduleNotFound as exc:
+        raise NotFound from exc
+    except (ValidationError, schedules.InvalidSchedule) as exc:
+        return await _schedules_page(
+            request, session, signed, status_code=422,
+            error=desk_text(request)["conflict"].format(detail=_schedule_errors(exc)),
+        )  # fmt: skip
+    return redirect("/desk/schedules")
+
+
+@router.post("/schedules/{schedule_id}/{action}")
+async def schedules_action(
+    session: SessionDep, _signed: ChangeDep, schedule_id: int, action: str
+) -> Response:
+    if action not in ("enable", "disable", "delete") or not 1 <= schedule_id <= MAX_DB_INT:
+        raise NotFound
+    try:
+        if action == "delete":
+            await schedules.delete_schedule(session, schedule_id=schedule_id)
+        else:
+            await schedules.update_schedule(
+                session, schedule_id=schedule_id, changes={"enabled": action == "enable"}
+            )
+    except schedules.ScheduleNotFound as exc:
+        raise NotFound from exc
+    return redirect("/desk/schedules")
 
 
 # --- Errors --------------------------------------------------------------------------------------

@@ -268,12 +268,20 @@ def test_the_editors_whole_day(
         page.get_by_role("button", name="Resume").click()
         wait_for_status(page, "sent")
 
+        # A schedule: Fridays at 8, Paris time.
+        page.get_by_role("link", name="Schedules", exact=True).click()
+        page.get_by_label("Name", exact=True).last.fill("La lettre du vendredi")
+        page.get_by_label("When (cron, five fields)").last.fill("0 8 * * 5")
+        page.get_by_role("button", name="Create the schedule").click()
+        page.get_by_role("cell", name="La lettre du vendredi", exact=True).wait_for()
+        check_screen(page, shots, "09-schedules")
+
         # Find a reader and erase them.
         page.get_by_role("link", name="Subscribers", exact=True).click()
         page.get_by_label("Address or name contains").fill("reader7@")
         page.get_by_role("button", name="Filter").click()
         page.get_by_role("link", name="reader7@example.org").click()
-        check_screen(page, shots, "09-subscriber")
+        check_screen(page, shots, "09-subscriber-record")
         tick(page.get_by_label("I confirm the erasure for good"))
         page.get_by_role("button", name="Erase their data (GDPR)").click()
         page.get_by_text("The subscriber's data was erased.").wait_for()

@@ -332,3 +332,43 @@ async def test_hide_show_and_delete_articles(
     assert f'name="article" value="{first}"' in (await client.get("/desk/compose")).text
     deleted = await client.post(f"/desk/articles/{first}/delete", data={"csrf_token": token})
     assert f"/desk/articles/{first}/hide" not in deleted.text
+
+
+async def test_schedules_are_created_edited_disabled_and_deleted(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    from app.models import Schedule
+
+    await add_editor(session)
+    await sign_in(client)
+    token = await csrf_of(client, "/desk/schedules")
+    form = {
+        "csrf_token": token,
+        "name": "Friday letter",
+        "cron": "0 8 * * 5",
+        "timezone": "Europe/Paris",
+        "cadence": "weekly",
+        "min_articles": "1",
+        "max_articles": "10",
+        "categories": "",
+        "enabled": "yes",
+    }
+    bad = await client.post("/desk/schedules", data={**form, "cron": "every friday"})
+    assert bad.status_code == 422
+    assert "cron" in bad.text
+    assert (await client.post("/desk/schedules", data=form)).status_code == 303
+    schedule = (await session.exec(select(Schedule))).one()
+    listing = await client.get("/desk/schedules", params={"lang": "en"})
+    assert "Friday letter" in listing.text
+    assert "enabled" in listing.text
+    await client.post(f"/desk/schedules/{schedule.id}/disable", data={"csrf_token": token})
+    await session.refresh(schedule)
+    assert schedule.enabled is False
+    edit = await client.get("/desk/schedules", params={"edit": schedule.id})
+    assert 'value="0 8 * * 5"' in edit.text
+    changed = {**form, "cron": "30 7 * * *", "cadence": "daily"}
+    await client.post(f"/desk/schedules/{schedule.id}", data=changed)
+    await session.refresh(schedule)
+    assert (schedule.cron, schedule.cadence, schedule.enabled) == ("30 7 * * *", "daily", True)
+    await client.post(f"/desk/schedules/{schedule.id}/delete", data={"csrf_token": token})
+    assert (await session.exec(select(Schedule))).first() is None
