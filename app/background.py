@@ -1,5 +1,5 @@
-"""What a worker process runs besides requests: the sender and the rooms' periodic jobs (feed
-polling, schedules).
+"""What a worker process runs besides requests: the sender, the rooms' periodic jobs (feed
+polling, schedules, telling alert incidents) and the heartbeat /healthz reads.
 
 The one place that wires the sender to the delivery kinds and starts the rooms' loops, used by
 `newsletter worker` and by `newsletter serve` (which runs them inside the server unless
@@ -13,8 +13,11 @@ import asyncio
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts import service as alerts
+from app.alerts.telling import tell_incidents_forever
 from app.articles.polling import poll_feeds_forever
 from app.config import Settings
+from app.health import heartbeat_forever
 from app.kinds import delivery_kinds
 from app.mail.transport import Mailer
 from app.schedules.runner import Scheduler
@@ -42,12 +45,20 @@ async def run_background(
     tokens: Tokens,
     stop: asyncio.Event,
 ) -> None:
-    """Send, poll and run the schedules until `stop` is set; each job finishes its work in
-    hand, then returns."""
+    """Send, poll, run the schedules, tell incidents and beat until `stop` is set; each job
+    finishes its work in hand, then returns."""
     sender = make_sender(settings, sessionmaker, mailer, tokens)
     scheduler = Scheduler(settings, sessionmaker, worker_id=sender.worker_id)
+    try:
+        async with sessionmaker() as session:
+            await alerts.setup_working(session)  # this sender's setup loaded (DKIM included)
+            await session.commit()
+    except Exception:  # the database is down: the sender waits for it anyway
+        pass
     await asyncio.gather(
         sender.run(stop),
         poll_feeds_forever(settings, sessionmaker, stop),
         scheduler.run(stop),
+        tell_incidents_forever(settings, sessionmaker, stop),
+        heartbeat_forever(sessionmaker, worker_id=sender.worker_id, stop=stop),
     )

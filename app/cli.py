@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.models import Language, SubscriberStatus
+from app.models import ApiKey, Language, SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -114,10 +115,20 @@ def served_settings(settings: Settings, *, host: str, port: int) -> Settings:
 def check_sending_setup(settings: Settings) -> None:
     """Refuse to start a sender whose DKIM setup cannot work, saying what to fix."""
     from app.mail.dkim import DkimConfigError, DkimSigner
+    from app.worker.sender import default_worker_id
 
     try:
         DkimSigner.from_settings(settings)
     except DkimConfigError as exc:
+        from sqlalchemy.engine import make_url
+
+        from app.alerts.telling import tell_setup_broken
+        from app.db import is_sqlite
+
+        database = make_url(settings.database_url).database
+        # No SQLite file yet: nobody to tell, and no file to create.
+        if not is_sqlite(settings.database_url) or (database and Path(database).exists()):
+            asyncio.run(tell_setup_broken(settings, process=default_worker_id(), error=str(exc)))
         fail(str(exc), code=2)
 
 
@@ -180,16 +191,56 @@ async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awa
         await engine.dispose()
 
 
+def _audit(
+    session: AsyncSession,
+    action: str,
+    target_type: str | None = None,
+    target_id: object = None,
+    detail: str | None = None,
+) -> None:
+    """An editor's command in the audit log, in the command's own transaction."""
+    from app.audit import service as audit_log
+
+    audit_log.record(
+        session,
+        actor=audit_log.cli_actor(),
+        source="cli",
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        detail=detail,
+    )
+
+
+async def _audited(
+    settings: Settings,
+    action: str,
+    target_type: str | None = None,
+    target_id: object = None,
+    detail: str | None = None,
+) -> None:
+    """The audit row of a command whose work committed in transactions of its own."""
+
+    async def work(session: AsyncSession) -> None:
+        _audit(session, action, target_type, target_id, detail)
+
+    await _in_transaction(settings, work)
+
+
 @cli.command("create-api-key")
 def create_api_key(name: str = typer.Argument(..., help="Who or what the key is for.")) -> None:
     """Create an editor API key. The key is printed once, on the last line; only a hash is kept."""
     from app import editors
 
     settings = load_settings()
+
+    async def work(session: AsyncSession) -> str:
+        api_key, key = await editors.create_api_key(session, name=name)
+        _audit(session, "create_api_key", "api_key", api_key.id, detail=api_key.name)
+        return key
+
     try:
-        _, key = asyncio.run(
-            _in_transaction(settings, lambda s: editors.create_api_key(s, name=name))
-        )
+        key = asyncio.run(_in_transaction(settings, work))
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"API key for {name!r} (shown once, store it now):", err=True)
@@ -202,7 +253,14 @@ def revoke_api_key(name: str = typer.Argument(..., help="The key's name.")) -> N
     from app import editors
 
     settings = load_settings()
-    revoked = asyncio.run(_in_transaction(settings, lambda s: editors.revoke_api_key(s, name=name)))
+
+    async def work(session: AsyncSession) -> ApiKey | None:
+        revoked = await editors.revoke_api_key(session, name=name)
+        if revoked is not None:
+            _audit(session, "revoke_api_key", "api_key", revoked.id, detail=revoked.name)
+        return revoked
+
+    revoked = asyncio.run(_in_transaction(settings, work))
     if revoked is None:
         fail(f"no active API key named {name!r}")
     typer.echo(f"revoked API key {name!r}")
@@ -583,6 +641,14 @@ def subscribers_import(
         typer.echo(f"line {line}: {message}", err=True)
     result = asyncio.run(_import(settings, parsed.rows, confirmed=confirmed))
     status = "confirmed" if confirmed else "pending, confirmation email queued"
+    asyncio.run(
+        _audited(
+            settings,
+            "import_subscribers",
+            detail=f"{file.name}: {result.added} added ({status}), "
+            f"{result.already_subscribed} known, {result.suppressed} suppressed",
+        )
+    )
     typer.echo(
         f"imported {result.added} ({status}); already subscribed {result.already_subscribed}; "
         f"suppressed, not revived {result.suppressed}; rejected rows {len(parsed.errors)}"
@@ -630,12 +696,15 @@ def subscribers_unbounce(
 
     settings = load_settings()
     moment = parse_time(since, option="--since")
-    restored = asyncio.run(
-        _in_transaction(
-            settings,
-            lambda s: service.unbounce(s, since=moment, digest_id=digest, dry_run=dry_run),
-        )
-    )
+
+    async def work(session: AsyncSession) -> list[service.Unbounced]:
+        restored = await service.unbounce(session, since=moment, digest_id=digest, dry_run=dry_run)
+        if not dry_run:
+            detail = f"{len(restored)} restored, bounced since {moment.isoformat()}"
+            _audit(session, "unbounce", "digest" if digest else None, digest, detail)
+        return restored
+
+    restored = asyncio.run(_in_transaction(settings, work))
     for item in restored:
         bounced = item.bounced_at.isoformat(timespec="seconds") if item.bounced_at else "-"
         typer.echo(f"{item.email or '(erased)'}\tbounced {bounced}\t-> {item.restored_to}")
@@ -656,6 +725,9 @@ def subscribers_export(
     else:
         with output.open("w", encoding="utf-8", newline="") as handle:
             count = asyncio.run(_export(settings, status, handle))
+    asyncio.run(
+        _audited(settings, "export_subscribers", detail=f"{count} subscriber(s), status {status}")
+    )
     typer.echo(f"exported {count} subscriber(s)", err=True)
 
 
@@ -973,15 +1045,16 @@ def import_feed(
     from app.articles.feeds import MalformedFeed
 
     settings = load_settings()
-    try:
-        result = asyncio.run(
-            _in_transaction(
-                settings,
-                lambda s: service.import_feed_source(
-                    s, source=source, limits=service.FeedLimits.from_settings(settings)
-                ),
-            )
+
+    async def work(session: AsyncSession) -> service.ImportResult:
+        result = await service.import_feed_source(
+            session, source=source, limits=service.FeedLimits.from_settings(settings)
         )
+        _audit(session, "import_feed", "feed", source, detail=result.summary())
+        return result
+
+    try:
+        result = asyncio.run(_in_transaction(settings, work))
     except service.FeedUnreachable as exc:
         fail(f"feed unreachable: {exc}")
     except MalformedFeed as exc:
@@ -1067,3 +1140,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+audit_cli = typer.Typer(help="The audit log of editors' actions.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+async def _export_audit(
+    settings: Settings, since: datetime | None, fmt: ExportFormat, out: TextIO
+) -> int:
+    from app.audit import service as audit_log
+    from app.db import make_engine, make_sessionmaker
+
+    count = -1 if fmt == ExportFormat.csv else 0  # the CSV header is not an event
+    engine = make_engine(settings.database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            async for line in audit_log.export_lines(session, since=since, fmt=fmt.value):
+                out.write(line)
+                count += 1
+    finally:
+        await engine.dispose()
+    return max(count, 0)
+
+
+@audit_cli.command("export")
+def audit_export(
+    since: str | None = typer.Option(None, "--since", help="Only events at or after (ISO 8601)."),
+    fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", help="csv or jsonl."),
+    output: Path | None = typer.Option(None, help="Write to this file instead of stdout."),
+) -> None:
+    """Write the audit log, oldest first: id, created_at, actor, source, action, target_type,
+    target_id, detail."""
+    settings = load_settings()
+    moment = parse_time(since, option="--since") if since else None
+    if output is None:
+        count = run_async(_export_audit(settings, moment, fmt, sys.stdout))
+    else:
+        with output.open("w", encoding="utf-8", newline="") as handle:
+            count = run_async(_export_audit(settings, moment, fmt, handle))
+    typer.echo(f"exported {count} audit event(s)", err=True)

@@ -135,6 +135,20 @@ class Settings(BaseSettings):
     # /usr/lib/postgresql/<server major>/bin, then PATH.
     pg_bin_dir: Path | None = None
 
+    # Alerts and health (app/alerts, app/health.py)
+    # Editors told by email (through the outbox) when a send pauses itself, the feed keeps
+    # failing, a schedule's run fails or a send's bounce rate passes its warning line.
+    alert_emails: str = ""
+    # Also POSTed as JSON here (SSRF-guarded, as feeds: FEED_ALLOW_PRIVATE_NETWORKS applies).
+    alert_webhook_url: str | None = None
+    alert_feed_failures: int = Field(default=3, ge=1)
+    alert_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    # Attempts of a send after which its bounce rate is judged (fewer: too few to tell).
+    alert_bounce_min_attempts: int = Field(default=100, ge=1)
+    health_heartbeat_max_age_seconds: int = Field(default=120, ge=1)
+    health_queue_max_age_seconds: int = Field(default=3600, ge=1)
+    health_relay_probe_seconds: int = Field(default=60, ge=1)
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.app_env == "production" and self.secret_key == DEFAULT_SECRET_KEY:
@@ -153,6 +167,13 @@ class Settings(BaseSettings):
                     "SECRET_KEY_FALLBACKS holds the default SECRET_KEY: remove it (anyone can "
                     "sign links with it)"
                 )
+        for address in self.alert_email_list:
+            if "@" not in address or any(c in address for c in " <>\r\n"):
+                raise ValueError(f"ALERT_EMAILS: {address!r} is not an email address")
+        if self.alert_webhook_url and not self.alert_webhook_url.lower().startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
         _check_brand(self)
         if self.feed_url and not self.feed_url.lower().startswith(("http://", "https://")):
             raise ValueError("FEED_URL must be an http:// or https:// URL")
@@ -175,6 +196,10 @@ class Settings(BaseSettings):
     @property
     def secret_key_fallback_list(self) -> list[str]:
         return [k.strip() for k in self.secret_key_fallbacks.split(",") if k.strip()]
+
+    @property
+    def alert_email_list(self) -> list[str]:
+        return [a.strip() for a in self.alert_emails.split(",") if a.strip()]
 
     @property
     def site_origin_list(self) -> list[str]:

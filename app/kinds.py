@@ -7,6 +7,7 @@ here.
 
 from __future__ import annotations
 
+from app.alerts.delivery import AlertKind
 from app.config import Settings
 from app.digests.delivery import digest_kinds
 from app.outbox.kinds import Kinds
@@ -15,4 +16,10 @@ from app.subscriptions.delivery import ConfirmationKind
 
 
 def delivery_kinds(settings: Settings, tokens: Tokens) -> Kinds:
-    return Kinds([ConfirmationKind(settings, tokens), *digest_kinds(settings, tokens)])
+    return Kinds(
+        [
+            ConfirmationKind(settings, tokens),
+            *digest_kinds(settings, tokens),
+            AlertKind(settings),
+        ]
+    )

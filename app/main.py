@@ -14,12 +14,14 @@ from fastapi.staticfiles import StaticFiles
 
 from app import keys, metrics, monitoring, openapi
 from app.articles import routes as article_routes
+from app.audit import routes as audit_routes
 from app.background import run_background
 from app.bounces import routes as bounce_routes
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.desk import routes as desk_routes
 from app.digests import routes as digest_routes
+from app.health import RelayProbe
 from app.http import (
     BodySizeLimit,
     FullAllowHeader,
@@ -54,6 +56,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         # that needs it loads it (app.deps.get_tokens), so /healthz can say what is wrong.
         await keys.ensure_hashing_key(app.state.tokens, engine)
         app.state.mailer = make_mailer(settings)
+        app.state.relay_probe = RelayProbe(
+            app.state.mailer, every=settings.health_relay_probe_seconds
+        )
         if not settings.uses_smtp:
             log.info(
                 "SMTP_HOST is not set: mail is written to the Maildir %s", settings.maildir_path
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
     app.include_router(schedule_routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(monitoring.router)
     desk_routes.install(app)
     openapi.install(app)

@@ -23,6 +23,7 @@ from prometheus_client import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
+from app.health import queue_figures
 from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 # SMTP answers take from a millisecond (local relay) to tens of seconds (greylisting, slow MX).
@@ -55,8 +56,24 @@ class Metrics:
             "queue_depth", "Queued deliveries due now (waiting for a worker)", registry=r
         )
         self.subscribers = Gauge("subscribers", "Subscribers by status", ["status"], registry=r)
+        self.queue_age = Gauge(
+            "queue_oldest_due_seconds",
+            "How long the oldest sendable queued delivery has waited since it was due",
+            registry=r,
+        )
+        self.worker_heartbeat_age = Gauge(
+            "worker_heartbeat_age_seconds",
+            "Seconds since each worker's last heartbeat",
+            ["worker"],
+            registry=r,
+        )
+        self.workers_running = Gauge(
+            "workers_running", "Workers whose heartbeat is fresh", registry=r
+        )
 
-    async def refresh_from_database(self, engine: AsyncEngine) -> None:
+    async def refresh_from_database(
+        self, engine: AsyncEngine, *, heartbeat_max_age: float = 120.0
+    ) -> None:
         """Set the gauges from the database; every known status appears, zero included."""
         async with engine.connect() as conn:
             deliveries = dict(
@@ -85,6 +102,7 @@ class Metrics:
                     )
                 ).all()
             )
+            figures = await queue_figures(conn)
         for delivery_status in DeliveryStatus:
             value = deliveries.get(delivery_status.value, 0)
             self.deliveries.labels(status=delivery_status.value).set(value)
@@ -92,6 +110,13 @@ class Metrics:
             value = subscribers.get(subscriber_status.value, 0)
             self.subscribers.labels(status=subscriber_status.value).set(value)
         self.queue_depth.set(due)
+        self.queue_age.set(figures.oldest_due_seconds)
+        self.worker_heartbeat_age.clear()  # workers that left are dropped, not frozen
+        for worker, age in figures.heartbeats.items():
+            self.worker_heartbeat_age.labels(worker=worker).set(age)
+        self.workers_running.set(
+            sum(1 for a in figures.heartbeats.values() if a <= heartbeat_max_age)
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

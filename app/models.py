@@ -87,6 +87,7 @@ class DeliveryKind(StrEnum):
     confirmation = "confirmation"
     digest = "digest"
     test = "test"
+    alert = "alert"
 
 
 class Cadence(StrEnum):
@@ -235,6 +236,8 @@ class Feed(SQLModel, table=True):
     modified: str | None = Field(default=None, max_length=100)
     last_polled_at: datetime | None = _ts(default=None)
     last_error: str | None = Field(default=None, max_length=2000)
+    # Polls that failed in a row (reset by a good one): past ALERT_FEED_FAILURES, an alert.
+    failures: int = 0
 
 
 class Digest(SQLModel, table=True):
@@ -357,6 +360,9 @@ class Delivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=2000)
     created_at: datetime = _ts(default_factory=utcnow)
     sent_at: datetime | None = _ts(default=None)
+    # Alert emails only: the incident told (app.alerts). No foreign key: a column added in
+    # place on SQLite (no copy of the largest table); incidents are never deleted.
+    alert_id: int | None = Field(default=None, index=True)
 
 
 # --- Bounces -----------------------------------------------------------------------------------
@@ -437,3 +443,60 @@ class StoredSecret(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=500)
     created_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- Operations: alerts, audit, heartbeats -----------------------------------------------------
+
+
+class WebhookStatus(StrEnum):
+    none = "none"  # no ALERT_WEBHOOK_URL when the incident opened
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+
+
+class AlertIncident(SQLModel, table=True):
+    """Something the editors must hear of, told once (app.alerts): `key` names the condition
+    (`send:12:paused`), so the same condition raised again while open tells nobody again."""
+
+    __tablename__ = "alert_incident"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    kind: str = Field(max_length=32)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    opened_at: datetime = _ts(default_factory=utcnow)
+    resolved_at: datetime | None = _ts(default=None)
+    times_opened: int = 1
+    # When the editors were told (outbox rows queued); NULL: a worker tells them soon.
+    told_at: datetime | None = _ts(default=None)
+    webhook_status: str = Field(default=WebhookStatus.none, max_length=16, index=True)
+    webhook_attempts: int = 0
+    # Not before: a claim (one worker posts) and, after a failure, the retry's backoff.
+    webhook_next_at: datetime | None = _ts(default=None)
+    webhook_error: str | None = Field(default=None, max_length=500)
+
+
+class AuditEvent(SQLModel, table=True):
+    """An editor's action: who (API key name, CLI user), from where, what, on what, when."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=200)
+    source: str = Field(max_length=16)  # api | cli | desk
+    action: str = Field(max_length=64, index=True)
+    target_type: str | None = Field(default=None, max_length=32)
+    target_id: str | None = Field(default=None, max_length=200)
+    detail: str | None = Field(default=None, max_length=2000)
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A running worker's last sign of life (app.background writes it; /healthz reads it)."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker_id: str = Field(primary_key=True, max_length=100)
+    started_at: datetime = _ts(default_factory=utcnow)
+    seen_at: datetime = _ts(default_factory=utcnow, index=True)

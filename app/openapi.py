@@ -89,14 +89,20 @@ _SCHEDULE_LINKS = {
     "DeleteSchedule": ("delete", SCHEDULE, _SCHEDULE_ID),
 }
 SUBSCRIBER = "/api/v1/subscribers/{email}"
+# What was done to a digest, by whom (the audit log).
+_AUDIT_OF_DIGEST: dict[str, tuple[Any, ...]] = {
+    "AuditOfDigest": (
+        "get",
+        "/api/v1/audit",
+        {"target_type": "digest", "target_id": "$request.path.digest_id"},
+    )
+}
 # OpenAPI links (3.1, 4.8.20): how one answer feeds the next request, so that clients and
 # Schemathesis's stateful phase can follow whole editor workflows. (method, path, status) ->
 # name -> (method, path, parameters[, request body]).
 LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
     ("post", "/api/v1/digests", "201"): _DIGEST_LINKS,
     ("get", DIGEST, "200"): _DIGEST_LINKS,
-    ("post", f"{DIGEST}/send", "202"): _DIGEST_LINKS,
-    ("post", f"{DIGEST}/pause", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/resume", "200"): _DIGEST_LINKS,
     ("post", f"{DIGEST}/cancel", "200"): {"GetDigest": _DIGEST_LINKS["GetDigest"]},
     ("post", "/api/v1/schedules", "201"): _SCHEDULE_LINKS,
@@ -107,6 +113,8 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
     ("get", "/api/v1/articles/{article_id}", "200"): {
         "DigestOfArticle": _ARTICLE_LINKS["DigestOfArticle"]
     },
+    ("post", f"{DIGEST}/pause", "200"): {**_DIGEST_LINKS, **_AUDIT_OF_DIGEST},
+    ("post", f"{DIGEST}/send", "202"): {**_DIGEST_LINKS, **_AUDIT_OF_DIGEST},
     ("post", "/api/v1/subscriptions", "202"): {
         "GetSubscriber": ("get", SUBSCRIBER, {"email": "$request.body#/email"}),
         "EraseSubscriber": ("delete", SUBSCRIBER, {"email": "$request.body#/email"}),

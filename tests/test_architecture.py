@@ -8,7 +8,16 @@ from collections import defaultdict
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app"
-DOMAINS = {"subscriptions", "subscribers", "digests", "articles", "bounces", "schedules"}
+DOMAINS = {
+    "subscriptions",
+    "subscribers",
+    "digests",
+    "articles",
+    "bounces",
+    "schedules",
+    "alerts",
+    "audit",
+}
 # The machinery every domain may use; it must not reach back into a domain.
 MACHINERY = {"outbox", "mail", "worker"}
 

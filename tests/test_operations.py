@@ -109,7 +109,10 @@ async def test_metrics_and_healthz_answer_503_when_the_database_is_down(tmp_path
 async def test_healthz_ok(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    body = response.json()
+    assert (body["status"], body["database"], body["problems"]) == ("ok", "ok", [])
+    assert body["checks"]["relay"] == "ok"
+    assert body["checks"]["queue"] == {"oldest_due_seconds": 0.0}
 
 
 @pytest.fixture

@@ -1,26 +1,22 @@
 """Fetch a feed over HTTP without becoming a way into the private network (SSRF).
 
-Every hop (the URL, then each redirect, followed here and bounded) is resolved first; if any
-address the name resolves to is loopback, private, link-local, reserved, multicast or
-unspecified, nothing is sent, unless FEED_ALLOW_PRIVATE_NETWORKS is set. The connection then
-goes to the address that was checked (no second lookup a DNS rebinding could answer
-differently), with the Host header and the TLS server name of the URL. Every failure to fetch
+Every hop (the URL, then each redirect, followed here and bounded) goes through the one guard in
+app/outbound.py: resolved first, refused if any address is not public (unless
+FEED_ALLOW_PRIVATE_NETWORKS is set), then connected to the address checked. Every failure to fetch
 (refused address, no such host, connection refused, timeout, TLS) gives the same error text, so
 the endpoint cannot be used to map hosts and ports; the log keeps the cause.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
-import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+
+from app.outbound import Refused, Resolver, checked_addresses, resolve, send_pinned
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -34,11 +30,6 @@ MAX_REDIRECTS = 5
 USER_AGENT = "newsletter/0.1 (+feed import)"
 UNREACHABLE = "the feed could not be fetched (no answer, no such host, or an address not allowed)"
 _REDIRECTS = {301, 302, 303, 307, 308}
-# NAT64 (RFC 6052) carries an IPv4 address in its last 32 bits.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class FeedUnreachable(Exception):
@@ -69,69 +60,6 @@ class Fetched:
     modified: str | None
 
 
-def is_public_address(address: IPAddress) -> bool:
-    """False for anything but a globally routable unicast address, including IPv4 addresses
-    carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded: list[IPAddress] = []
-        if address.ipv4_mapped is not None:
-            embedded.append(address.ipv4_mapped)
-        if address.sixtofour is not None:
-            embedded.append(address.sixtofour)
-        if address.teredo is not None:
-            embedded.extend(address.teredo)
-        if address in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if any(not is_public_address(inner) for inner in embedded):
-            return False
-    return not (
-        not address.is_global
-        or address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
-
-
-async def resolve(host: str, port: int) -> list[str]:
-    """Every address the system resolver gives for `host` (numeric forms such as 0x7f000001 or
-    2130706433 included: they resolve like any name)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class _Refused(Exception):
-    """A fetch stopped before anything was sent; the message is for the log only."""
-
-
-async def _checked_addresses(
-    url: httpx.URL, *, allow_private: bool, resolver: Resolver, dns_seconds: float
-) -> list[str]:
-    if url.scheme not in ("http", "https") or not url.host:
-        raise _Refused(f"not an http(s) URL: {url}")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        async with asyncio.timeout(dns_seconds):
-            addresses = await resolver(url.host, port)
-    except (OSError, TimeoutError, UnicodeError) as exc:
-        raise _Refused(f"{url.host} does not resolve: {exc}") from exc
-    parsed: list[IPAddress] = []
-    for text in addresses:
-        try:
-            parsed.append(ipaddress.ip_address(text.split("%", 1)[0]))  # drop an IPv6 zone
-        except ValueError as exc:
-            raise _Refused(f"{url.host} resolved to {text!r}") from exc
-    if not parsed:
-        raise _Refused(f"{url.host} resolved to nothing")
-    if not allow_private:
-        refused = [str(a) for a in parsed if not is_public_address(a)]
-        if refused:
-            raise _Refused(f"{url.host} resolves to an address not allowed: {', '.join(refused)}")
-    return [str(a) for a in parsed]
-
-
 async def fetch_feed(
     url: str,
     *,
@@ -158,13 +86,13 @@ async def fetch_feed(
         ) as client:
             target = httpx.URL(url)
             for _hop in range(MAX_REDIRECTS + 1):
-                addresses = await _checked_addresses(
+                addresses = await checked_addresses(
                     target,
                     allow_private=limits.allow_private_networks,
                     resolver=resolver,
                     dns_seconds=limits.timeout_seconds,
                 )
-                response = await _send_pinned(client, target, addresses, headers)
+                response = await send_pinned(client, target, addresses, headers)
                 try:
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECTS and location:
@@ -173,11 +101,11 @@ async def fetch_feed(
                     return await _read(response, etag=etag, modified=modified)
                 finally:
                     await response.aclose()
-            raise _Refused(f"more than {MAX_REDIRECTS} redirects")
+            raise Refused(f"more than {MAX_REDIRECTS} redirects")
     except FeedUnreachable:
         raise
     except (
-        _Refused,
+        Refused,
         httpx.HTTPError,
         httpx.InvalidURL,
         OSError,
@@ -187,25 +115,6 @@ async def fetch_feed(
     ) as exc:  # a malformed Location, a name IDNA refuses...: the cause stays in the log
         log.info("feed fetch failed: %s: %s", exc.__class__.__name__, exc, extra={"feed": url})
         raise FeedUnreachable(UNREACHABLE) from exc
-
-
-async def _send_pinned(
-    client: httpx.AsyncClient, target: httpx.URL, addresses: list[str], headers: dict[str, str]
-) -> httpx.Response:
-    """Send to the checked addresses in turn (the first that accepts a connection), never to a
-    new lookup of the name; the Host header and TLS server name stay the URL's."""
-    failure: httpx.ConnectError | None = None
-    for address in addresses:
-        request = client.build_request("GET", target, headers=headers)  # Host: from the name
-        request.url = target.copy_with(host=address)
-        if target.scheme == "https":
-            request.extensions["sni_hostname"] = target.host  # the certificate is checked for it
-        try:
-            return await client.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            failure = exc
-    assert failure is not None
-    raise failure
 
 
 async def _read(response: httpx.Response, *, etag: str | None, modified: str | None) -> Fetched:

@@ -1,7 +1,8 @@
 """The worker's periodic job for this room: poll the site's feed (FEED_URL every FEED_POLL_MINUTES).
 
 A failed poll (unreachable, malformed) is logged and recorded on the Feed row; the loop goes
-on and no article is ever deleted.
+on and no article is ever deleted. ALERT_FEED_FAILURES failures in a row tell the editors
+(app.alerts), once, until a poll succeeds again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts import service as alerts
 from app.articles import service
 from app.articles.feeds import MalformedFeed
 from app.config import Settings
@@ -46,11 +48,15 @@ async def refresh_feed(
                 conditional=True,
                 limits=service.FeedLimits.from_settings(settings),
             )
+            await alerts.feed_recovered(session, url=url)
             await session.commit()
     except (service.FeedUnreachable, MalformedFeed) as exc:
         log.warning("feed poll failed: %s", exc, extra={"feed": url})
         async with sessionmaker() as session:
-            await service.record_feed_error(session, url=url, error=str(exc))
+            failures = await service.record_feed_error(session, url=url, error=str(exc))
+            await alerts.feed_failed(
+                session, settings=settings, url=url, failures=failures, error=str(exc)
+            )
             await session.commit()
         return None
     log.info("feed polled: %s", result.summary(), extra={"feed": url})

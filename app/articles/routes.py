@@ -19,6 +19,7 @@ from app.articles.schemas import (
     FeedImportIn,
     FeedImportResult,
 )
+from app.audit.deps import AuditDep
 from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep
 from app.models import Article
 
@@ -51,7 +52,7 @@ def _detail(article: Article) -> ArticleDetail:
     },
 )
 async def put_article(
-    body: ArticleIn, session: SessionDep, _editor: EditorDep, response: Response
+    body: ArticleIn, session: SessionDep, audit: AuditDep, response: Response
 ) -> ArticleDetail:
     """Create an article, or update the one with the same URL (201 created, 200 updated)."""
     content_html = sanitize_html(body.content_html)
@@ -67,6 +68,7 @@ async def put_article(
         published_at=body.published_at,
     )
     article, outcome = await service.upsert_article(session, entry=entry)
+    audit.on("article", article.id, detail=f"article {outcome}")
     if outcome != "created":
         response.status_code = status.HTTP_200_OK
     return _detail(article)
@@ -110,7 +112,7 @@ async def get_article(article_id: IdPath, session: SessionDep, _editor: EditorDe
         409: {"description": "A digest went out with it: it can be hidden, not deleted"},
     },
 )
-async def delete_article(article_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+async def delete_article(article_id: IdPath, session: SessionDep, _audit: AuditDep) -> Response:
     """Delete an article. Drafts that hold it keep their copy. A digest whose send started
     holds it: 409 (hide it instead). An article still in the feed comes back at the next
     import: hide it to keep it out of digests for good."""
@@ -129,7 +131,7 @@ async def delete_article(article_id: IdPath, session: SessionDep, _editor: Edito
     responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
 )
 async def hide_article(
-    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    article_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> ArticleDetail:
     """Keep the article (and the digests that hold it) but offer it to no new digest; a feed's
     update does not bring it back. Allowed whatever digests hold it."""
@@ -142,7 +144,7 @@ async def hide_article(
     responses={**AUTH_RESPONSES, 404: {"description": "No such article"}},
 )
 async def unhide_article(
-    article_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    article_id: IdPath, session: SessionDep, _audit: AuditDep, _body: ActionBody = None
 ) -> ArticleDetail:
     """Offer a hidden article to new digests again."""
     return await _set_hidden(session, article_id, hidden=False)
@@ -166,7 +168,7 @@ async def _set_hidden(session: AsyncSession, article_id: int, *, hidden: bool) -
     },
 )
 async def import_feed(
-    body: FeedImportIn, session: SessionDep, settings: SettingsDep, _editor: EditorDep
+    body: FeedImportIn, session: SessionDep, settings: SettingsDep, audit: AuditDep
 ) -> FeedImportResult:
     """Fetch an RSS/Atom feed now and upsert its articles. Re-importing creates no duplicates.
     Addresses in private networks are refused unless FEED_ALLOW_PRIVATE_NETWORKS is set."""
@@ -180,6 +182,7 @@ async def import_feed(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"malformed feed: {exc}"
         ) from exc
+    audit.on("feed", body.url, detail=result.summary())
     return FeedImportResult(
         url=body.url,
         created=result.created,

@@ -259,6 +259,7 @@ async def import_feed_url(
         feed.etag = (fetched.etag or "")[:500] or None
         feed.modified = (fetched.modified or "")[:100] or None
     feed.last_error = None
+    feed.failures = 0
     session.add(feed)
     await session.flush()
     return result
@@ -279,12 +280,15 @@ async def import_feed_source(
     return await import_feed_document(session, data=data, max_items=limits.max_items)
 
 
-async def record_feed_error(session: AsyncSession, *, url: str, error: str) -> None:
+async def record_feed_error(session: AsyncSession, *, url: str, error: str) -> int:
+    """Remember a failed poll; the failures in a row, this one included."""
     feed = await _feed_row(session, url)
     feed.last_polled_at = utcnow()
     feed.last_error = error[:2000]
+    feed.failures += 1
     session.add(feed)
     await session.flush()
+    return feed.failures
 
 
 async def claim_feed_poll(session: AsyncSession, *, url: str, interval: timedelta) -> bool:

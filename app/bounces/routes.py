@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.audit.deps import AuditDep
 from app.bounces import service
 from app.bounces.schemas import (
     BounceAccepted,
@@ -16,7 +17,7 @@ from app.bounces.schemas import (
     UnbounceIn,
     UnbounceOut,
 )
-from app.deps import EditorDep, KindsDep, SessionDep, SettingsDep, TokensDep
+from app.deps import KindsDep, SessionDep, SettingsDep, TokensDep
 from app.editors import authenticate
 
 router = APIRouter(prefix="/api/v1", tags=["bounces"])
@@ -88,7 +89,7 @@ async def report_bounce(
     response_model=UnbounceOut,
     responses={401: {"description": "Missing, wrong or revoked API key"}},
 )
-async def unbounce(body: UnbounceIn, session: SessionDep, _editor: EditorDep) -> UnbounceOut:
+async def unbounce(body: UnbounceIn, session: SessionDep, _audit: AuditDep) -> UnbounceOut:
     """Restore readers marked bounced since `since` (optionally only those whose copy of
     `digest_id` failed): back to confirmed, recorded in their history, their failed copies of
     an unfinished digest queued again. `dry_run: true` lists them and changes nothing."""

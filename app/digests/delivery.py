@@ -11,6 +11,7 @@ whatever the digest's status (they are how a draft is checked).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.alerts import service as alerts
 from app.bounces.service import bounce_at_send, soft_bounce_at_send
 from app.config import Settings
 from app.digests import service
@@ -111,11 +113,13 @@ class DigestKind(BaseKind):
 
     name = DeliveryKind.digest.value
     stops_with_send = True
+    bounce_rate_every = 5.0  # seconds between two looks at a send's bounce rate (per worker)
 
     def __init__(self, settings: Settings, tokens: Tokens, renders: RenderCache) -> None:
         self.settings = settings
         self.tokens = tokens
         self.renders = renders
+        self._bounce_rate_checked: dict[int, float] = {}
 
     def claim_filter(self) -> sa.ColumnElement[bool]:
         # A paused or cancelled digest's copies wait (or were skipped by the cancel).
@@ -169,6 +173,10 @@ class DigestKind(BaseKind):
         await bounce_at_send(
             session, subscriber_id=delivery.subscriber_id, digest_id=delivery.digest_id, reply=reply
         )
+        if delivery.digest_id is not None and self._bounce_rate_due(delivery.digest_id):
+            await alerts.check_bounce_rate(
+                session, settings=self.settings, digest_id=delivery.digest_id
+            )
 
     async def soft_bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
         await soft_bounce_at_send(
@@ -178,6 +186,16 @@ class DigestKind(BaseKind):
             reply=reply,
             soft_bounce_limit=self.settings.soft_bounce_limit,
         )
+
+    def _bounce_rate_due(self, digest_id: int) -> bool:
+        """At most one look at a send's bounce rate per `bounce_rate_every` seconds per worker:
+        it counts the send's rows, and a bad list bounces thousands of times."""
+        now = time.monotonic()
+        last = self._bounce_rate_checked.get(digest_id)
+        if last is not None and now - last < self.bounce_rate_every:
+            return False
+        self._bounce_rate_checked[digest_id] = now
+        return True
 
     async def pause_send(self, session: AsyncSession, *, send_id: int, reason: str) -> bool:
         return await service.pause_digest(session, digest_id=send_id, reason=reason)

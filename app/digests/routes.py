@@ -10,7 +10,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
-from app.deps import EditorDep, IdPath, OffsetQuery, SessionDep, SettingsDep, TokensDep
+from app.audit.deps import Audit, AuditDep
+from app.deps import (
+    EditorDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+    TokensDep,
+)
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
@@ -118,9 +126,7 @@ async def _fresh_digest(
     response_model=DigestPublic,
     responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
 )
-async def create_digest(
-    body: DigestCreate, session: SessionDep, _editor: EditorDep
-) -> DigestPublic:
+async def create_digest(body: DigestCreate, session: SessionDep, audit: AuditDep) -> DigestPublic:
     """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
     try:
         digest = await service.create_digest(
@@ -135,6 +141,7 @@ async def create_digest(
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    audit.on("digest", digest.id)
     return await _public(session, digest)
 
 
@@ -175,7 +182,7 @@ async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep)
     },
 )
 async def update_digest(
-    digest_id: IdPath, body: DigestUpdate, session: SessionDep, _editor: EditorDep
+    digest_id: IdPath, body: DigestUpdate, session: SessionDep, audit: AuditDep
 ) -> Response | DigestPublic:
     """Edit a draft: subject, intro, articles and their order. Fields left out are unchanged;
     a null subject or intro goes back to the default. After the send: 409, nothing changes."""
@@ -188,6 +195,7 @@ async def update_digest(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -280,7 +288,7 @@ async def send_test(
     body: TestSendIn,
     session: SessionDep,
     settings: SettingsDep,
-    _editor: EditorDep,
+    _audit: AuditDep,
 ) -> TestSendAccepted:
     """Queue a test copy (subject marked [TEST]) to each address, whatever the digest's status."""
     emails = []
@@ -311,7 +319,7 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -319,6 +327,7 @@ async def send(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -334,6 +343,7 @@ CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _control(
     session: AsyncSession,
+    audit: Audit,
     digest_id: int,
     change: Callable[..., Awaitable[Digest]],
 ) -> Response | DigestPublic:
@@ -342,6 +352,7 @@ async def _control(
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestStatusConflict as exc:
+        await audit.drop()
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
@@ -350,24 +361,24 @@ async def _control(
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
-    return await _control(session, digest_id, service.pause_send)
+    return await _control(session, audit, digest_id, service.pause_send)
 
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
-    return await _control(session, digest_id, service.resume_send)
+    return await _control(session, audit, digest_id, service.resume_send)
 
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, _editor: EditorDep, _body: ActionBody = None
+    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
-    return await _control(session, digest_id, service.cancel_send)
+    return await _control(session, audit, digest_id, service.cancel_send)

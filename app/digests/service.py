@@ -12,6 +12,7 @@ from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import address_key
+from app.alerts import service as alerts
 from app.models import (
     Article,
     Delivery,
@@ -416,9 +417,12 @@ async def _conflict(
     return DigestStatusConflict(action, digest.status, allowed)
 
 
-async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) -> bool:
+async def pause_digest(
+    session: AsyncSession, *, digest_id: int, reason: str, by_editor: bool = False
+) -> bool:
     """`sending` -> `paused` with the reason; False when the digest was not sending. The sender
-    claims only deliveries of `sending` digests, so queued rows simply wait."""
+    claims only deliveries of `sending` digests, so queued rows simply wait. Every pause that
+    is not an editor's (broken relay or setup, a breaker) tells the editors (app.alerts)."""
     result = await session.execute(
         sa.update(Digest)
         .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.sending)
@@ -429,13 +433,17 @@ async def pause_digest(session: AsyncSession, *, digest_id: int, reason: str) ->
         return False
     # Workers stop at once the copies they hold (they hear it when this commits).
     await signals.publish(session, signals.halt_signal(digest_id))
+    if not by_editor:
+        await alerts.send_paused(session, digest_id=digest_id, reason=reason)
     return True
 
 
 async def pause_send(session: AsyncSession, *, digest_id: int) -> Digest:
     """An editor's pause: rows a worker already holds go back to the queue within half a second
     (the worker checks its digests while a batch is on the wire)."""
-    if not await pause_digest(session, digest_id=digest_id, reason=EDITOR_PAUSE_REASON):
+    if not await pause_digest(
+        session, digest_id=digest_id, reason=EDITOR_PAUSE_REASON, by_editor=True
+    ):
         raise await _conflict(session, digest_id=digest_id, action="pause", allowed=["sending"])
     return await _reloaded(session, digest_id)
 
@@ -453,6 +461,7 @@ async def resume_send(session: AsyncSession, *, digest_id: int) -> Digest:
     if not getattr(result, "rowcount", 0):
         raise await _conflict(session, digest_id=digest_id, action="resume", allowed=["paused"])
     await signals.publish(session, signals.resume_signal(digest_id))
+    await alerts.send_resumed(session, digest_id=digest_id)
     # The editor resumes knowing the figures: the breakers judge what comes from here on.
     await breakers.rebase(session, kind=DeliveryKind.digest, send_id=digest_id)
     await session.execute(
@@ -489,6 +498,7 @@ async def cancel_send(session: AsyncSession, *, digest_id: int) -> Digest:
             allowed=[s.value for s in CANCELLABLE_STATUSES],
         )
     await skip_cancelled_copies(session, digest_id=digest_id, now=now)
+    await alerts.send_resumed(session, digest_id=digest_id)  # nothing left to fix
     await signals.publish(session, signals.halt_signal(digest_id))
     return await _reloaded(session, digest_id)
 

@@ -57,6 +57,7 @@ def enqueue(
     digest_id: int | None = None,
     to_address: str | None = None,
     language: str | None = None,
+    alert_id: int | None = None,
 ) -> Delivery:
     """Queue one email, in the caller's transaction (a rollback drops it with the rest)."""
     delivery = Delivery(
@@ -65,6 +66,7 @@ def enqueue(
         digest_id=digest_id,
         to_address=to_address,
         language=language,
+        alert_id=alert_id,
     )
     session.add(delivery)
     return delivery

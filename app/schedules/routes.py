@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.audit.deps import AuditDep
 from app.deps import EditorDep, IdPath, SessionDep
 from app.http import field_error
 from app.models import Schedule
@@ -66,7 +67,7 @@ async def _found(session: AsyncSession, schedule_id: int) -> Schedule:
     "", status_code=status.HTTP_201_CREATED, response_model=SchedulePublic, responses=INVALID
 )
 async def create_schedule(
-    body: ScheduleCreate, session: SessionDep, _editor: EditorDep
+    body: ScheduleCreate, session: SessionDep, audit: AuditDep
 ) -> SchedulePublic:
     """A schedule: at each slot of `cron` in `timezone`, a digest of the articles that are new
     since its last one (in its `categories`), to the readers of its `cadence`, when there are at
@@ -77,6 +78,7 @@ async def create_schedule(
         schedule = await service.create_schedule(session, values=values)
     except service.InvalidSchedule as exc:
         raise _invalid(exc) from exc
+    audit.on("schedule", schedule.id)
     return (await _public(session, [schedule]))[0]
 
 
@@ -95,7 +97,7 @@ async def get_schedule(
 
 @router.patch("/{schedule_id}", response_model=SchedulePublic, responses={**NOT_FOUND, **INVALID})
 async def update_schedule(
-    schedule_id: IdPath, body: ScheduleUpdate, session: SessionDep, _editor: EditorDep
+    schedule_id: IdPath, body: ScheduleUpdate, session: SessionDep, _audit: AuditDep
 ) -> SchedulePublic:
     """Any field; `enabled: false` stops it, `true` starts it again from now."""
     changes = body.model_dump(mode="json", exclude_unset=True)
@@ -113,7 +115,7 @@ async def update_schedule(
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_schedule(schedule_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+async def delete_schedule(schedule_id: IdPath, session: SessionDep, _audit: AuditDep) -> Response:
     """The schedule and its runs; the digests it sent stay."""
     try:
         await service.delete_schedule(session, schedule_id=schedule_id)

@@ -27,6 +27,7 @@ from sqlmodel import SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import metrics
+from app.alerts import service as alerts
 from app.digests import service as digests
 from app.models import (
     Article,
@@ -475,6 +476,7 @@ async def execute_run(
     )
     if getattr(finished, "rowcount", 0) != 1:
         raise LeaseLost(f"run {run.id} is no longer this worker's")
+    await alerts.schedule_run_succeeded(session, schedule_id=run.schedule_id)
     outcome = values["outcome"]
     metrics.count_schedule_run(outcome)
     log.info(
@@ -499,7 +501,7 @@ async def report_failed_run(
     now: datetime | None = None,
 ) -> bool:
     """The one place a run fails (an error while composing, a worker that died too long ago):
-    recorded on the run, logged as an error, counted. The place for an alert hook. False when
+    recorded on the run, logged as an error, counted, and told to the editors (app.alerts) once until a run succeeds. False when
     the run is not this worker's any more (`worker_id` None: whoever held it)."""
     now = now or utcnow()
     where = [col(ScheduleRun.id) == run_id, col(ScheduleRun.outcome) == ScheduleRunOutcome.running]
@@ -520,4 +522,14 @@ async def report_failed_run(
         return False
     metrics.count_schedule_run(ScheduleRunOutcome.failed)
     log.error("schedule run %s failed: %s", run_id, error, extra={"schedule_run": run_id})
+    failed = await session.get(ScheduleRun, run_id)
+    schedule = await session.get(Schedule, failed.schedule_id) if failed else None
+    if failed is not None and schedule is not None and schedule.id is not None:
+        await alerts.schedule_run_failed(
+            session,
+            schedule_id=schedule.id,
+            name=schedule.name,
+            slot=as_utc(failed.slot_at),
+            error=error,
+        )
     return True

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
+from app.audit.deps import AuditDep
 from app.deps import EditorDep, OffsetQuery, SessionDep, TokensDep
 from app.models import SubscriberStatus, as_utc
 from app.openapi import EMAIL_FORMAT
@@ -88,10 +89,12 @@ async def get_subscriber(
 
 @router.delete("/{email}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
 async def erase_subscriber(
-    email: EmailPath, session: SessionDep, tokens: TokensDep, _editor: EditorDep
+    email: EmailPath, session: SessionDep, tokens: TokensDep, audit: AuditDep
 ) -> Response:
     """Erase the personal data (GDPR erasure). The address stays suppressed through a keyed
     hash: it is never mailed again unless its owner signs up again (a new double opt-in)."""
-    if await service.erase_subscriber(session, tokens=tokens, email=email) is None:
+    erased = await service.erase_subscriber(session, tokens=tokens, email=email)
+    if erased is None:
         raise _not_found(email)
+    audit.on("subscriber", erased.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -20,6 +20,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from typer.testing import CliRunner
 
+from app import outbound
 from app.articles import fetch
 from app.articles.fetch import UNREACHABLE, FeedLimits, FeedUnreachable, fetch_feed
 from app.cli import cli
@@ -105,12 +106,12 @@ async def test_api_refuses_loopback_in_every_spelling(
     ],
 )
 def test_address_policy_refuses_non_public(address: str) -> None:
-    assert not fetch.is_public_address(ipaddress.ip_address(address))
+    assert not outbound.is_public_address(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize("address", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111"])
 def test_address_policy_allows_public(address: str) -> None:
-    assert fetch.is_public_address(ipaddress.ip_address(address))
+    assert outbound.is_public_address(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize("address", ["10.0.0.7", "169.254.169.254", "fd12:3456::1", "fe80::1"])
@@ -121,8 +122,8 @@ async def test_names_resolving_to_private_addresses_are_refused_before_connectin
     async def resolver(host: str, port: int) -> list[str]:
         return ["93.184.215.14", address]  # one bad address is enough to refuse
 
-    with pytest.raises(fetch._Refused, match="not allowed"):
-        await fetch._checked_addresses(
+    with pytest.raises(outbound.Refused, match="not allowed"):
+        await outbound.checked_addresses(
             httpx.URL("http://intranet.example.org/feed"),
             allow_private=False,
             resolver=resolver,
@@ -134,12 +135,14 @@ async def test_every_redirect_hop_is_checked(
     feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stand-in for the internet: 127.0.0.1 counts as public here; every other address does not.
-    monkeypatch.setattr(fetch, "is_public_address", lambda a: str(a) == "127.0.0.1")
+    monkeypatch.setattr(outbound, "is_public_address", lambda a: str(a) == "127.0.0.1")
     port = feed_server.port
 
     async def resolver(host: str, p: int) -> list[str]:
         # A name of the intranet; anything else resolves as the system says.
-        return ["127.0.0.2"] if host == "intranet.newsroom.test" else await fetch.resolve(host, p)
+        return (
+            ["127.0.0.2"] if host == "intranet.newsroom.test" else await outbound.resolve(host, p)
+        )
 
     for target in (
         f"http://127.0.0.2:{port}/feed/",

@@ -1,0 +1,1 @@
+"""Alerts: telling the editors, once per incident, what needs a person."""
