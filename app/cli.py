@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.models import ApiKey, Language, SubscriberStatus
+from app.models import ApiKey, Editor, Language, SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -292,13 +292,14 @@ def editors_add(
 
     settings = load_settings()
     password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> Editor:
+        editor = await accounts.add_editor(session, email=email, password=password, is_admin=admin)
+        _audit(session, "add_editor", "editor", editor.id, detail="admin" if admin else None)
+        return editor
+
     try:
-        editor = asyncio.run(
-            _in_transaction(
-                settings,
-                lambda s: accounts.add_editor(s, email=email, password=password, is_admin=admin),
-            )
-        )
+        editor = asyncio.run(_in_transaction(settings, work))
     except accounts.EditorError as exc:
         fail(str(exc))
     typer.echo(f"editor {editor.email} added" + (" (admin)" if editor.is_admin else ""))
@@ -321,9 +322,14 @@ def editors_remove(email: str = typer.Argument(..., help="The editor's address."
     from app.desk import accounts
 
     settings = load_settings()
-    removed = asyncio.run(
-        _in_transaction(settings, lambda s: accounts.remove_editor(s, email=email))
-    )
+
+    async def work(session: AsyncSession) -> Editor | None:
+        removed = await accounts.remove_editor(session, email=email)
+        if removed is not None:
+            _audit(session, "remove_editor", "editor", removed.id)
+        return removed
+
+    removed = asyncio.run(_in_transaction(settings, work))
     if removed is None:
         fail(f"no editor with the address {email!r}")
     typer.echo(f"editor {removed.email} removed; their sessions ended")
@@ -341,12 +347,15 @@ def editors_reset_password(
 
     settings = load_settings()
     password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> Editor | None:
+        editor = await accounts.reset_password(session, email=email, password=password)
+        if editor is not None:
+            _audit(session, "reset_editor_password", "editor", editor.id)
+        return editor
+
     try:
-        editor = asyncio.run(
-            _in_transaction(
-                settings, lambda s: accounts.reset_password(s, email=email, password=password)
-            )
-        )
+        editor = asyncio.run(_in_transaction(settings, work))
     except accounts.EditorError as exc:
         fail(str(exc))
     if editor is None:

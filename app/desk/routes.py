@@ -25,6 +25,7 @@ from app import editors as api_keys
 from app import i18n
 from app.articles import service as articles
 from app.articles.feeds import MalformedFeed
+from app.audit import service as audit_log
 from app.deps import MAX_DB_INT, ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.desk import accounts
 from app.desk import service as desk
@@ -154,14 +155,34 @@ async def signed_in(request: Request, session: SessionDep) -> accounts.SignedIn:
 SignedInDep = Annotated[accounts.SignedIn, Depends(signed_in)]
 
 
-async def checked_form(request: Request, signed: SignedInDep) -> accounts.SignedIn:
-    """A state-changing request: signed in, and the form carries the session's CSRF token."""
+async def checked_form(
+    request: Request, session: SessionDep, signed: SignedInDep
+) -> accounts.SignedIn:
+    """A state-changing request: signed in, the form carries the session's CSRF token, and the
+    action is in the audit log under the editor's name, in the request's own transaction (an
+    action that fails leaves no row). The target: a path parameter ending in `_id`, never an
+    address (personal data)."""
     form = await request.form()
     presented = form.get("csrf_token")
     if not accounts.csrf_valid(
         signed.session.csrf_token, presented if isinstance(presented, str) else None
     ):
         raise Forbidden
+    route = request.scope.get("route")
+    target_type = target_id = None
+    for name, value in request.path_params.items():
+        if name.endswith("_id"):
+            target_type, target_id = name.removesuffix("_id"), value
+    action = request.path_params.get("action")
+    audit_log.record(
+        session,
+        actor=f"editor:{signed.editor.email}",
+        source="desk",
+        action=f"desk_{getattr(route, 'name', 'action')}" + (f"_{action}" if action else ""),
+        target_type=target_type,
+        target_id=target_id,
+        detail=f"POST {request.url.path}",
+    )
     return signed
 
 

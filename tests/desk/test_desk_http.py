@@ -3,8 +3,10 @@ over the same services as the API. The browser's whole day is in test_desk_brows
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
+from app.config import Settings
 from app.desk import accounts
 from app.models import Delivery, DigestStatus, Subscriber, SubscriberStatus
 from tests.factories import make_subscriber
@@ -372,3 +375,61 @@ async def test_schedules_are_created_edited_disabled_and_deleted(
     assert (schedule.cron, schedule.cadence, schedule.enabled) == ("30 7 * * *", "daily", True)
     await client.post(f"/desk/schedules/{schedule.id}/delete", data={"csrf_token": token})
     assert (await session.exec(select(Schedule))).first() is None
+
+
+async def test_desk_actions_are_in_the_audit_log_under_the_editor(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    from app.models import AuditEvent
+
+    await add_editor(session)
+    reader = await make_subscriber(session, app.state.tokens, email="zoe@example.org")
+    await sign_in(client)
+    token = await csrf_of(client)
+    refused = await client.post(f"/desk/subscribers/{reader.id}/unsubscribe")
+    assert refused.status_code == 403
+    assert (await session.exec(select(AuditEvent))).first() is None  # nothing was done
+    await client.post(f"/desk/subscribers/{reader.id}/unsubscribe", data={"csrf_token": token})
+    event = (await session.exec(select(AuditEvent))).one()
+    assert event.actor == "editor:ana@example.org"
+    assert event.source == "desk"
+    assert event.action == "desk_subscriber_unsubscribe"
+    assert (event.target_type, event.target_id) == ("subscriber", str(reader.id))
+    assert "zoe" not in (event.detail or "")  # a reader is named by id, never by address
+
+
+async def test_editor_commands_work_and_are_audited(
+    settings: Settings, session: AsyncSession
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.models import AuditEvent
+    from tests.factories import cli_env
+
+    env = cli_env(settings)
+
+    def run(args: list[str], stdin: str = "") -> Any:
+        return CliRunner().invoke(cli, args, env=env, input=stdin)
+
+    added = await asyncio.to_thread(
+        run, ["editors", "add", "Cli@Example.org", "--admin", "--password-stdin"], PASSWORD + "\n"
+    )
+    assert added.exit_code == 0, added.output
+    short = await asyncio.to_thread(
+        run, ["editors", "add", "b@example.org", "--password-stdin"], "too short\n"
+    )
+    assert short.exit_code == 1
+    assert "at least 12 characters" in short.output
+    listed = await asyncio.to_thread(run, ["editors", "list"])
+    assert "cli@example.org\tadmin" in listed.output
+    reset = await asyncio.to_thread(
+        run, ["editors", "reset-password", "cli@example.org", "--password-stdin"], "x" * 12 + "\n"
+    )
+    assert reset.exit_code == 0, reset.output
+    removed = await asyncio.to_thread(run, ["editors", "remove", "cli@example.org"])
+    assert removed.exit_code == 0, removed.output
+    again = await asyncio.to_thread(run, ["editors", "remove", "cli@example.org"])
+    assert again.exit_code == 1
+    actions = [e.action for e in (await session.exec(select(AuditEvent))).all()]
+    assert actions == ["add_editor", "reset_editor_password", "remove_editor"]
