@@ -162,6 +162,7 @@ async def measure(url: str, *, runs: int, subscribers: int) -> list[tuple[str, f
         f"/desk/subscribers?q={reader}",
         "/desk/subscribers?status=bounced",
         f"/desk/subscribers/{reader_id}",
+        "/desk/schedules",
         "/desk/bounces",
         "/desk/settings",
         "/desk/keys",
