@@ -11,6 +11,7 @@ differ only in case are the same reader: uniqueness and suppression use `address
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from email.utils import formataddr
 
@@ -40,6 +41,44 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
         raise InvalidEmail("enter an email address")
     if len(raw) > MAX_ADDRESS_LENGTH or CONTROL_CHARACTERS.search(raw):
         raise InvalidEmail("this email address is not valid")
+    if not check_deliverability:
+        fast = _plain_address(raw)
+        if fast is not None:
+            return fast
+    return _validated(raw, check_deliverability=check_deliverability)
+
+
+# The common address, checked without email_validator's per-address domain work (IDNA/UTS-46
+# checks of every character: 80% of a million-row import): a dot-atom local part (RFC 5322) and
+# an ASCII domain validated once per domain. Anything else takes the library's path; a property
+# test holds the two equal (tests/test_addresses.py).
+_DOT_ATOM = re.compile(r"[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
+_LOCAL_MAX = 64
+_ADDRESS_MAX = 254
+
+
+def _plain_address(raw: str) -> str | None:
+    """`raw` normalised, when it is a plain address the library would accept as it is; None
+    when the library must decide (anything unusual, or invalid: it words the error)."""
+    if not raw.isascii() or len(raw) > _ADDRESS_MAX or raw.count("@") != 1:
+        return None
+    local, _, domain = raw.partition("@")
+    if len(local) > _LOCAL_MAX or not _DOT_ATOM.match(local) or "xn--" in domain.lower():
+        return None
+    ascii_domain = _valid_domain(domain)
+    return None if ascii_domain is None else f"{local}@{ascii_domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_domain(domain: str) -> str | None:
+    try:
+        result = validate_email("a@" + domain, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return result.ascii_domain.lower()
+
+
+def _validated(raw: str, *, check_deliverability: bool) -> str:
     try:
         result = validate_email(
             raw, check_deliverability=check_deliverability, allow_smtputf8=False

@@ -9,6 +9,8 @@ The one place that wires the sender to the delivery kinds and starts the rooms' 
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -17,12 +19,19 @@ from app.alerts import service as alerts
 from app.alerts.telling import tell_incidents_forever
 from app.articles.polling import poll_feeds_forever
 from app.config import Settings
+from app.digests.service import RATE_WINDOW_SECONDS
+from app.digests.tally import fold_tallies
 from app.health import heartbeat_forever
 from app.kinds import delivery_kinds
 from app.mail.transport import Mailer
+from app.models import utcnow
+from app.retention import RETENTION_INTERVAL, run_retention
 from app.schedules.runner import Scheduler
 from app.security import Tokens
 from app.worker.sender import Sender
+
+log = logging.getLogger("app.worker")
+FOLD_INTERVAL = 10.0  # seconds between folds of the digests' tallies
 
 
 def make_sender(
@@ -59,6 +68,40 @@ async def run_background(
         sender.run(stop),
         poll_feeds_forever(settings, sessionmaker, stop),
         scheduler.run(stop),
+        housekeep_forever(settings, sessionmaker, stop),
         tell_incidents_forever(settings, sessionmaker, stop),
         heartbeat_forever(sessionmaker, worker_id=sender.worker_id, stop=stop),
     )
+
+
+async def housekeep_forever(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], stop: asyncio.Event
+) -> None:
+    """Fold the digests' tallies every FOLD_INTERVAL (rows older than the rate window), and
+    apply DELIVERY_RETENTION_DAYS every RETENTION_INTERVAL, until `stop`. A failure is logged
+    and tried again next time: nothing here is urgent."""
+    loop = asyncio.get_running_loop()
+    next_retention = loop.time() + FOLD_INTERVAL  # not at start-up: a deploy is busy enough
+    while not stop.is_set():
+        try:
+            async with sessionmaker() as session:
+                before = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
+                await fold_tallies(session, before=before)
+                await session.commit()
+            if loop.time() >= next_retention:
+                next_retention = loop.time() + RETENTION_INTERVAL
+                result = await run_retention(sessionmaker, days=settings.delivery_retention_days)
+                if result.deliveries or result.history:
+                    log.info(
+                        "retention: %d delivery rows of %d digests and confirmations, "
+                        "%d history entries deleted",
+                        result.deliveries,
+                        result.digests,
+                        result.history,
+                    )
+        except Exception:
+            log.warning("housekeeping failed; trying again later", exc_info=True)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=FOLD_INTERVAL)
+        except TimeoutError:
+            pass

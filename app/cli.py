@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
     from app.digests.service import DigestProgress
     from app.models import Digest
+    from app.retention import RetentionResult
     from app.security import Tokens
-    from app.subscribers.csvfile import ImportResult, ImportRow
+    from app.subscribers.csvfile import ImportResult, ImportRow, RejectedRow
 
 cli = typer.Typer(help="Self-hosted newsletter service.", no_args_is_help=True)
 log = logging.getLogger("app.cli")
@@ -585,18 +586,42 @@ IMPORT_CHUNK = 5000
 
 
 async def _import(
-    settings: Settings, rows: Sequence[ImportRow], *, confirmed: bool
-) -> ImportResult:
+    settings: Settings,
+    rows: Iterable[ImportRow | RejectedRow],
+    *,
+    lines: int,
+    confirmed: bool,
+) -> tuple[ImportResult, int]:
+    """Import chunk by chunk as the file is read (flat memory); bad rows are printed as they
+    come. Returns the totals and how many rows were rejected."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from app.db import make_engine, make_sessionmaker
     from app.models import utcnow
-    from app.subscribers.csvfile import ImportResult, import_chunk
+    from app.subscribers.csvfile import ImportResult, RejectedRow, import_chunk
 
     total = ImportResult()
+    rejected = 0
     engine = make_engine(settings.database_url)
+    sessionmaker = make_sessionmaker(engine)
+
+    async def insert(chunk: list[ImportRow]) -> None:
+        # One transaction per chunk: an interrupted import is resumed by running it again
+        # (what is already in is skipped).
+        async with sessionmaker() as session:
+            result = await import_chunk(
+                session,
+                rows=chunk,
+                confirmed=confirmed,
+                now=utcnow(),
+                cadence=settings.default_cadence,
+            )
+            await session.commit()
+        total.added += result.added
+        total.already_subscribed += result.already_subscribed
+        total.suppressed += result.suppressed
+
     try:
-        sessionmaker = make_sessionmaker(engine)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -604,27 +629,24 @@ async def _import(
             TimeElapsedColumn(),
             transient=False,
         ) as progress:
-            task = progress.add_task("importing", total=len(rows))
-            for start in range(0, len(rows), IMPORT_CHUNK):
-                chunk = rows[start : start + IMPORT_CHUNK]
-                # One transaction per chunk: an interrupted import is resumed by running it
-                # again (what is already in is skipped).
-                async with sessionmaker() as session:
-                    result = await import_chunk(
-                        session,
-                        rows=chunk,
-                        confirmed=confirmed,
-                        now=utcnow(),
-                        cadence=settings.default_cadence,
-                    )
-                    await session.commit()
-                total.added += result.added
-                total.already_subscribed += result.already_subscribed
-                total.suppressed += result.suppressed
-                progress.advance(task, len(chunk))
+            task = progress.add_task("importing", total=max(0, lines - 1))
+            chunk: list[ImportRow] = []
+            for row in rows:
+                if isinstance(row, RejectedRow):
+                    rejected += 1
+                    typer.echo(f"line {row.line}: {row.message}", err=True)
+                    continue
+                chunk.append(row)
+                if len(chunk) >= IMPORT_CHUNK:
+                    await insert(chunk)
+                    progress.update(task, completed=row.line - 1)
+                    chunk = []
+            if chunk:
+                await insert(chunk)
+            progress.update(task, completed=max(0, lines - 1))
     finally:
         await engine.dispose()
-    return total
+    return total, rejected
 
 
 @subscribers_cli.command("import")
@@ -639,16 +661,15 @@ def subscribers_import(
 ) -> None:
     """Import subscribers. Without --confirmed each new address gets the double opt-in email.
     Known addresses are left as they are (an unsubscribed one is never revived)."""
-    from app.subscribers.csvfile import ImportFileError, read_import_file
+    from app.subscribers.csvfile import ImportFileError, check_import_file, import_rows
 
     settings = load_settings()
     try:
-        parsed = read_import_file(file, tokens=_tokens(settings), default_language=language.value)
+        lines = check_import_file(file)
+        rows = import_rows(file, tokens=_tokens(settings), default_language=language.value)
+        result, rejected = asyncio.run(_import(settings, rows, lines=lines, confirmed=confirmed))
     except ImportFileError as exc:
         fail(str(exc))
-    for line, message in parsed.errors:
-        typer.echo(f"line {line}: {message}", err=True)
-    result = asyncio.run(_import(settings, parsed.rows, confirmed=confirmed))
     status = "confirmed" if confirmed else "pending, confirmation email queued"
     asyncio.run(
         _audited(
@@ -660,7 +681,7 @@ def subscribers_import(
     )
     typer.echo(
         f"imported {result.added} ({status}); already subscribed {result.already_subscribed}; "
-        f"suppressed, not revived {result.suppressed}; rejected rows {len(parsed.errors)}"
+        f"suppressed, not revived {result.suppressed}; rejected rows {rejected}"
     )
 
 
@@ -1138,6 +1159,46 @@ def restore(path: Path = typer.Argument(..., help="A file made by `newsletter ba
     typer.echo(f"restored {outcome.path} (schema {outcome.revision})")
     if outcome.revision != head_revision():
         typer.echo("the backup comes from another version: run `newsletter migrate` now", err=True)
+
+
+retention_cli = typer.Typer(help="Old delivery rows and history (DELIVERY_RETENTION_DAYS).")
+cli.add_typer(retention_cli, name="retention", no_args_is_help=True)
+
+
+async def _retention(settings: Settings, days: int) -> RetentionResult:
+    from app.db import make_engine, make_sessionmaker
+    from app.retention import run_retention
+
+    def progress(what: str, rows: int) -> None:
+        typer.echo(f"  {what}: {rows:,} rows deleted")
+
+    engine = make_engine(settings.database_url)
+    try:
+        return await run_retention(make_sessionmaker(engine), days=days, progress=progress)
+    finally:
+        await engine.dispose()
+
+
+@retention_cli.command("run")
+def retention_run(
+    older_than: int | None = typer.Option(
+        None,
+        "--older-than",
+        min=1,
+        help="Days; default DELIVERY_RETENTION_DAYS.",
+    ),
+) -> None:
+    """Apply the retention now: delivery rows of digests sent (or cancelled) more than DAYS
+    ago and of settled confirmation emails, soft-bounce history entries; small batches, each
+    its own transaction. Digests keep their figures; consent and bounce records stay."""
+    settings = load_settings()
+    days = older_than if older_than is not None else settings.delivery_retention_days
+    typer.echo(f"deleting what is older than {days} days, in batches")
+    result = run_async(_retention(settings, days))
+    typer.echo(
+        f"done: {result.deliveries:,} delivery rows ({result.digests} digests and "
+        f"confirmations), {result.history:,} history entries deleted"
+    )
 
 
 def main() -> None:

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     send_refusal_sample: int = Field(default=300, ge=1)
     send_refusal_max_share: float = Field(default=0.5, gt=0, le=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    # Delivery rows (and soft-bounce history) older than this go; figures stay (app.retention).
+    delivery_retention_days: int = Field(default=90, ge=1)
     # Breakers: a send pauses itself past these shares (app/outbox/breakers.py).
     send_pause_bounce_rate: float = Field(default=0.05, gt=0, le=1)
     send_pause_complaint_rate: float = Field(default=0.003, gt=0, le=1)

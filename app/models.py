@@ -123,14 +123,23 @@ class SubscriberBase(SQLModel):
 
 
 class Subscriber(SubscriberBase, table=True):
-    # The desk's counts of listed (not erased) subscribers, all or per status, read from this
-    # small index alone: no visit to a million rows.
+    # Look-ups at a million rows: newest first, of all or of one status; a name's prefix in any
+    # case (`lower(name) LIKE 'abc%'`; PostgreSQL needs text_pattern_ops for LIKE on an index).
+    # The desk's counts of listed (not erased) subscribers, all or per status: the partial index
+    # alone answers them, with no visit to a million rows.
     __table_args__ = (
+        sa.Index("ix_subscriber_newest", "created_at", "id"),
+        sa.Index("ix_subscriber_status_newest", "status", "created_at", "id"),
         sa.Index(
             "ix_subscriber_listed_status",
             "status",
             postgresql_where=sa.text("erased_at IS NULL"),
             sqlite_where=sa.text("erased_at IS NULL"),
+        ),
+        sa.Index(
+            "ix_subscriber_name_prefix",
+            sa.func.lower(sa.text("name")).label("name_lower"),
+            postgresql_ops={"name_lower": "text_pattern_ops"},
         ),
     )
 
@@ -140,11 +149,11 @@ class Subscriber(SubscriberBase, table=True):
     email: str | None = Field(default=None, max_length=320)
     email_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
     status: str = Field(default=SubscriberStatus.pending, max_length=16, index=True)
-    # Indexed for the desk: the newest-first list and the signups / unsubscribes per day.
-    created_at: datetime = _ts(default_factory=utcnow, index=True)
+    # ix_subscriber_newest serves the newest-first list and the desk's signups per day.
+    created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
     confirmed_at: datetime | None = _ts(default=None)
-    unsubscribed_at: datetime | None = _ts(default=None, index=True)
+    unsubscribed_at: datetime | None = _ts(default=None, index=True)  # unsubscribes per day
     bounced_at: datetime | None = _ts(default=None)
     erased_at: datetime | None = _ts(default=None)
     # Consent record: when, from where, how, in which language.
@@ -339,7 +348,21 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         # One copy of a digest per subscriber, whatever the number of send calls or workers.
         sa.UniqueConstraint("digest_id", "subscriber_id", name="uq_delivery_digest_subscriber"),
-        sa.Index("ix_delivery_claim", "status", "next_attempt_at"),
+        # Claim order, queued rows only: a claim reads the head of this index and stops, never
+        # sorting the queue (app.outbox.queue.claim_batch). Expired leases: the second one.
+        sa.Index(
+            "ix_delivery_queued",
+            "next_attempt_at",
+            "id",
+            postgresql_where=sa.text("status = 'queued'"),
+            sqlite_where=sa.text("status = 'queued'"),
+        ),
+        sa.Index(
+            "ix_delivery_leased",
+            "lease_until",
+            postgresql_where=sa.text("status = 'sending'"),
+            sqlite_where=sa.text("status = 'sending'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -363,6 +386,23 @@ class Delivery(SQLModel, table=True):
     # Alert emails only: the incident told (app.alerts). No foreign key: a column added in
     # place on SQLite (no copy of the largest table); incidents are never deleted.
     alert_id: int | None = Field(default=None, index=True)
+
+
+class DigestTally(SQLModel, table=True):
+    """Signed counts of a digest's copies per delivery status, written by database triggers in
+    the transaction of each change (migration 0004_scale): progress sums a few rows, not every
+    delivery. Rows are only ever inserted (two workers never wait on one another); the worker
+    folds old ones together (app.digests.tally). Deleting deliveries leaves them: figures
+    outlive the rows."""
+
+    __tablename__ = "digest_tally"
+    __table_args__ = (sa.Index("ix_digest_tally_digest", "digest_id", "status", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest_id: int = Field(foreign_key="digest.id", ondelete="CASCADE")
+    status: str = Field(max_length=16)
+    n: int
+    created_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- Bounces -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ same runs again with every copy DKIM-signed, and the ratio of the two.
     python bench/send_throughput.py --dkim both         # ... signed RSA-2048 + Ed25519
     python bench/send_throughput.py --subscribers 100000
     python bench/send_throughput.py --memory            # peak RSS at 10k and 100k
+    python bench/send_throughput.py --subscribers 1000000  # queue + send at 100k and 1M
     python bench/send_throughput.py --topic-sets 8      # ... then readers over 8 topic sets, 3 rounds
 
 With --topic-sets N, the same digest is sent again with the readers spread over N sets of topics
@@ -35,9 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -65,7 +69,7 @@ SAMPLE = next(
 )
 SECRET = "bench-secret-key-0123456789abcdef"
 MAIL_FROM = "Dzaleu <newsletter@dzaleu.test>"
-TIME_LIMIT = 900.0  # seconds: no single phase runs longer
+TIME_LIMIT = 1800.0  # seconds: no single phase runs longer
 STALL_LIMIT = 60.0  # seconds without a single message recorded: give up
 
 
@@ -121,8 +125,17 @@ def admin_url(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(False)
 
 
-async def load_workload(database_url: str, subscribers: int) -> int:
+async def load_workload(database_url: str, subscribers: int, articles: int = 15) -> int:
     """The subscribers, 15 articles and a digest queued to everyone; the digest's id."""
+    digest_id, _ = await load_and_queue(database_url, subscribers, articles)
+    return digest_id
+
+
+async def load_and_queue(
+    database_url: str, subscribers: int, articles: int = 15
+) -> tuple[int, float]:
+    """As `load_workload`, and the seconds queueing the digest took (create + send: the
+    INSERT ... SELECT of every copy and the statistics refresh), as an editor's send does."""
     engine = make_engine(database_url)
     sessionmaker = make_sessionmaker(engine)
     tokens = Tokens(
@@ -163,14 +176,16 @@ async def load_workload(database_url: str, subscribers: int) -> int:
             )
         async with engine.begin() as conn:
             await conn.execute(sa.insert(Subscriber), rows)
+    started = time.monotonic()
     async with sessionmaker() as session:
-        digest = await create_digest(session, max_articles=15)
+        digest = await create_digest(session, max_articles=articles)
         assert digest.id is not None
         await send_digest(session, digest_id=digest.id)
         await session.commit()
         digest_id = digest.id
+    queued_in = time.monotonic() - started
     await engine.dispose()
-    return digest_id
+    return digest_id, queued_in
 
 
 # Sets of the sample's categories: each picks another part of the digest's 15 articles (12, 9
@@ -232,7 +247,7 @@ class Progress:
 
     def decided(self) -> int:
         row = self._conn.execute(
-            "SELECT count(*) FROM delivery WHERE digest_id = %s"
+            "SELECT coalesce(sum(n), 0) FROM digest_tally WHERE digest_id = %s"
             " AND status IN ('sent', 'failed', 'skipped')",
             (self._digest_id,),
         ).fetchone()
@@ -295,8 +310,12 @@ def run_workers(
     workers: int,
     concurrency: int,
     dkim_env: dict[str, str] | None = None,
+    *,
+    reset: bool = True,
+    on_poll: Callable[[], None] | None = None,
 ) -> Run:
-    asyncio.run(reset_send(database_url, digest_id))
+    if reset:
+        asyncio.run(reset_send(database_url, digest_id))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SEND_", "DKIM_"))},
         "DATABASE_URL": database_url,
@@ -328,6 +347,8 @@ def run_workers(
     try:
         while time.monotonic() - started < TIME_LIMIT:
             time.sleep(0.5)
+            if on_poll is not None:
+                on_poll()
             peak = max([peak, *(peak_rss_mb(p.pid) for p in processes)])
             decided = progress.decided()
             if decided > done:
@@ -441,6 +462,20 @@ def main() -> None:
     )
     parser.add_argument("--memory", action="store_true", help="peak RSS at 10,000 and 100,000")
     parser.add_argument(
+        "--articles",
+        type=int,
+        default=15,
+        choices=range(1, 16),
+        metavar="1-15",
+        help="articles in the digest (15: 26.5 KiB copies; 4: about 8.8 KB)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="queue + send with 2 workers at 100,000 and at --subscribers, first/last 10%% "
+        "rates, progress reads (the default at 1,000,000)",
+    )
+    parser.add_argument(
         "--topic-sets",
         type=int,
         default=0,
@@ -465,6 +500,8 @@ def main() -> None:
     try:
         if args.memory:
             memory(args, sink)
+        elif args.subscribers >= 1_000_000 or args.scale:
+            scale(args, sink)
         else:
             throughput(args, sink)
     finally:
@@ -579,6 +616,257 @@ def topic_comparison(
 
 
 DKIM_LABELS = {"rsa": "RSA-2048", "both": "RSA-2048 + Ed25519"}
+
+
+# --- Scale: 100,000 and 1,000,000 readers in one run (issue 11) ------------------------------
+
+
+def worker_env(database_url: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SEND_", "DKIM_"))}
+    return {
+        **keep,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": SECRET,
+        "MAIL_FROM": MAIL_FROM,
+        "PUBLIC_URL": "https://www.dzaleu.com/newsletter",
+        "LOG_LEVEL": "WARNING",
+        "APP_ENV": "development",
+    }
+
+
+@dataclass
+class ApiPoller:
+    """`newsletter serve --no-worker` on a free port, and GET /api/v1/digests/{id} timed every
+    POLL_EVERY seconds while the workers send: what an editor's screen or `digests status
+    --follow` costs, measured from outside."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    headers: dict[str, str]
+    client: Any = None  # one httpx.Client: a new one per request builds an SSL context
+    timings: list[float] = field(default_factory=list)
+    last: float = 0.0
+
+    POLL_EVERY = 2.0
+
+    @classmethod
+    def start(cls, database_url: str, digest_id: int) -> ApiPoller:
+        import httpx
+
+        env = worker_env(database_url)
+        newsletter = str(Path(sys.executable).parent / "newsletter")
+        made = subprocess.run(
+            [newsletter, "create-api-key", f"bench-{uuid.uuid4().hex[:6]}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = made.stdout.strip().splitlines()[-1].strip()
+        port = free_port()
+        process = subprocess.Popen(
+            [newsletter, "serve", "--no-worker", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        poller = cls(
+            process,
+            f"http://127.0.0.1:{port}/api/v1/digests/{digest_id}",
+            {"Authorization": f"Bearer {key}"},
+            httpx.Client(timeout=10),
+        )
+        for _ in range(200):
+            try:
+                if poller.client.get(poller.url, headers=poller.headers).status_code == 200:
+                    return poller
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        poller.stop()
+        raise RuntimeError("newsletter serve did not answer")
+
+    def poll(self) -> None:
+        if time.monotonic() - self.last < self.POLL_EVERY:
+            return
+        self.last = time.monotonic()
+        started = time.perf_counter()
+        response = self.client.get(self.url, headers=self.headers)
+        self.timings.append(time.perf_counter() - started)
+        response.raise_for_status()
+
+    def idle(self, times: int = 10) -> list[float]:
+        """The same GET with the workers stopped: the read's own cost, not the CPU's queue."""
+        self.last = 0.0
+        before = len(self.timings)
+        for _ in range(times):
+            self.last = 0.0
+            self.poll()
+        idle, self.timings = self.timings[before:], self.timings[:before]
+        return idle
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+LOOKUPS = {
+    # The subscriber look-ups of the API and the desk, as the indexes of 0004_scale serve them.
+    "by address": "SELECT * FROM subscriber WHERE email_hash = %s",
+    "name prefix": "SELECT * FROM subscriber WHERE lower(name) LIKE %s"
+    " ORDER BY lower(name) LIMIT 50",
+    "status, newest first": "SELECT * FROM subscriber WHERE status = %s AND erased_at IS NULL"
+    " ORDER BY created_at DESC, id DESC LIMIT 50",
+}
+
+
+def lookup_ms(database_url: str, readers: int) -> dict[str, float]:
+    """Median of five runs of each look-up, in ms (server execution time, EXPLAIN ANALYZE)."""
+    with psycopg.connect(admin_url(database_url), autocommit=True) as conn:
+        conn.execute("ANALYZE subscriber")
+        row = conn.execute(
+            "SELECT email_hash FROM subscriber ORDER BY id OFFSET %s LIMIT 1", (readers // 2,)
+        ).fetchone()
+        assert row is not None
+        params = {
+            "by address": (row[0],),
+            "name prefix": (f"lecteur {readers // 3}%",),
+            "status, newest first": ("confirmed",),
+        }
+        timings = {}
+        for name, sql in LOOKUPS.items():
+            runs = []
+            for _ in range(5):
+                plan = conn.execute(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}",  # type: ignore[arg-type]
+                    params[name],
+                ).fetchone()
+                assert plan is not None
+                runs.append(float(plan[0][0]["Execution Time"]))
+            timings[name] = statistics.median(runs)
+    return timings
+
+
+@dataclass
+class ScaleRun:
+    readers: int
+    size: int
+    queue_seconds: float
+    run: Run
+    first_rate: float
+    last_rate: float
+    get_ms: list[float]
+    idle_get_ms: list[float]
+    lookups: dict[str, float]
+
+    @property
+    def total_seconds(self) -> float:
+        return self.queue_seconds + self.run.seconds
+
+
+def tenth_rates(database_url: str, digest_id: int, readers: int) -> tuple[float, float]:
+    """Messages/s over the first and over the last 10% of the send, from the recorded times."""
+    with psycopg.connect(admin_url(database_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[2] - (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[1]),"
+            " extract(epoch FROM (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[4] - (percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
+            " WITHIN GROUP (ORDER BY sent_at))[3])"
+            " FROM delivery WHERE digest_id = %s AND status = 'sent'",
+            (digest_id,),
+        ).fetchone()
+    assert row is not None
+    tenth = readers / 10
+    return tenth / max(float(row[0]), 1e-3), tenth / max(float(row[1]), 1e-3)
+
+
+def scale_run(args: argparse.Namespace, sink: Sink, readers: int) -> ScaleRun:
+    with scratch_database(args.database_url) as database_url:
+        log(f"scale: loading {readers:,} subscribers, then queueing a digest to all")
+        digest_id, queued_in = asyncio.run(load_and_queue(database_url, readers, args.articles))
+        log(f"scale: queued {readers:,} copies in {queued_in:.1f} s")
+        size = message_size(database_url, digest_id)
+        poller = ApiPoller.start(database_url, digest_id)
+        try:
+            run = run_workers(
+                database_url,
+                digest_id,
+                readers,
+                sink,
+                2,
+                args.concurrency,
+                reset=False,
+                on_poll=poller.poll,
+            )
+            idle = poller.idle()
+        finally:
+            poller.stop()
+        first, last = tenth_rates(database_url, digest_id, readers)
+        lookups = lookup_ms(database_url, readers)
+        log(
+            f"scale: {readers:,} sent in {run.seconds:.1f} s ({run.rate:,.0f} msg/s; first 10% "
+            f"{first:,.0f}, last 10% {last:,.0f}), peak RSS {run.peak_rss_mb:.0f} MB"
+        )
+        return ScaleRun(readers, size, queued_in, run, first, last, poller.timings, idle, lookups)
+
+
+def scale(args: argparse.Namespace, sink: Sink) -> None:
+    sizes = sorted({min(100_000, args.subscribers), args.subscribers})
+    runs = [scale_run(args, sink, readers) for readers in sizes]
+    size = runs[-1].size
+    anchors = []
+    for _ in range(3):  # it swings 2-3x from run to run here: the median of three
+        anchors.append(run_smtp_source(sink, min(args.subscribers, 100_000), size).rate)
+        log(f"smtp-source: {anchors[-1]:,.0f} msg/s")
+    anchor = statistics.median(anchors)
+    print()
+    print(
+        f"scale: one digest queued and sent by 2 workers (c={args.concurrency}) to smtp-sink, "
+        f"copies of {size / 1024:.1f} KiB"
+    )
+    print("queue: create + send (INSERT ... SELECT, ANALYZE); send: worker start to last copy;")
+    print("first/last 10%: msg/s between recorded sends; GET: /api/v1/digests/{id} over HTTP,")
+    print("p50 and max while sending (the CPUs saturated), median after (idle)")
+    print(
+        f"{'readers':>10}{'queue s':>9}{'send s':>8}{'total s':>9}{'msg/s':>8}"
+        f"{'first10%':>10}{'last10%':>9}{'last/first':>11}{'peak RSS':>10}"
+        f"{'GET p50':>9}{'GET max':>9}{'GET idle':>10}"
+    )
+    for r in runs:
+        get_ms = sorted(t * 1000 for t in r.get_ms) or [0.0]
+        idle_ms = statistics.median([t * 1000 for t in r.idle_get_ms] or [0.0])
+        print(
+            f"{r.readers:>10,}{r.queue_seconds:>9.1f}{r.run.seconds:>8.1f}"
+            f"{r.total_seconds:>9.1f}{r.run.rate:>8,.0f}{r.first_rate:>10,.0f}"
+            f"{r.last_rate:>9,.0f}{r.last_rate / r.first_rate:>11.2f}"
+            f"{r.run.peak_rss_mb:>8.0f}MB{statistics.median(get_ms):>7.1f}ms"
+            f"{get_ms[-1]:>7.1f}ms{idle_ms:>8.1f}ms"
+        )
+    print("subscriber look-ups (PostgreSQL execution time, median of 5):")
+    for r in runs:
+        print(
+            f"{r.readers:>10,}: "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in r.lookups.items())
+        )
+    big = runs[-1]
+    print(
+        f"smtp-source -d -s 8 (median of {', '.join(f'{a:,.0f}' for a in anchors)}): "
+        f"{anchor:,.0f} msg/s; 2 workers at {big.readers:,}: {big.run.rate / anchor:.2f} of it"
+    )
+    checks = [
+        (f"queue + send under 600 s at {big.readers:,}", big.total_seconds < 600),
+        ("last 10% within 20% of the first 10%", big.last_rate >= 0.8 * big.first_rate),
+        ("GET progress under 50 ms (idle median)", statistics.median(big.idle_get_ms) < 0.050),
+        ("GET progress under 50 ms (p50 while sending)", statistics.median(big.get_ms) < 0.050),
+        ("subscriber look-ups under 50 ms", max(big.lookups.values()) < 50),
+        ("worker peak RSS under 150 MB", big.run.peak_rss_mb < 150),
+        ("2 workers >= 0.35 x smtp-source", big.run.rate >= 0.35 * anchor),
+    ]
+    for label, ok in checks:
+        print(f"target: {label} -> {'meets' if ok else 'misses'}")
 
 
 def dkim_keys(directory: Path, kind: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """editor, editor_session: the desk's accounts and server-side sessions; subscriber indexes
 
 Revision ID: 0004_desk
-Revises: 0004_ops
+Revises: 0004_scale
 Create Date: 2026-11-29 14:00:00.000000
 
 Sessions live in the database (not in a signed cookie) so that removing an editor or resetting a
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_desk"
-down_revision: str | None = "0004_ops"
+down_revision: str | None = "0004_scale"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -47,8 +47,7 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_editor_session_editor_id"), "editor_session", ["editor_id"], unique=False
     )
-    # The desk's subscriber list (newest first) and its signups / unsubscribes per day.
-    op.create_index(op.f("ix_subscriber_created_at"), "subscriber", ["created_at"], unique=False)
+    # The desk's unsubscribes per day (signups per day: 0004_scale's ix_subscriber_newest).
     op.create_index(
         op.f("ix_subscriber_unsubscribed_at"), "subscriber", ["unsubscribed_at"], unique=False
     )
@@ -90,7 +89,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_bounce_event_created_at"), table_name="bounce_event")
     op.drop_index("ix_subscriber_listed_status", table_name="subscriber")
     op.drop_index(op.f("ix_subscriber_unsubscribed_at"), table_name="subscriber")
-    op.drop_index(op.f("ix_subscriber_created_at"), table_name="subscriber")
     op.drop_index(op.f("ix_editor_session_editor_id"), table_name="editor_session")
     op.drop_table("editor_session")
     op.drop_table("editor")

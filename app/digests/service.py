@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import address_key
 from app.alerts import service as alerts
+from app.digests.tally import read_tallies
 from app.models import (
     Article,
     Delivery,
@@ -21,6 +22,7 @@ from app.models import (
     Digest,
     DigestArticle,
     DigestStatus,
+    DigestTally,
     Subscriber,
     SubscriberStatus,
     as_utc,
@@ -359,16 +361,10 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
     )
     if cadence is not None:
         recipients = recipients.where(col(Subscriber.cadence) == cadence)
-    await outbox.enqueue_selected(
+    count = await outbox.enqueue_selected(
         session, kind=DeliveryKind.digest, recipients=recipients, digest_id=digest_id, now=now
     )
-    count = (
-        await session.exec(
-            select(func.count())
-            .select_from(Delivery)
-            .where(Delivery.digest_id == digest_id, Delivery.kind == DeliveryKind.digest)
-        )
-    ).one()
+    await outbox.refresh_statistics(session)
     values: dict[str, object] = {"recipients": count}
     if count == 0:  # nobody to send to: the send is over as soon as it starts
         values.update(status=DigestStatus.sent, sent_at=now)
@@ -560,14 +556,16 @@ async def finish_completed_digests(
     """Mark `sent` every sending digest (of `digest_ids`, or all) with no delivery left queued
     or sending (one UPDATE); returns how many. Test copies do not count. The worker calls it
     after each batch, and resume; reads never do."""
+    # From the tally, not an EXISTS over `delivery`: near a send's end that scanned every row
+    # already sent, after every batch.
     pending = (
-        select(Delivery.id)
+        sa.select(func.coalesce(func.sum(col(DigestTally.n)), 0))
         .where(
-            col(Delivery.digest_id) == col(Digest.id),
-            col(Delivery.kind) == DeliveryKind.digest,
-            col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
+            col(DigestTally.digest_id) == col(Digest.id),
+            col(DigestTally.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
         )
-        .exists()
+        .scalar_subquery()
+        > 0
     )
     where = [col(Digest.status) == DigestStatus.sending, ~pending]
     if digest_ids is not None:
@@ -587,40 +585,24 @@ async def finish_completed_digests(
 async def digest_progress(
     session: AsyncSession, *, digests: Sequence[Digest], now: datetime | None = None
 ) -> dict[int, DigestProgress]:
-    """Counts per delivery status, rate, ETA and progress of each digest, from one grouped
-    query (test copies do not count). The rate reads `sent_at` over the last minute, so every
-    worker's messages count, whichever process asks."""
+    """Counts per delivery status, rate, ETA and progress of each digest, from its tally
+    (app.digests.tally: a few rows, whatever the size of the send; test copies do not count).
+    The rate is what was recorded sent over the last minute, by every worker."""
     ids = [d.id for d in digests if d.id is not None]
     if not ids:
         return {}
     now = now or utcnow()
     since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
-    rows = (
-        await session.execute(
-            sa.select(
-                col(Delivery.digest_id),
-                col(Delivery.status),
-                func.count(),
-                func.count().filter(col(Delivery.sent_at) >= since),
-            )
-            .where(col(Delivery.digest_id).in_(ids), col(Delivery.kind) == DeliveryKind.digest)
-            .group_by(col(Delivery.digest_id), col(Delivery.status))
-        )
-    ).all()
-    raw: dict[int, dict[str, int]] = {i: {} for i in ids}
-    recent: dict[int, int] = dict.fromkeys(ids, 0)
-    for digest_id, status, count, sent_recently in rows:
-        if status in COUNTED_STATUSES:
-            raw[digest_id][status] = count
-        if status == DeliveryStatus.sent:
-            recent[digest_id] = sent_recently
+    tallies = await read_tallies(session, digest_ids=ids, since=since)
     paces = await tally.pace_of(session, kind=DeliveryKind.digest, send_ids=ids, now=now)
     totals = await tally.totals_of(session, kind=DeliveryKind.digest, send_ids=ids)
     progress: dict[int, DigestProgress] = {}
     for d in digests:
         if d.id is None:
             continue
-        base = _progress(d, DigestCounts(**raw[d.id]), recent[d.id], now=now)
+        counted = tallies[d.id]
+        counts = {s: n for s, n in counted.counts.items() if s in COUNTED_STATUSES}
+        base = _progress(d, DigestCounts(**counts), counted.sent_since, now=now)
         pace = paces.get(d.id)
         throttled_at = as_utc(pace.throttled_at) if pace and pace.throttled_at else None
         if throttled_at is not None and throttled_at < now - tally.PACE_FRESH:

@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import SQLModel, col, or_, select
@@ -79,9 +80,10 @@ async def enqueue_selected(
     recipients: sa.Select[int | None, str],
     digest_id: int | None = None,
     now: datetime | None = None,
-) -> None:
+) -> int:
     """Queue one email per row of `recipients` (subscriber id, language) in ONE statement
-    (INSERT ... SELECT): a million readers stay one round trip, not a million."""
+    (INSERT ... SELECT): a million readers stay one round trip, not a million. Returns how many
+    were queued; call `refresh_statistics` after a big one."""
     now = now or utcnow()
     subquery = recipients.subquery()
     columns = list(subquery.c)
@@ -95,7 +97,7 @@ async def enqueue_selected(
         sa.literal(now, sa.DateTime(timezone=True)),
         sa.literal(now, sa.DateTime(timezone=True)),
     )
-    await session.execute(
+    result = await session.execute(
         sa.insert(Delivery).from_select(
             [
                 "kind",
@@ -110,21 +112,88 @@ async def enqueue_selected(
             rows,
         )
     )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # --- Claim -------------------------------------------------------------------------------------
 
 
-def _claimable(now: datetime) -> sa.ColumnElement[bool]:
-    return or_(
+def _claimable(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """The two ways a row is due, each claimed by its own query, each with its own index:
+    queued rows in claim order (`ix_delivery_queued`), and rows whose lease ran out because
+    their worker died (SIGKILL, lost host: `ix_delivery_leased`). One query with an OR of the
+    two could use neither index's order and sorted the whole queue for every batch."""
+    return (
+        sa.and_(
+            col(Delivery.status) == DeliveryStatus.sending,
+            col(Delivery.lease_until) < now,
+        ),
         sa.and_(
             col(Delivery.status) == DeliveryStatus.queued,
             col(Delivery.next_attempt_at) <= now,
         ),
-        # A lease that ran out: its worker died (SIGKILL, lost host). Take the row over.
-        sa.and_(
-            col(Delivery.status) == DeliveryStatus.sending,
-            col(Delivery.lease_until) < now,
+    )
+
+
+def claim_statement(
+    *,
+    worker_id: str,
+    limit: int,
+    lease_seconds: int,
+    due: sa.ColumnElement[bool],
+    order_by: Sequence[Any],
+    only: sa.ColumnElement[bool] | None,
+    now: datetime,
+) -> sa.Update:
+    where = due if only is None else sa.and_(due, only)
+    ids = (
+        select(Delivery.id)
+        .where(where)
+        .order_by(*order_by)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        sa.update(Delivery)
+        .where(col(Delivery.id).in_(ids.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.sending,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            leased_by=worker_id,
+        )
+        .returning(*_CLAIMED_COLUMNS)
+    )
+
+
+def claim_statements(
+    *,
+    worker_id: str,
+    limit: int,
+    lease_seconds: int,
+    only: sa.ColumnElement[bool] | None = None,
+    now: datetime,
+    queued_limit: int | None = None,
+) -> tuple[sa.Update, sa.Update]:
+    """(expired leases, queued rows oldest first): what `claim_batch` runs, in that order."""
+    expired, queued = _claimable(now)
+    return (
+        claim_statement(
+            worker_id=worker_id,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            due=expired,
+            order_by=(col(Delivery.lease_until),),
+            only=only,
+            now=now,
+        ),
+        claim_statement(
+            worker_id=worker_id,
+            limit=limit if queued_limit is None else queued_limit,
+            lease_seconds=lease_seconds,
+            due=queued,
+            order_by=(col(Delivery.next_attempt_at), col(Delivery.id)),
+            only=only,
+            now=now,
         ),
     )
 
@@ -138,31 +207,34 @@ async def claim_batch(
     only: sa.ColumnElement[bool] | None = None,
     now: datetime | None = None,
 ) -> list[Claimed]:
-    """Lease up to `limit` due rows, oldest first. `only`: a further condition the delivery
-    kinds put on what may go out now (a paused digest's copies wait)."""
+    """Lease up to `limit` due rows: rows of dead workers first, then queued rows oldest first.
+    `only`: a further condition the delivery kinds put on what may go out now (a paused
+    digest's copies wait). Each query reads the head of an index: the cost of a claim does not
+    grow with the queue."""
     now = now or utcnow()
-    where = _claimable(now) if only is None else sa.and_(_claimable(now), only)
-    ids = (
-        select(Delivery.id)
-        .where(where)
-        .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    expired, _ = claim_statements(
+        worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, only=only, now=now
     )
-    stmt = (
-        sa.update(Delivery)
-        .where(col(Delivery.id).in_(ids.scalar_subquery()))
-        .values(
-            status=DeliveryStatus.sending,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            leased_by=worker_id,
+    claimed = [Claimed(*row) for row in (await session.execute(expired)).all()]
+    if len(claimed) < limit:
+        _, queued = claim_statements(
+            worker_id=worker_id,
+            limit=limit,
+            queued_limit=limit - len(claimed),
+            lease_seconds=lease_seconds,
+            only=only,
+            now=now,
         )
-        .returning(*_CLAIMED_COLUMNS)
-    )
-    rows = (await session.execute(stmt)).all()
-    claimed = [Claimed(*row) for row in rows]
+        claimed += [Claimed(*row) for row in (await session.execute(queued)).all()]
     claimed.sort(key=lambda c: c.id)
     return claimed
+
+
+async def refresh_statistics(session: AsyncSession) -> None:
+    """After a bulk enqueue: the planner's row counts for `delivery` are those of before it
+    (PostgreSQL estimated 101 rows for a million), so refresh them in the same transaction
+    (ANALYZE counts the transaction's own new rows; SQLite: the same statement)."""
+    await session.execute(sa.text("ANALYZE delivery"))
 
 
 def _delivery_table() -> sa.Table:
@@ -180,16 +252,26 @@ def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
 
 
 async def set_message_ids(session: AsyncSession, *, pairs: Sequence[tuple[int, str]]) -> None:
-    """Store each claimed delivery's stable Message-ID (one executemany per batch), so a bounce
-    or a resend can be matched to its delivery."""
+    """Store each claimed delivery's stable Message-ID, so a bounce or a resend can be matched
+    to its delivery. PostgreSQL: one UPDATE ... FROM (VALUES ...) per batch, not a statement a
+    row (each statement runs the tally trigger once); SQLite (which names no VALUES columns):
+    one executemany, whose row trigger ignores a change of message_id."""
     if not pairs:
         return
     table = _delivery_table()  # Core: not the ORM bulk-by-primary-key path
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        await session.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("delivery_id"))
+            .values(message_id=sa.bindparam("mid")),
+            [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+        )
+        return
+    given = sa.values(
+        sa.column("delivery_id", sa.Integer), sa.column("mid", sa.String), name="given"
+    ).data(list(pairs))
     await session.execute(
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("delivery_id"))
-        .values(message_id=sa.bindparam("mid")),
-        [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+        sa.update(table).where(table.c.id == given.c.delivery_id).values(message_id=given.c.mid)
     )
 
 
