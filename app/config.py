@@ -23,6 +23,12 @@ class SmtpSecurity(StrEnum):
     tls = "tls"
 
 
+class ClickTracking(StrEnum):
+    off = "off"
+    aggregate = "aggregate"
+    per_reader = "per_reader"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -111,6 +117,15 @@ class Settings(BaseSettings):
     feed_allow_private_networks: bool = False
     feed_max_items: int = Field(default=500, ge=1, le=100_000)
 
+    # Archive and clicks (app/archive, app/clicks)
+    # Sent digests on the web (/archive, /archive/feed.xml) and the "view in browser" link.
+    archive_enabled: bool = True
+    # off: links go straight to the site; aggregate: counts per digest and article and unique
+    # readers, no per-reader record; per_reader: also each reader's clicks in their history.
+    track_clicks: ClickTracking = ClickTracking.aggregate
+    # A 1x1 image per copy (/o/{token}). Off by default: Apple Mail Privacy Protection and image
+    # proxies fetch it for every copy, so an open count says little and watches readers.
+    track_opens: bool = False
     # Readers' choices and schedules
     default_cadence: Literal["daily", "weekly"] = "weekly"
     # Topics readers may pick (the feed's category names), comma-separated; empty: no choice.

@@ -13,11 +13,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app import keys, metrics, monitoring, openapi
+from app.archive import routes as archive_routes
 from app.articles import routes as article_routes
 from app.audit import routes as audit_routes
 from app.background import run_background
 from app.bounces import routes as bounce_routes
-from app.config import Settings, get_settings
+from app.clicks import routes as click_routes
+from app.clicks.recorder import ClickRecorder
+from app.clicks.service import LinkCache
+from app.config import ClickTracking, Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.desk import routes as desk_routes
 from app.digests import routes as digest_routes
@@ -65,6 +69,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             )
         stop = asyncio.Event()
         background: asyncio.Task[None] | None = None
+        # Clicks are counted by every process that answers /r/ (not only the worker's).
+        clicks: asyncio.Task[None] | None = None
+        if settings.track_clicks != ClickTracking.off or settings.track_opens:
+            recorder = ClickRecorder(
+                settings, app.state.sessionmaker, app.state.tokens, app.state.click_links
+            )
+            app.state.click_recorder = recorder
+            clicks = asyncio.create_task(recorder.run(stop), name="clicks")
         if run_worker:
             background = asyncio.create_task(
                 run_background(
@@ -79,6 +91,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             stop.set()
             if background is not None:
                 await background
+            if clicks is not None:
+                await clicks  # its last flush counts every click still held
+                app.state.click_recorder = None
             await engine.dispose()
 
     app = FastAPI(
@@ -94,6 +109,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.state.metrics = metrics.Metrics()
     app.state.tokens = Tokens.from_settings(settings)  # hashing key: loaded by the lifespan
     app.state.kinds = delivery_kinds(settings, app.state.tokens)
+    app.state.click_links = LinkCache()
+    app.state.click_recorder = None  # started by the lifespan unless TRACK_CLICKS=off
     app.state.signup_limiter = RateLimiter(
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )
@@ -101,12 +118,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         settings.rate_limit_desk_login, settings.rate_limit_storage_uri
     )
 
+    app.include_router(click_routes.router)  # first: the hot path matches at once
     app.include_router(subscription_routes.pages)
     app.include_router(subscription_routes.api)
     app.include_router(subscriber_routes.router)
     app.include_router(bounce_routes.router)
     app.include_router(article_routes.router)
     app.include_router(digest_routes.router)
+    app.include_router(archive_routes.router)
     app.include_router(schedule_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(monitoring.router)
@@ -140,9 +159,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     async def robots() -> PlainTextResponse:
         return PlainTextResponse(
             "User-agent: *\nDisallow: /confirm/\nDisallow: /unsubscribe/\nDisallow: /preferences/\n"
+            "Disallow: /r/\n"
         )
 
     # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    app.add_middleware(click_routes.ClickFastPath, state=app.state)
     app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
     app.add_middleware(ScopedCORS, paths=PUBLIC_CORS_PATHS, origins=settings.site_origin_list)

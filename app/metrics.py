@@ -51,6 +51,15 @@ class Metrics:
             buckets=SEND_BUCKETS,
             registry=r,
         )
+        self.click_redirects = Counter(
+            "click_redirects", "Tracked links answered with a redirect (/r/{token})", registry=r
+        )
+        self.clicks = Counter(
+            "clicks",
+            "Clicks counted on digest links: by readers, or by machines (scanners, HEAD)",
+            ["kind"],
+            registry=r,
+        )
         self.deliveries = Gauge("deliveries", "Deliveries by status", ["status"], registry=r)
         self.queue_depth = Gauge(
             "queue_depth", "Queued deliveries due now (waiting for a worker)", registry=r
@@ -162,3 +171,15 @@ def count_schedule_run(outcome: str) -> None:
 def observe_send(seconds: float) -> None:
     """For the sender: the time one message took to be accepted over SMTP."""
     _current.send_latency.observe(seconds)
+
+
+def count_click_redirect() -> None:
+    _current.click_redirects.inc()
+
+
+def count_clicks(*, readers: int, machines: int) -> None:
+    """For the click recorder: clicks classified and written."""
+    if readers:
+        _current.clicks.labels(kind="reader").inc(readers)
+    if machines:
+        _current.clicks.labels(kind="machine").inc(machines)

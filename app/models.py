@@ -53,6 +53,7 @@ class SubscriberEventType(StrEnum):
     bounced = "bounced"  # the status change a hard bounce (or soft ones) caused
     complained = "complained"
     unbounced = "unbounced"  # a bounce undone (a relay refused everyone by mistake)
+    clicked = "clicked"  # TRACK_CLICKS=per_reader only: a link of a digest followed
     erased = "erased"
 
 
@@ -250,6 +251,9 @@ class Feed(SQLModel, table=True):
 
 
 class Digest(SQLModel, table=True):
+    # The archive lists sent digests newest first.
+    __table_args__ = (sa.Index("ix_digest_archive", "status", "archived", "sent_at"),)
+
     id: int | None = Field(default=None, primary_key=True)
     subject: str | None = Field(default=None, max_length=300)  # every language
     # Per language ({"fr": ..., "en": ...}): a language here wins over `subject`.
@@ -263,6 +267,8 @@ class Digest(SQLModel, table=True):
     cancelled_at: datetime | None = _ts(default=None)
     paused_reason: str | None = Field(default=None, max_length=2000)
     recipients: int = 0
+    # Shown in the public archive once sent (`archive: false` at creation leaves it out).
+    archived: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     # Set for a schedule's digest: it goes only to readers of this cadence. None: to everyone.
     cadence: str | None = Field(default=None, max_length=16)
     schedule_id: int | None = Field(
@@ -290,6 +296,29 @@ class DigestArticle(SQLModel, table=True):
     image_url: str | None = Field(default=None, max_length=2000)
     image_alt: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = _ts(default=None)
+
+
+class ClickCount(SQLModel, table=True):
+    """Clicks on one article link of a digest (app.clicks), written in batches. Position
+    WHOLE_DIGEST (-1) holds the digest's unique readers (a reader who clicked any link)."""
+
+    __tablename__ = "click_count"
+
+    digest_id: int = Field(foreign_key="digest.id", primary_key=True, ondelete="CASCADE")
+    position: int = Field(primary_key=True)
+    clicks: int = 0  # counted reader clicks
+    unique_clicks: int = 0  # distinct copies (readers) among them
+    machine_clicks: int = 0  # HEAD, scanner agents, bursts: not readers
+
+
+class ClickSeen(SQLModel, table=True):
+    """A keyed one-way tag of (copy, link) already counted, so a reader counts once per link
+    (and once per digest): no subscriber id, time, address or user agent."""
+
+    __tablename__ = "click_seen"
+
+    digest_id: int = Field(foreign_key="digest.id", primary_key=True, ondelete="CASCADE")
+    tag: str = Field(primary_key=True, max_length=32)
 
 
 # --- Schedules ---------------------------------------------------------------------------------

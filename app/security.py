@@ -8,10 +8,13 @@ key that may have to be rotated.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -22,6 +25,13 @@ UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 PREFERENCES_SALT = "newsletter.preferences.v1"
 API_KEY_PREFIX = "nl_"
 LEGACY_EMAIL_HASH_INFO = b"newsletter.email-hash.v1"
+CLICK_INFO = b"newsletter.click.v1"
+CLICK_SEEN_INFO = b"newsletter.click-seen.v1"
+OPEN_INFO = b"newsletter.open.v1"
+# delivery.digest.position.signature (96 bits of HMAC-SHA256, base64url): short, since a digest
+# copy holds one per link.
+_OPEN_TOKEN = re.compile(r"^([0-9]{1,10})\.([0-9]{1,10})\.([A-Za-z0-9_-]{16})$")
+_CLICK_TOKEN = re.compile(r"^([0-9]{1,10})\.([0-9]{1,10})\.([0-9]{1,3})\.([A-Za-z0-9_-]{16})$")
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -57,6 +67,22 @@ def verp_tag(secret_key: str, delivery_id: int) -> str:
     return digest.hexdigest()[:10]
 
 
+OPEN_POSITION = -2  # the click_count row of a digest's opens (TRACK_OPENS)
+
+
+@dataclass(frozen=True, slots=True)
+class ClickRef:
+    """What a click link names: the copy (delivery), its digest and the link's position."""
+
+    delivery_id: int
+    digest_id: int
+    position: int
+
+
+def _click_signature(key: bytes, body: str) -> str:
+    return base64.urlsafe_b64encode(hmac.digest(key, body.encode(), "sha256")[:12]).decode()
+
+
 class Tokens:
     def __init__(
         self,
@@ -76,6 +102,14 @@ class Tokens:
         self._preferences = URLSafeSerializer(keys, salt=PREFERENCES_SALT)
         self.confirm_max_age_seconds = confirm_max_age_seconds
         self.hashing_key = hashing_key
+        # Click links are signed with HMAC directly rather than itsdangerous: a digest copy
+        # carries one per article, made per reader in the sender's hot path (microseconds each).
+        self._click_keys = [
+            hmac.digest(key.encode(), CLICK_INFO, "sha256") for key in self._verifying_keys
+        ]
+        self._open_keys = [
+            hmac.digest(key.encode(), OPEN_INFO, "sha256") for key in self._verifying_keys
+        ]
 
     @classmethod
     def from_settings(cls, settings: Settings, *, hashing_key: bytes | None = None) -> Tokens:
@@ -129,6 +163,48 @@ class Tokens:
         except BadSignature as exc:
             raise TokenError("the link is not valid") from exc
         return _pair(data)
+
+    def click_token(self, delivery_id: int, digest_id: int, position: int) -> str:
+        body = f"{delivery_id}.{digest_id}.{position}"
+        return f"{body}.{_click_signature(self._click_keys[0], body)}"
+
+    def read_click_token(self, token: str) -> ClickRef:
+        match = _CLICK_TOKEN.match(token)
+        if match is None:
+            raise TokenError("the link is not valid")
+        delivery, digest, position, signature = match.groups()
+        body = f"{delivery}.{digest}.{position}"
+        if not any(
+            hmac.compare_digest(_click_signature(key, body), signature) for key in self._click_keys
+        ):
+            raise TokenError("the link is not valid")
+        return ClickRef(int(delivery), int(digest), int(position))
+
+    def open_token(self, delivery_id: int, digest_id: int) -> str:
+        body = f"{delivery_id}.{digest_id}"
+        return f"{body}.{_click_signature(self._open_keys[0], body)}"
+
+    def read_open_token(self, token: str) -> ClickRef:
+        """The copy an open pixel names (position: OPEN_POSITION)."""
+        match = _OPEN_TOKEN.match(token)
+        if match is None:
+            raise TokenError("the link is not valid")
+        delivery, digest, signature = match.groups()
+        body = f"{delivery}.{digest}"
+        if not any(
+            hmac.compare_digest(_click_signature(key, body), signature) for key in self._open_keys
+        ):
+            raise TokenError("the link is not valid")
+        return ClickRef(int(delivery), int(digest), OPEN_POSITION)
+
+    def click_seen_tag(self, delivery_id: int, position: int) -> str:
+        """A one-way tag of (copy, link): lets a reader count once without recording who. Keyed
+        with the stored hashing key, which never rotates (counts stay unique across rotations)."""
+        if self.hashing_key is None:
+            raise HashingKeyMissing("the address-hashing key was not loaded from the database")
+        key = hmac.digest(self.hashing_key, CLICK_SEEN_INFO, "sha256")
+        body = f"{delivery_id}.{position}".encode()
+        return hmac.digest(key, body, "sha256")[:12].hex()
 
     def preferences_token(self, subscriber_id: int, email_hash: str) -> str:
         return self._preferences.dumps([subscriber_id, email_hash[:16]])

@@ -415,7 +415,13 @@ def message_size(database_url: str, digest_id: int) -> int:
             1, "reader1@bench.example.org", "Lecteur 1", "fr", "confirmed", "a" * 64
         )
         message, _ = compose_copy(
-            settings, tokens, template=rendering.template, delivery_id=1, recipient=recipient
+            settings,
+            tokens,
+            template=rendering.template,
+            delivery_id=1,
+            digest_id=digest_id,
+            links=rendering.links,
+            recipient=recipient,
         )
         return len(message)
 

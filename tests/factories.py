@@ -6,7 +6,10 @@ import asyncio
 import re
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -17,6 +20,8 @@ from app.config import Settings
 from app.models import Article, Delivery, DeliveryKind, Subscriber, SubscriberStatus, utcnow
 from app.security import Tokens
 from app.worker.sender import BatchReport, Sender
+
+SAMPLE_FEED = Path(__file__).parent / "data" / "wordpress-feed-fr.xml"
 
 
 async def make_subscriber(
@@ -155,6 +160,27 @@ async def digest_deliveries(session: AsyncSession, digest_id: int) -> list[Deliv
         )
     )
     return list(rows.all())
+
+
+async def sent_digest(
+    app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str], **body: object
+) -> dict[str, Any]:
+    """A digest created through the API with `body`, sent, and delivered by the real sender."""
+    response = await client.post("/api/v1/digests", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    digest: dict[str, Any] = response.json()
+    response = await client.post(f"/api/v1/digests/{digest['id']}/send", headers=headers)
+    assert response.status_code == 202, response.text
+    await drain_outbox(app)
+    return digest
+
+
+async def import_feed_sample(session: AsyncSession) -> None:
+    """The French WordPress sample feed's articles."""
+    from app.articles import service as articles
+
+    await articles.import_feed_document(session, data=SAMPLE_FEED.read_bytes())
+    await session.commit()
 
 
 class Clock:

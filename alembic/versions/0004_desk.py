@@ -1,7 +1,7 @@
 """editor, editor_session: the desk's accounts and server-side sessions; subscriber indexes
 
 Revision ID: 0004_desk
-Revises: 0004_scale
+Revises: 0004_archive
 Create Date: 2026-11-29 14:00:00.000000
 
 Sessions live in the database (not in a signed cookie) so that removing an editor or resetting a
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_desk"
-down_revision: str | None = "0004_scale"
+down_revision: str | None = "0004_archive"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,8 +3,11 @@ filled in (name, unsubscribe link, Message-ID), and the test copy for a sample r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from app.addresses import header_safe
 from app.config import Settings
+from app.digests.links import click_values, direct_values, open_value, tracks_clicks
 from app.mail.headers import list_headers, list_unsubscribe_header
 from app.mail.message import MessageTemplate, build_message
 from app.mail.personalize import fill
@@ -72,23 +75,42 @@ def compose_copy(
     *,
     template: MessageTemplate,
     delivery_id: int,
+    digest_id: int,
+    links: Sequence[tuple[int, str]],
     recipient: Recipient,
 ) -> tuple[bytes, str]:
-    """One subscriber's copy: their name, unsubscribe and preferences links, Message-ID; nothing
-    re-rendered."""
+    """One subscriber's copy: their name, unsubscribe and preferences links, article links (a
+    signed click link each when tracking), Message-ID; nothing re-rendered."""
     assert recipient.email is not None
     url = unsubscribe_url(settings, tokens, recipient)
     message_id = message_id_for(settings, delivery_id)
+    values = recipient_values(
+        name=recipient.name,
+        email=recipient.email,
+        unsubscribe_url=url,
+        preferences_url=preferences_url(settings, tokens, recipient),
+    )
+    if tracks_clicks(settings):
+        values.update(
+            click_values(
+                settings,
+                tokens,
+                delivery_id=delivery_id,
+                digest_id=digest_id,
+                positions=[position for position, _ in links],
+            )
+        )
+    else:
+        values.update(direct_values(links))
+    if settings.track_opens:
+        values["open_url"] = open_value(
+            settings, tokens, delivery_id=delivery_id, digest_id=digest_id
+        )
     message = template.render(
         to_name=recipient.name,
         to_address=recipient.email,
         message_id=message_id,
-        values=recipient_values(
-            name=recipient.name,
-            email=recipient.email,
-            unsubscribe_url=url,
-            preferences_url=preferences_url(settings, tokens, recipient),
-        ),
+        values=values,
         headers={"List-Unsubscribe": list_unsubscribe_header(settings, url)},
     )
     return message, message_id
@@ -99,12 +121,15 @@ def compose_test_copy(
     tokens: Tokens,
     *,
     rendered: RenderedEmail,
+    links: Sequence[tuple[int, str]],
     delivery_id: int,
     to_address: str,
     language: str,
 ) -> tuple[bytes, str]:
-    """A test copy: what a subscriber gets, for a sample reader, subject marked [TEST]."""
-    filled = fill_rendered(rendered, sample_values(settings, tokens, language=language))
+    """A test copy: what a subscriber gets, for a sample reader, subject marked [TEST]; its
+    article links go straight to the site (a test counts no click)."""
+    values = {**sample_values(settings, tokens, language=language), **direct_values(links)}
+    filled = fill_rendered(rendered, values)
     url = sample_unsubscribe_url(settings, tokens)
     message_id = message_id_for(settings, delivery_id)
     msg = build_message(

@@ -25,7 +25,7 @@ from app.bounces.service import bounce_at_send, soft_bounce_at_send
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, compose_test_copy, digest_template
-from app.digests.render import render_digest
+from app.digests.render import digest_links, render_digest
 from app.mail.message import MessageTemplate
 from app.mail.render import RenderedEmail, language_or_default
 from app.models import Delivery, DeliveryKind, Digest, DigestStatus, SubscriberStatus
@@ -43,6 +43,7 @@ NOTHING_IN_TOPICS = "nothing in the reader's topics"
 class DigestRendering:
     rendered: RenderedEmail  # with placeholders, as rendered
     template: MessageTemplate  # encoded once: for subscribers' copies (the hot path)
+    links: list[tuple[int, str]]  # (position, URL) of each article link, from the frozen copy
 
 
 RenderKey = tuple[int, str, frozenset[int] | None]  # digest, language, positions (None: all)
@@ -100,7 +101,8 @@ class RenderCache:
                 settings=self.settings,
                 positions=positions,
             )
-            entry = DigestRendering(rendered, digest_template(self.settings, rendered))
+            links = await digest_links(session, digest_id=digest_id)
+            entry = DigestRendering(rendered, digest_template(self.settings, rendered), links)
             self._entries[key] = entry
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -158,6 +160,8 @@ class DigestKind(BaseKind):
                     self.tokens,
                     template=rendering.template,
                     delivery_id=delivery.id,
+                    digest_id=delivery.digest_id,
+                    links=rendering.links,
                     recipient=recipient,
                 )
             except Exception as exc:  # one bad delivery must not sink the batch
@@ -226,6 +230,7 @@ class TestCopyKind(BaseKind):
         # edited (PATCH) between two test copies, and a cached draft would then be stale for
         # the send. (A digest's copies are cached only once it is sending: no edit then.)
         fresh: dict[tuple[int, str], RenderedEmail] = {}
+        links: dict[int, list[tuple[int, str]]] = {}
         for delivery in deliveries:
             if delivery.digest_id is None or not delivery.to_address:
                 out.skipped.append((delivery.id, "no digest or address"))
@@ -233,6 +238,10 @@ class TestCopyKind(BaseKind):
             language = language_or_default(delivery.language, self.settings.default_language)
             try:
                 key = (delivery.digest_id, language)
+                if delivery.digest_id not in links:
+                    links[delivery.digest_id] = await digest_links(
+                        session, digest_id=delivery.digest_id
+                    )
                 if key not in fresh:
                     fresh[key] = await render_digest(
                         session,
@@ -244,6 +253,7 @@ class TestCopyKind(BaseKind):
                     self.settings,
                     self.tokens,
                     rendered=fresh[key],
+                    links=links[delivery.digest_id],
                     delivery_id=delivery.id,
                     to_address=delivery.to_address,
                     language=language,

@@ -21,7 +21,9 @@ from app.articles.sanitize import is_http_url, truncate
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import fill_rendered, sample_values
+from app.digests.links import SLUG_LANGUAGE, archive_url, direct_values
 from app.mail import personalize
+from app.mail.personalize import link_field
 from app.mail.render import RenderedEmail, brand_context, language_or_default, render_email
 from app.models import Digest, DigestArticle, as_utc
 from app.security import Tokens
@@ -130,16 +132,26 @@ def preheader(intro: str, titles: Sequence[str]) -> str:
     return truncate(" · ".join(titles[:3]), PREHEADER_CHARS)
 
 
+def article_categories(article: DigestArticle) -> list[str]:
+    return [
+        c for c in article.categories or [] if c.strip().casefold() not in _UNINFORMATIVE_CATEGORIES
+    ]
+
+
+def article_link(article: DigestArticle) -> Any:
+    """The link-rewriting hook of the render context: every article link is a per-reader
+    placeholder, filled with a tracked /r/ link (or the article's URL) in each copy."""
+    return personalize.placeholder(link_field(article.position))
+
+
 def _article_context(article: DigestArticle, language: str, settings: Settings) -> dict[str, Any]:
     title = _french(truncate(article.title, TITLE_MAX_CHARS), language, settings)
     summary = _french(truncate(article.summary or ""), language, settings)
-    categories = [
-        c for c in article.categories or [] if c.strip().casefold() not in _UNINFORMATIVE_CATEGORIES
-    ]
+    categories = article_categories(article)
     image_url = article.image_url if article.image_url and is_http_url(article.image_url) else ""
     return {
         "title": title,
-        "url": article.url,
+        "url": article_link(article),
         "date": format_date(article.published_at, language) if article.published_at else "",
         "iso_date": as_utc(article.published_at).date().isoformat() if article.published_at else "",
         "categories": categories,
@@ -180,10 +192,20 @@ def render_digest_of(
     issue_date = format_date(digest_date(digest, articles), language)
     contexts = [_article_context(a, language, settings) for a in articles]
     intro = by_language(digest.intro, language)
+    view_url = ""
+    if settings.archive_enabled and digest.archived and digest.id is not None:
+        view_url = archive_url(
+            settings,
+            digest.id,
+            digest_subject(digest, articles, SLUG_LANGUAGE),
+            language=language,
+        )
     return render_email(
         "digest",
         language=language,
         subject=subject,
+        view_url=view_url,
+        open_url=personalize.placeholder("open_url") if settings.track_opens else "",
         preheader=preheader(intro_text(intro, language, settings), [c["title"] for c in contexts]),
         # The date once: under the title only when the subject does not already say it.
         issue_date="" if issue_date in subject else issue_date,
@@ -204,4 +226,14 @@ async def preview_digest(
     rendered = await render_digest(
         session, digest_id=digest_id, language=language, settings=settings
     )
-    return fill_rendered(rendered, sample_values(settings, tokens, language=language))
+    links = await digest_links(session, digest_id=digest_id)
+    return fill_rendered(
+        rendered, {**sample_values(settings, tokens, language=language), **direct_values(links)}
+    )
+
+
+async def digest_links(session: AsyncSession, *, digest_id: int) -> list[tuple[int, str]]:
+    """(position, URL) of each article link, from the digest's frozen copy."""
+    return [
+        (a.position, a.url) for a in await service.digest_articles(session, digest_id=digest_id)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
@@ -11,6 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
 from app.audit.deps import Audit, AuditDep
+from app.clicks import service as click_service
+from app.config import Settings
 from app.deps import (
     EditorDep,
     IdPath,
@@ -22,6 +25,7 @@ from app.deps import (
 from app.digests import service
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
+    MPP_WARNING,
     DeliverabilityPublic,
     DigestActionIn,
     DigestArticlePublic,
@@ -95,18 +99,41 @@ def _as_set(values: dict[str, str]) -> str | dict[str, str] | None:
 
 
 async def _public(
-    session: AsyncSession, digest: Digest, progress: service.DigestProgress | None = None
+    session: AsyncSession,
+    digest: Digest,
+    progress: service.DigestProgress | None = None,
+    *,
+    settings: Settings,
 ) -> DigestPublic:
     assert digest.id is not None
     articles = await service.digest_articles(session, digest_id=digest.id)
     if progress is None:
         progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
+    outcomes = await service.digest_outcomes(session, digest=digest)
+    clicks = await click_service.digest_clicks(session, digest_id=digest.id)
     return DigestPublic.model_validate(
         {
             **_summary_fields(digest, articles, progress),
             "articles": [
                 DigestArticlePublic.model_validate(a, from_attributes=True) for a in articles
             ],
+            "numbers": {
+                "tracking": settings.track_clicks.value,
+                "delivered": outcomes.delivered,
+                "bounced": outcomes.bounced,
+                "unsubscribed": outcomes.unsubscribed,
+                "clicks": {
+                    "total": clicks.clicks,
+                    "unique": clicks.unique,
+                    "machine": clicks.machine,
+                },
+                "articles": [asdict(a) for a in clicks.articles],
+                "opens": (
+                    {"total": clicks.opens, "unique": clicks.unique_opens, "warning": MPP_WARNING}
+                    if settings.track_opens
+                    else None
+                ),
+            },
         }
     )
 
@@ -126,7 +153,9 @@ async def _fresh_digest(
     response_model=DigestPublic,
     responses={**AUTH, 422: {"description": "Invalid field, unknown articles or no new articles"}},
 )
-async def create_digest(body: DigestCreate, session: SessionDep, audit: AuditDep) -> DigestPublic:
+async def create_digest(
+    body: DigestCreate, session: SessionDep, settings: SettingsDep, audit: AuditDep
+) -> DigestPublic:
     """A draft digest. Without `article_ids`: the newest articles not yet in a sent digest."""
     try:
         digest = await service.create_digest(
@@ -136,13 +165,14 @@ async def create_digest(body: DigestCreate, session: SessionDep, audit: AuditDep
             article_ids=body.article_ids,
             since=body.since,
             max_articles=body.max_articles,
+            archived=body.archive,
         )
     except service.UnknownArticles as exc:
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
     except service.NoNewArticles as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     audit.on("digest", digest.id)
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 @router.get("", response_model=DigestList, responses=AUTH)
@@ -166,9 +196,11 @@ async def list_digests(
 
 
 @router.get("/{digest_id}", response_model=DigestPublic, responses={**AUTH, **NOT_FOUND})
-async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> DigestPublic:
+async def get_digest(
+    digest_id: IdPath, session: SessionDep, settings: SettingsDep, _editor: EditorDep
+) -> DigestPublic:
     """Status, articles, delivery counts (test copies not included), rate, ETA and progress."""
-    return await _public(session, *await _fresh_digest(session, digest_id))
+    return await _public(session, *await _fresh_digest(session, digest_id), settings=settings)
 
 
 @router.patch(
@@ -182,7 +214,11 @@ async def get_digest(digest_id: IdPath, session: SessionDep, _editor: EditorDep)
     },
 )
 async def update_digest(
-    digest_id: IdPath, body: DigestUpdate, session: SessionDep, audit: AuditDep
+    digest_id: IdPath,
+    body: DigestUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
 ) -> Response | DigestPublic:
     """Edit a draft: subject, intro, articles and their order. Fields left out are unchanged;
     a null subject or intro goes back to the default. After the send: 409, nothing changes."""
@@ -201,7 +237,7 @@ async def update_digest(
         )
     except service.UnknownArticles as exc:
         raise field_error("article_ids", message=str(exc), value=exc.ids) from exc
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 @router.get(
@@ -319,7 +355,11 @@ async def send_test(
     },
 )
 async def send(
-    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
     try:
@@ -331,7 +371,7 @@ async def send(
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -346,6 +386,8 @@ async def _control(
     audit: Audit,
     digest_id: int,
     change: Callable[..., Awaitable[Digest]],
+    *,
+    settings: Settings,
 ) -> Response | DigestPublic:
     try:
         digest = await change(session, digest_id=digest_id)
@@ -356,29 +398,64 @@ async def _control(
         return JSONResponse(
             {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
         )
-    return await _public(session, digest)
+    return await _public(session, digest, settings=settings)
 
 
 @router.post("/{digest_id}/pause", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def pause(
-    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a send (`sending` -> `paused`): queued copies wait; workers give back the copies
     they hold within half a second (only messages already on the wire still go out)."""
-    return await _control(session, audit, digest_id, service.pause_send)
+    return await _control(session, audit, digest_id, service.pause_send, settings=settings)
 
 
 @router.post("/{digest_id}/resume", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def resume(
-    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Go on with a paused send (`paused` -> `sending`), by an editor or after a broken setup."""
-    return await _control(session, audit, digest_id, service.resume_send)
+    return await _control(session, audit, digest_id, service.resume_send, settings=settings)
 
 
 @router.post("/{digest_id}/cancel", response_model=DigestPublic, responses=CONTROL_RESPONSES)
 async def cancel(
-    digest_id: IdPath, session: SessionDep, audit: AuditDep, _body: ActionBody = None
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    _body: ActionBody = None,
 ) -> Response | DigestPublic:
     """Stop a draft or a send for good: every copy not yet sent is skipped."""
-    return await _control(session, audit, digest_id, service.cancel_send)
+    return await _control(session, audit, digest_id, service.cancel_send, settings=settings)
+
+
+@router.get(
+    "/{digest_id}/clicks.csv",
+    response_class=PlainTextResponse,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        200: {"content": {"text/csv": {}}, "description": "Per-article figures (CSV)"},
+    },
+)
+async def clicks_csv(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
+    """Per-article figures: position, title, url, clicks, unique readers, machine clicks."""
+    try:
+        await service.get_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    figures = await click_service.digest_clicks(session, digest_id=digest_id)
+    return Response(
+        click_service.clicks_csv(figures),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="digest-{digest_id}-clicks.csv"'},
+    )

@@ -67,6 +67,9 @@ class DigestCreate(BaseModel):
     max_articles: Annotated[int, Strict()] = Field(
         default=DEFAULT_MAX_ARTICLES, ge=1, le=MAX_ARTICLES
     )
+    archive: Annotated[bool, Strict()] = Field(
+        default=True, description="Show it in the public archive once sent (ARCHIVE_ENABLED)"
+    )
 
 
 class DigestUpdate(BaseModel):
@@ -147,8 +150,48 @@ class DigestSummary(BaseModel):
     )
 
 
+class ArticleClicksPublic(BaseModel):
+    position: int
+    title: str
+    url: str
+    clicks: int = Field(description="Reader clicks (machine clicks excluded)")
+    unique: int = Field(description="Readers who followed this link")
+    machine: int = Field(description="Clicks by scanners and other machines (not readers)")
+
+
+class ClicksPublic(BaseModel):
+    total: int = Field(description="Reader clicks on the digest's links")
+    unique: int = Field(description="Readers who followed at least one link")
+    machine: int = Field(description="Clicks by scanners and other machines, counted apart")
+
+
+class OpensPublic(BaseModel):
+    total: int = Field(description="Open pixels fetched")
+    unique: int = Field(description="Copies whose pixel was fetched")
+    warning: str
+
+
+MPP_WARNING = (
+    "Apple Mail Privacy Protection and other image proxies fetch every copy's images when the "
+    "message arrives, whether or not anyone reads it: opens are inflated and say little."
+)
+
+
+class DigestNumbers(BaseModel):
+    """What became of the digest. Clicks are counted in batches: a click shows within seconds."""
+
+    tracking: str = Field(description="TRACK_CLICKS: off, aggregate or per_reader")
+    delivered: int = Field(description="Copies accepted by the relay")
+    bounced: int = Field(description="Copies refused, and bounces reported after delivery")
+    unsubscribed: int = Field(description="Readers who left after their copy, before the next")
+    clicks: ClicksPublic
+    articles: list[ArticleClicksPublic]
+    opens: OpensPublic | None = Field(description="TRACK_OPENS only (null when off)")
+
+
 class DigestPublic(DigestSummary):
     articles: list[DigestArticlePublic]
+    numbers: DigestNumbers
 
 
 class DigestList(BaseModel):

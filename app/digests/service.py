@@ -24,6 +24,8 @@ from app.models import (
     DigestStatus,
     DigestTally,
     Subscriber,
+    SubscriberEvent,
+    SubscriberEventType,
     SubscriberStatus,
     as_utc,
     utcnow,
@@ -179,6 +181,7 @@ async def create_digest(
     max_articles: int = DEFAULT_MAX_ARTICLES,
     cadence: str | None = None,
     schedule_id: int | None = None,
+    archived: bool = True,
 ) -> Digest:
     """A draft digest with a frozen copy of its articles, so later edits do not change it.
     `subject` None: each language gets its default subject at render time. `cadence`: a
@@ -189,7 +192,7 @@ async def create_digest(
         articles = await _new_articles(session, since=since, limit=max_articles)
     if not articles:
         raise NoNewArticles("no new articles: every article is already in a sent digest")
-    digest = Digest(cadence=cadence, schedule_id=schedule_id)
+    digest = Digest(cadence=cadence, schedule_id=schedule_id, archived=archived)
     _set_subject(digest, subject)
     digest.intro = _per_language(intro)
     session.add(digest)
@@ -695,3 +698,63 @@ async def halted_digests(session: AsyncSession, *, digest_ids: Iterable[int]) ->
         )
     )
     return {digest_id for digest_id in rows.all() if digest_id is not None}
+
+
+# --- Numbers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DigestOutcomes:
+    delivered: int  # copies accepted by the relay
+    bounced: int  # copies refused at send, and bounces reported after a copy was delivered
+    unsubscribed: int  # readers of a copy who left before the next digest went out
+
+
+async def digest_outcomes(session: AsyncSession, *, digest: Digest) -> DigestOutcomes:
+    """What became of a digest's copies. An unsubscribe or a bounce report counts for this
+    digest when it came after the reader's copy and before the next digest's send started."""
+    assert digest.id is not None
+    copies = (col(Delivery.digest_id) == digest.id, col(Delivery.kind) == DeliveryKind.digest)
+    counts = dict(
+        (
+            await session.exec(
+                select(Delivery.status, func.count()).where(*copies).group_by(col(Delivery.status))
+            )
+        ).all()
+    )
+    window = [col(Delivery.status) == DeliveryStatus.sent]
+    if digest.send_started_at is not None:
+        next_start = (
+            await session.exec(
+                select(func.min(Digest.send_started_at)).where(
+                    col(Digest.send_started_at) > digest.send_started_at,
+                    col(Digest.id) != digest.id,
+                )
+            )
+        ).one()
+        if next_start is not None:
+            window.append(col(SubscriberEvent.created_at) < next_start)
+    after_copy = (
+        select(func.count(sa.distinct(col(SubscriberEvent.subscriber_id))))
+        .join(Delivery, col(Delivery.subscriber_id) == col(SubscriberEvent.subscriber_id))
+        .where(*copies, *window, col(SubscriberEvent.created_at) >= col(Delivery.sent_at))
+    )
+    unsubscribed = (
+        await session.exec(
+            after_copy.where(col(SubscriberEvent.event) == SubscriberEventType.unsubscribed)
+        )
+    ).one()
+    reported = (
+        await session.exec(
+            after_copy.where(
+                col(SubscriberEvent.event).in_(
+                    [SubscriberEventType.hard_bounce, SubscriberEventType.soft_bounce]
+                )
+            )
+        )
+    ).one()
+    return DigestOutcomes(
+        delivered=int(counts.get(DeliveryStatus.sent, 0)),
+        bounced=int(counts.get(DeliveryStatus.failed, 0)) + int(reported),
+        unsubscribed=int(unsubscribed),
+    )

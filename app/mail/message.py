@@ -111,11 +111,17 @@ class _EncodedBody:
 
     def render(self, values: Mapping[str, str]) -> bytes:
         out = [self.static[0]]
+        # A digest's article link appears several times (image, title, "read more"): each
+        # value is encoded once per copy.
+        encoded: dict[str, bytes] = {}
         for field, static in zip(self.fields, self.static[1:], strict=True):
-            value = values.get(field, "")
-            if self.escape_html:
-                value = html_escape(value, quote=True)
-            out.append(_qp(value) + b"=\r\n" if value else b"")
+            piece = encoded.get(field)
+            if piece is None:
+                value = values.get(field, "")
+                if self.escape_html:
+                    value = html_escape(value, quote=True)
+                piece = encoded[field] = _qp(value) + b"=\r\n" if value else b""
+            out.append(piece)
             out.append(static)
         return b"".join(out)
 

@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from markupsafe import Markup
 
 _OPEN, _CLOSE = "\ue000", "\ue001"
-FIELDS = ("name", "greeting_name", "unsubscribe_url", "preferences_url", "email")
+# link0, link1...: each article link of a digest, which click tracking makes per reader.
+MAX_LINKS = 64
+LINK_FIELDS = tuple(f"link{i}" for i in range(MAX_LINKS))
+READER_FIELDS = ("name", "greeting_name", "unsubscribe_url", "preferences_url", "email")
+FIELDS = (*READER_FIELDS, "open_url", *LINK_FIELDS)
 
 
 def placeholder(field: str) -> Markup:
@@ -25,10 +29,18 @@ def placeholder(field: str) -> Markup:
 
 
 def placeholders() -> dict[str, Markup]:
-    return {field: placeholder(field) for field in FIELDS}
+    return {field: placeholder(field) for field in READER_FIELDS}
 
 
-_PATTERN = re.compile(f"{_OPEN}({'|'.join(FIELDS)}){_CLOSE}")
+def link_field(position: int) -> str:
+    """The placeholder name of a digest's article link at `position`."""
+    return LINK_FIELDS[position]
+
+
+_PATTERN = re.compile(
+    f"{_OPEN}(name|greeting_name|unsubscribe_url|preferences_url|email|open_url|link[0-9]{{1,2}})"
+    f"{_CLOSE}"
+)
 
 
 def split_placeholders(rendered: str) -> list[str]:

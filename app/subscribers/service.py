@@ -214,6 +214,15 @@ async def erase_subscriber(
         .values(detail=None)
         .execution_options(synchronize_session=False)
     )
+    # TRACK_CLICKS=per_reader: what they read goes with them (the counters stay, anonymous).
+    await session.execute(
+        sa.delete(SubscriberEvent)
+        .where(
+            col(SubscriberEvent.subscriber_id) == subscriber.id,
+            col(SubscriberEvent.event) == SubscriberEventType.clicked,
+        )
+        .execution_options(synchronize_session=False)
+    )
     await session.execute(
         sa.update(BounceEvent)
         .where(col(BounceEvent.subscriber_id) == subscriber.id)

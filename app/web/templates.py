@@ -40,6 +40,14 @@ def language_links(current: str) -> list[dict[str, str]]:
     ]
 
 
+def site_link(settings: Settings, lang: str) -> str:
+    """Where a page that cannot help sends the reader: the news site, else our archive (or the
+    signup form)."""
+    if settings.site_url:
+        return settings.site_url
+    return f"{'/archive' if settings.archive_enabled else '/subscribe'}?lang={lang}"
+
+
 def render_page(
     request: Request, name: str, *, lang: str, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
@@ -55,6 +63,7 @@ def render_page(
             else i18n.translate(lang, "the %(site)s newsletter", site=settings.brand_name),
             "languages": language_links(lang),
             "brand_color": settings.brand_color,
+            "archive_enabled": settings.archive_enabled,
             **context,
         },
         status_code=status_code,

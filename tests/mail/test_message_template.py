@@ -16,16 +16,21 @@ from hypothesis import strategies as st
 
 from app.addresses import format_address, header_safe
 from app.mail.message import MessageTemplate, build_message
-from app.mail.personalize import fill, placeholders
+from app.mail.personalize import fill, placeholder, placeholders
 
-MARKS = placeholders()
+MARKS = {**placeholders(), **{f: placeholder(f) for f in ("link0", "link12", "open_url")}}
 TEXT = (
     f"Bonjour{MARKS['greeting_name']},\n\nVoici l’essentiel.\n.point en tête\n"
+    f"Lire : {MARKS['link0']}\nPuis : {MARKS['link12']}\n"
     f"Se désinscrire : {MARKS['unsubscribe_url']}\n"
 )
+# Article links appear several times (image, title, "read more"): each is encoded once per copy.
 HTML = (
     f"<p>Bonjour{MARKS['greeting_name']},</p><p>Voici l’essentiel « de la semaine ».</p>"
-    f"<a href='{MARKS['unsubscribe_url']}'>Se désinscrire</a>\n"  # rendered templates end so
+    f"<a href='{MARKS['link0']}'><img src='x'></a><h2><a href='{MARKS['link0']}'>Titre</a></h2>"
+    f"<a href='{MARKS['link12']}'>Lire</a><a href='{MARKS['link0']}'>Lire la suite</a>"
+    f"<a href='{MARKS['unsubscribe_url']}'>Se désinscrire</a>"
+    f"<img src='{MARKS['open_url']}' alt=''>\n"  # rendered templates end so
 )
 MAIL_FROM = "Dzaleu Actualités <newsletter@dzaleu.test>"
 UNSUBSCRIBE = "<https://lettre.dzaleu.test/unsubscribe/WzQyLCJhYiJd.sig>"
@@ -85,12 +90,16 @@ def _body(message: EmailMessage, subtype: str) -> str:
     return str(part.get_content()).replace("\r\n", "\n")
 
 
+# A link is a URL (no control character): accents, quotes, spaces, long runs test the encoding.
+links = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=120)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(name=names, address=addresses, subject=subjects)
-@example(name="Élodie", address="elodie@example.fr", subject="Lettre")
-@example(name="Ghost", address="Ghost4@example.org", subject="x")
+@given(name=names, address=addresses, subject=subjects, link=links)
+@example(name="Élodie", address="elodie@example.fr", subject="Lettre", link="")
+@example(name="Ghost", address="Ghost4@example.org", subject="x", link="https://x/r/1.2.3.AbC_-")
 def test_fast_template_parses_like_the_standard_library(
-    name: str, address: str, subject: str
+    name: str, address: str, subject: str, link: str
 ) -> None:
     clean = header_safe(name, max_length=200)
     values = {
@@ -98,6 +107,9 @@ def test_fast_template_parses_like_the_standard_library(
         "greeting_name": f" {clean}" if clean else "",
         "unsubscribe_url": UNSUBSCRIBE.strip("<>"),
         "email": address,
+        "link0": link,
+        "link12": "https://lettre.dzaleu.test/r/42.7.12.AbCdEfGhIjKlMnOp",
+        "open_url": "https://lettre.dzaleu.test/o/42.7.AbCdEfGhIjKlMnOp",
     }
     fast = MessageTemplate(
         mail_from=MAIL_FROM, subject=subject, text=TEXT, html=HTML, headers=LIST_HEADERS

@@ -57,6 +57,7 @@ async def newsroom(
         feed_allow_private_networks=True,  # the feed server is on loopback
         topics="International,Économie,Culture,Sport",
         default_cadence="weekly",
+        track_clicks="off",  # the articles' own URLs in the copies (tests/clicks: tracked links)
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

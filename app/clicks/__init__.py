@@ -1,0 +1,1 @@
+"""Signed click links (/r/{token}) and honest counts: readers apart from machines."""
