@@ -26,11 +26,13 @@ from app import i18n
 from app.articles import service as articles
 from app.articles.feeds import MalformedFeed
 from app.audit import service as audit_log
+from app.clicks import service as click_counts
 from app.deps import MAX_DB_INT, ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.desk import accounts
 from app.desk import service as desk
 from app.desk.i18n import DeskText, format_number, format_when
 from app.digests import service as digests
+from app.digests.numbers import clicks_csv, digest_numbers
 from app.digests.render import digest_subject, preview_digest
 from app.http import PAGE_CSP_OWN_SCRIPTS
 from app.models import Cadence, Language, SubscriberStatus
@@ -263,6 +265,9 @@ async def overview(
         days=days,
         peak=peak,
         digests=rows,
+        clicks=await click_counts.clicks_of_digests(
+            session, digest_ids=[d.id for d, _ in rows if d.id is not None]
+        ),
         problems=await desk.problems(session, settings=settings),
     )
 
@@ -480,6 +485,7 @@ async def _digest_page(
 ) -> HTMLResponse:
     digest, progress = await _digest(session, digest_id)
     items = await digests.digest_articles(session, digest_id=digest_id)
+    settings = request.app.state.settings
     return page(
         request,
         "digest.html",
@@ -490,6 +496,11 @@ async def _digest_page(
         items=items,
         subjects={lang.value: digest_subject(digest, items, lang) for lang in Language},
         readers=await desk.confirmed_readers(session) if digest.status == "draft" else 0,
+        numbers=(
+            None
+            if digest.status == "draft"
+            else await digest_numbers(session, digest=digest, settings=settings)
+        ),
         message=message or _notice(request),
         error=error,
     )
@@ -561,6 +572,25 @@ async def digest_preview(
     return HTMLResponse(
         rendered.html,
         headers={"Content-Security-Policy": PREVIEW_CSP, "Cache-Control": "no-store"},
+    )
+
+
+@router.get("/digests/{digest_id}/clicks.csv")
+async def digest_clicks_csv(session: SessionDep, _signed: SignedInDep, digest_id: int) -> Response:
+    """The API's per-article CSV (same function), for a signed-in editor's browser."""
+    if not 1 <= digest_id <= MAX_DB_INT:
+        raise NotFound
+    try:
+        body = await clicks_csv(session, digest_id=digest_id)
+    except digests.DigestNotFound as exc:
+        raise NotFound from exc
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="digest-{digest_id}-clicks.csv"',
+            "Cache-Control": "no-store",
+        },
     )
 
 
