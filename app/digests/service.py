@@ -389,12 +389,6 @@ class SendTimePassed(ValueError):
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 
 
-async def _reloaded(session: AsyncSession, digest_id: int) -> Digest:
-    digest = await get_digest(session, digest_id=digest_id)
-    await session.refresh(digest)
-    return digest
-
-
 async def schedule_send(
     session: AsyncSession, *, digest_id: int, at: datetime, now: datetime | None = None
 ) -> Digest:
