@@ -229,6 +229,7 @@ DESK_MESSAGES: dict[str, str] = {
     "schedule_send_title": N_("Or schedule the send"),
     "send_at": N_("Date and time ({zone})"),
     "schedule_send": N_("Schedule the send"),
+    "schedule_confirm": N_("I confirm: send it at that time (to {count} readers today)"),
     "scheduled_for": N_("Scheduled for {when} ({zone})"),
     "unschedule": N_("Unschedule"),
     "send_at_invalid": N_("Pick a date and a time."),
