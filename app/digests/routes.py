@@ -39,7 +39,7 @@ from app.digests.schemas import (
     TestSendIn,
 )
 from app.http import field_error
-from app.models import Digest, DigestArticle, Language
+from app.models import Digest, DigestArticle, Language, as_utc
 
 router = APIRouter(prefix="/api/v1/digests", tags=["digests"])
 
@@ -353,6 +353,8 @@ async def send(
     try:
         if body is not None and body.at is not None:
             digest = await service.schedule_send(session, digest_id=digest_id, at=body.at)
+            assert digest.send_at is not None
+            audit.on("digest", digest_id, f"scheduled for {as_utc(digest.send_at).isoformat()}")
         else:
             digest = await service.send_digest(session, digest_id=digest_id)
     except service.DigestNotFound as exc:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlmodel import func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import Delivery, Digest
+from app.models import AuditEvent, Delivery, Digest
 from app.schedules.runner import Scheduler
 from tests.factories import Clock, drain_outbox, import_feed_sample, make_subscriber
 from tests.smtp_server import SmtpServer
@@ -53,6 +53,15 @@ async def test_send_at_a_time_keeps_a_draft_until_then(
     assert body["recipients"] == 0
     assert datetime.fromisoformat(body["send_at"]) == at - timedelta(hours=1)
     assert (await client.get(url, headers=editor_headers)).json()["send_at"] == body["send_at"]
+    # The audit log tells a scheduled send from a send.
+    details = (
+        await session.exec(
+            select(AuditEvent.detail).where(
+                AuditEvent.action == "send", AuditEvent.target_id == str(digest_id)
+            )
+        )
+    ).all()
+    assert details == [f"scheduled for {(at - timedelta(hours=1)).isoformat()}"]
     count = select(func.count()).select_from(Delivery).where(Delivery.digest_id == digest_id)
     assert (await session.exec(count)).one() == 0
     # Another time replaces it; unschedule takes it back; the digest stays a draft.
