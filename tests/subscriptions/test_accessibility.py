@@ -1,5 +1,5 @@
 """Every public page of a reader's path passes axe-core (no serious or critical violation) at
-1280 px and at 390 px, and fits 390 px with no horizontal scrolling: the signup form (French and
+1280 px and at 390 px, in the light and the dark theme, and fits 390 px with no horizontal scrolling: the signup form (French and
 English, with and without topic choices), its answer and its 422 page, the confirmation page
 (valid and forged token), the page after confirming, the unsubscribe page and the page after it
 (with the resubscribe button), the page after resubscribing, the preferences page and the page
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -35,7 +35,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-WIDTHS = (1280, 390)
+# The pages follow the reader's system theme (prefers-color-scheme): both are checked.
+VIEWS: tuple[tuple[Literal["light", "dark"], int], ...] = (
+    ("light", 1280),
+    ("light", 390),
+    ("dark", 1280),
+    ("dark", 390),
+)
 SAVE = {"fr": "Enregistrer", "en": "Save"}
 PREFERENCES = {"fr": "Vos préférences", "en": "Your preferences"}
 INVALID = {"fr": "Lien invalide ou expiré", "en": "Invalid or expired link"}
@@ -66,20 +72,22 @@ class Checker:
         self.checked: list[str] = []
 
     def __call__(self, page: Page, name: str) -> None:
-        for width in WIDTHS:
+        for scheme, width in VIEWS:
+            page.emulate_media(color_scheme=scheme)
             page.set_viewport_size({"width": width, "height": 844})
-            page.screenshot(path=str(self.shots / f"{name}-{width}.png"), full_page=True)
+            view = f"{name}-{scheme}-{width}"
+            page.screenshot(path=str(self.shots / f"{view}.png"), full_page=True)
             results = Axe().run(page)
             serious = [
                 v for v in results.response["violations"] if v["impact"] in ("serious", "critical")
             ]
             if serious:
-                self.findings.append(f"{name} at {width} px: {results.generate_report()}")
+                self.findings.append(f"{view}: {results.generate_report()}")
             if width == 390:
                 scroll = int(page.evaluate("() => document.documentElement.scrollWidth"))
                 if scroll > 390:
-                    self.findings.append(f"{name} at 390 px is {scroll} px wide")
-            self.checked.append(f"{name}-{width}")
+                    self.findings.append(f"{view} is {scroll} px wide")
+            self.checked.append(view)
 
 
 @pytest.mark.parametrize("lang", ["fr", "en"])
@@ -125,7 +133,8 @@ def test_public_pages_pass_axe_and_fit_390(
 
         # The confirmation page (the link from the email), a forged one, then the button.
         link = re.search(
-            rf"{re.escape(url)}/confirm/[A-Za-z0-9_.\-]+", text_part(wait_for_mail(smtp_server, email))
+            rf"{re.escape(url)}/confirm/[A-Za-z0-9_.\-]+",
+            text_part(wait_for_mail(smtp_server, email)),
         )
         assert link
         response = page.goto(f"{url}/confirm/forged-token{suffix}")
@@ -142,7 +151,9 @@ def test_public_pages_pass_axe_and_fit_390(
 
         # Unsubscribe, the page after it with its resubscribe button, the page after that.
         subscriber_id, email_hash, _, _ = subscriber_row(database_url, email)
-        page.goto(f"{url}/unsubscribe/{app.state.tokens.unsubscribe_token(subscriber_id, email_hash)}")
+        page.goto(
+            f"{url}/unsubscribe/{app.state.tokens.unsubscribe_token(subscriber_id, email_hash)}"
+        )
         assert page.locator("h1").inner_text() == t["unsubscribe"]
         check(page, "7-unsubscribe")
         page.get_by_role("button", name=t["unsubscribe_button"]).click()
@@ -165,5 +176,5 @@ def test_public_pages_pass_axe_and_fit_390(
         check(page, "11-preferences-saved")
     finally:
         context.close()
-    assert len(check.checked) == 11 * len(WIDTHS)
+    assert len(check.checked) == 11 * len(VIEWS)
     assert check.findings == [], "\n\n".join(check.findings)
