@@ -9,6 +9,7 @@ from alembic import context
 from app import models  # noqa: F401  (registers every table on the metadata)
 from app.config import get_settings
 from app.db import is_sqlite, sync_url
+from app.migrations import include_object
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -27,6 +28,7 @@ def run_migrations_online() -> None:
             # SQLite cannot ALTER most things: batch mode recreates the table instead.
             render_as_batch=is_sqlite(database_url),
             compare_type=True,
+            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
-from app.models import ApiKey, Language, SubscriberStatus
+from app.models import ApiKey, Editor, Language, SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -265,6 +265,103 @@ def revoke_api_key(name: str = typer.Argument(..., help="The key's name.")) -> N
     if revoked is None:
         fail(f"no active API key named {name!r}")
     typer.echo(f"revoked API key {name!r}")
+
+
+# --- editors (desk accounts) --------------------------------------------------------------------
+
+editors_cli = typer.Typer(help="Editor accounts of the desk (/desk).", no_args_is_help=True)
+cli.add_typer(editors_cli, name="editors")
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@editors_cli.command("add")
+def editors_add(
+    email: str = typer.Argument(..., help="The editor's address (their sign-in name)."),
+    admin: bool = typer.Option(False, "--admin", help="May manage editors and API keys."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from the first line of stdin."
+    ),
+) -> None:
+    """Create an editor account (password at least 12 characters, stored as an Argon2 hash)."""
+    from app.desk import accounts
+
+    settings = load_settings()
+    password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> Editor:
+        editor = await accounts.add_editor(session, email=email, password=password, is_admin=admin)
+        _audit(session, "add_editor", "editor", editor.id, detail="admin" if admin else None)
+        return editor
+
+    try:
+        editor = asyncio.run(_in_transaction(settings, work))
+    except accounts.EditorError as exc:
+        fail(str(exc))
+    typer.echo(f"editor {editor.email} added" + (" (admin)" if editor.is_admin else ""))
+
+
+@editors_cli.command("list")
+def editors_list() -> None:
+    """Every editor: address, admin or not, created."""
+    from app.desk import accounts
+
+    settings = load_settings()
+    for editor in asyncio.run(_in_transaction(settings, accounts.list_editors)):
+        role = "admin" if editor.is_admin else "editor"
+        typer.echo(f"{editor.email}\t{role}\t{editor.created_at:%Y-%m-%d}")
+
+
+@editors_cli.command("remove")
+def editors_remove(email: str = typer.Argument(..., help="The editor's address.")) -> None:
+    """Remove an editor: every browser they are signed in on is signed out at once."""
+    from app.desk import accounts
+
+    settings = load_settings()
+
+    async def work(session: AsyncSession) -> Editor | None:
+        removed = await accounts.remove_editor(session, email=email)
+        if removed is not None:
+            _audit(session, "remove_editor", "editor", removed.id)
+        return removed
+
+    removed = asyncio.run(_in_transaction(settings, work))
+    if removed is None:
+        fail(f"no editor with the address {email!r}")
+    typer.echo(f"editor {removed.email} removed; their sessions ended")
+
+
+@editors_cli.command("reset-password")
+def editors_reset_password(
+    email: str = typer.Argument(..., help="The editor's address."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the new password from the first line of stdin."
+    ),
+) -> None:
+    """Set a new password; every session of the editor ends."""
+    from app.desk import accounts
+
+    settings = load_settings()
+    password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> Editor | None:
+        editor = await accounts.reset_password(session, email=email, password=password)
+        if editor is not None:
+            _audit(session, "reset_editor_password", "editor", editor.id)
+        return editor
+
+    try:
+        editor = asyncio.run(_in_transaction(settings, work))
+    except accounts.EditorError as exc:
+        fail(str(exc))
+    if editor is None:
+        fail(f"no editor with the address {email!r}")
+    typer.echo(f"password of {editor.email} reset; their sessions ended")
 
 
 # --- bounces ------------------------------------------------------------------------------------

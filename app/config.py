@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
 
+    # Desk (the editors' web interface)
+    desk_session_idle_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    # Sign-in attempts, per client address and per account (the same limits apply to each).
+    rate_limit_desk_login: str = "5/minute;30/hour"
+
     # Feeds
     feed_url: str | None = None
     feed_poll_minutes: int = Field(default=0, ge=0)

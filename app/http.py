@@ -176,15 +176,20 @@ class SecurityHeaders:
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"referrer-policy", b"no-referrer"))
                 # A response that sets its own policy (the digest preview) keeps it.
-                own_csp = any(name == b"content-security-policy" for name, _ in headers)
-                if not docs and not own_csp:
+                own_csp = next(
+                    (value for name, value in headers if name == b"content-security-policy"), None
+                )
+                if not docs and own_csp is None:
                     headers.append(
                         (
                             b"content-security-policy",
                             self.csp_embeddable if embeddable else self.csp,
                         )
                     )
-                if not embeddable:
+                if own_csp is not None and b"frame-ancestors 'self'" in own_csp:
+                    # The desk frames its own previews (compose, digest page); nothing else may.
+                    headers.append((b"x-frame-options", b"SAMEORIGIN"))
+                elif not embeddable:
                     headers.append((b"x-frame-options", b"DENY"))
                 message["headers"] = headers
             await send(message)

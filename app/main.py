@@ -23,6 +23,7 @@ from app.clicks.recorder import ClickRecorder
 from app.clicks.service import LinkCache
 from app.config import ClickTracking, Settings, get_settings
 from app.db import make_engine, make_sessionmaker
+from app.desk import routes as desk_routes
 from app.digests import routes as digest_routes
 from app.health import RelayProbe
 from app.http import (
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.state.signup_limiter = RateLimiter(
         settings.rate_limit_signup, settings.rate_limit_storage_uri
     )
+    app.state.desk_login_limiter = RateLimiter(
+        settings.rate_limit_desk_login, settings.rate_limit_storage_uri
+    )
 
     app.include_router(click_routes.router)  # first: the hot path matches at once
     app.include_router(subscription_routes.pages)
@@ -125,6 +129,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(schedule_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(monitoring.router)
+    desk_routes.install(app)
     openapi.install(app)
     openapi.install_docs(app)
     app.mount(

@@ -126,9 +126,17 @@ class SubscriberBase(SQLModel):
 class Subscriber(SubscriberBase, table=True):
     # Look-ups at a million rows: newest first, of all or of one status; a name's prefix in any
     # case (`lower(name) LIKE 'abc%'`; PostgreSQL needs text_pattern_ops for LIKE on an index).
+    # The desk's counts of listed (not erased) subscribers, all or per status: the partial index
+    # alone answers them, with no visit to a million rows.
     __table_args__ = (
         sa.Index("ix_subscriber_newest", "created_at", "id"),
         sa.Index("ix_subscriber_status_newest", "status", "created_at", "id"),
+        sa.Index(
+            "ix_subscriber_listed_status",
+            "status",
+            postgresql_where=sa.text("erased_at IS NULL"),
+            sqlite_where=sa.text("erased_at IS NULL"),
+        ),
         sa.Index(
             "ix_subscriber_name_prefix",
             sa.func.lower(sa.text("name")).label("name_lower"),
@@ -142,10 +150,11 @@ class Subscriber(SubscriberBase, table=True):
     email: str | None = Field(default=None, max_length=320)
     email_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
     status: str = Field(default=SubscriberStatus.pending, max_length=16, index=True)
+    # ix_subscriber_newest serves the newest-first list and the desk's signups per day.
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
     confirmed_at: datetime | None = _ts(default=None)
-    unsubscribed_at: datetime | None = _ts(default=None)
+    unsubscribed_at: datetime | None = _ts(default=None, index=True)  # unsubscribes per day
     bounced_at: datetime | None = _ts(default=None)
     erased_at: datetime | None = _ts(default=None)
     # Consent record: when, from where, how, in which language.
@@ -181,6 +190,30 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
     last_used_at: datetime | None = _ts(default=None)
     revoked_at: datetime | None = _ts(default=None)
+
+
+class Editor(SQLModel, table=True):
+    """A person who signs in to the desk (`newsletter editors add`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    # Argon2 (pwdlib): the hash carries its own salt and parameters.
+    password_hash: str = Field(max_length=500)
+    is_admin: bool = False
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class EditorSession(SQLModel, table=True):
+    """A signed-in browser. Stored server-side so removing an editor or resetting a password
+    ends it at once; the cookie holds a random token whose SHA-256 is the key here."""
+
+    __tablename__ = "editor_session"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    editor_id: int = Field(foreign_key="editor.id", index=True, ondelete="CASCADE")
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = _ts(default_factory=utcnow)
+    last_seen_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- Articles and digests ----------------------------------------------------------------------
@@ -418,7 +451,7 @@ class BounceEvent(SQLModel, table=True):
     # The send (digest) the bounce or complaint is about: the one its report names, else the
     # reader's latest copy. Counts toward that send's breakers and a reader's soft-bounce run.
     digest_id: int | None = Field(default=None, index=True)
-    created_at: datetime = _ts(default_factory=utcnow)
+    created_at: datetime = _ts(default_factory=utcnow, index=True)  # the desk's log, newest first
 
 
 # --- Deliverability of each send (written by workers and the bounce handling) -----------------

@@ -169,14 +169,28 @@ async def upsert_article(session: AsyncSession, *, entry: FeedEntry) -> tuple[Ar
 
 
 async def list_articles(
-    session: AsyncSession, *, limit: int, offset: int
+    session: AsyncSession,
+    *,
+    limit: int,
+    offset: int,
+    q: str | None = None,
+    include_hidden: bool = True,
 ) -> tuple[list[Article], int]:
-    """Newest first: by publication date, else by when the article arrived."""
+    """Newest first: by publication date, else by when the article arrived. `q`: part of the
+    title (case-insensitive, wildcards matched literally)."""
     newest = func.coalesce(col(Article.published_at), col(Article.created_at))
+    where: list[Any] = [] if include_hidden else [col(Article.hidden_at).is_(None)]
+    if q:
+        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(func.lower(col(Article.title)).like(f"%{escaped}%", escape="\\"))
     rows = await session.exec(
-        select(Article).order_by(newest.desc(), col(Article.id).desc()).limit(limit).offset(offset)
+        select(Article)
+        .where(*where)
+        .order_by(newest.desc(), col(Article.id).desc())
+        .limit(limit)
+        .offset(offset)
     )
-    total = (await session.exec(select(func.count()).select_from(Article))).one()
+    total = (await session.exec(select(func.count()).select_from(Article).where(*where))).one()
     return list(rows.all()), int(total)
 
 
