@@ -1,10 +1,11 @@
 """Every public page of a reader's path passes axe-core (no serious or critical violation) at
-1280 px and at 390 px, in the light and the dark theme, and fits 390 px with no horizontal scrolling: the signup form (French and
-English, with and without topic choices), its answer and its 422 page, the confirmation page
-(valid and forged token), the page after confirming, the unsubscribe page and the page after it
-(with the resubscribe button), the page after resubscribing, the preferences page and the page
-after saving. Headless Chromium through Playwright, the app served by uvicorn with the sender
-running and a real SMTP server."""
+1280 px and at 390 px, in the light and the dark theme, and fits 390 px with no horizontal
+scrolling: the signup form (French and English, with and without topic choices), its answer and
+its 422 page, the confirmation page (valid and forged token), the page after confirming, the
+unsubscribe page and the page after it (with the resubscribe button), the page after
+resubscribing, the preferences page and the page after saving, and the desk's login page.
+Headless Chromium through Playwright, the app served by uvicorn with the sender running and a
+real SMTP server."""
 
 from __future__ import annotations
 
@@ -174,7 +175,14 @@ def test_public_pages_pass_axe_and_fit_390(
         page.wait_for_load_state()
         assert page.locator("[role=status]").is_visible()
         check(page, "11-preferences-saved")
+
+        # The desk's login page (its own test checks its other screens in the light theme).
+        response = page.goto(f"{url}/desk/login{suffix}")
+        assert response is not None
+        assert response.status == 200
+        assert page.locator("input[type=password]").count() == 1
+        check(page, "12-desk-login")
     finally:
         context.close()
-    assert len(check.checked) == 11 * len(VIEWS)
+    assert len(check.checked) == 12 * len(VIEWS)
     assert check.findings == [], "\n\n".join(check.findings)
