@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,6 +109,8 @@ class Settings(BaseSettings):
     desk_session_idle_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     # Sign-in attempts, per client address and per account (the same limits apply to each).
     rate_limit_desk_login: str = "5/minute;30/hour"
+    # The editors' clock: a send scheduled on the desk is a local date and time in this zone.
+    desk_timezone: str = "Europe/Paris"
 
     # Feeds
     feed_url: str | None = None
@@ -194,7 +197,18 @@ class Settings(BaseSettings):
         _check_brand(self)
         if self.feed_url and not self.feed_url.lower().startswith(("http://", "https://")):
             raise ValueError("FEED_URL must be an http:// or https:// URL")
+        try:
+            ZoneInfo(self.desk_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"DESK_TIMEZONE: {self.desk_timezone!r} is not an IANA time zone "
+                "(for example Europe/Paris)"
+            ) from exc
         return self
+
+    @property
+    def desk_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.desk_timezone)
 
     @property
     def brand_name(self) -> str:

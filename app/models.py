@@ -265,6 +265,8 @@ class Digest(SQLModel, table=True):
     send_started_at: datetime | None = _ts(default=None)
     sent_at: datetime | None = _ts(default=None)
     cancelled_at: datetime | None = _ts(default=None)
+    # A draft scheduled by an editor: a worker sends it when this time comes (then clears it).
+    send_at: datetime | None = _ts(default=None)
     paused_reason: str | None = Field(default=None, max_length=2000)
     recipients: int = 0
     # Shown in the public archive once sent (`archive: false` at creation leaves it out).

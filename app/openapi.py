@@ -73,6 +73,7 @@ _DIGEST_LINKS = {
     "PauseDigest": ("post", f"{DIGEST}/pause", _DIGEST_ID),
     "ResumeDigest": ("post", f"{DIGEST}/resume", _DIGEST_ID),
     "CancelDigest": ("post", f"{DIGEST}/cancel", _DIGEST_ID),
+    "UnscheduleDigest": ("post", f"{DIGEST}/unschedule", _DIGEST_ID),
 }
 _ARTICLE_ID = {"article_id": "$response.body#/id"}
 _ARTICLE_LINKS = {
@@ -115,6 +116,7 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[Any, ...]]] = {
     },
     ("post", f"{DIGEST}/pause", "200"): {**_DIGEST_LINKS, **_AUDIT_OF_DIGEST},
     ("post", f"{DIGEST}/send", "202"): {**_DIGEST_LINKS, **_AUDIT_OF_DIGEST},
+    ("post", f"{DIGEST}/unschedule", "200"): _DIGEST_LINKS,
     ("post", "/api/v1/subscriptions", "202"): {
         "GetSubscriber": ("get", SUBSCRIBER, {"email": "$request.body#/email"}),
         "EraseSubscriber": ("delete", SUBSCRIBER, {"email": "$request.body#/email"}),

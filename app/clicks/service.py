@@ -239,6 +239,20 @@ async def digest_clicks(session: AsyncSession, *, digest_id: int) -> DigestClick
     )
 
 
+async def clicks_of_digests(session: AsyncSession, *, digest_ids: Sequence[int]) -> dict[int, int]:
+    """Reader clicks of each digest (its whole-digest counter; 0 when nobody clicked): one
+    primary-key read for a page of digests."""
+    if not digest_ids:
+        return {}
+    rows = await session.exec(
+        select(ClickCount.digest_id, ClickCount.clicks).where(
+            col(ClickCount.digest_id).in_(digest_ids), ClickCount.position == WHOLE_DIGEST
+        )
+    )
+    found = dict(rows.all())
+    return {digest_id: found.get(digest_id, 0) for digest_id in digest_ids}
+
+
 CSV_COLUMNS = ("position", "title", "url", "clicks", "unique_readers", "machine_clicks")
 
 

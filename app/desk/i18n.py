@@ -4,7 +4,7 @@ the templates (`t.key`, `t[key]`). Numbers and dates go through Babel's formatte
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from babel.dates import format_datetime
 from babel.numbers import format_decimal
@@ -212,6 +212,30 @@ DESK_MESSAGES: dict[str, str] = {
     "schedule_new": N_("New schedule"),
     "schedule_create": N_("Create the schedule"),
     "schedule_save": N_("Save the schedule"),
+    "numbers": N_("Numbers"),
+    "unsubscribed_after": N_("Unsubscribed after"),
+    "clicks": N_("Clicks"),
+    "clicks_unique": N_("Readers who clicked"),
+    "clicks_machine": N_("Machine clicks (not counted)"),
+    "opens": N_("Opens"),
+    "opens_unique": N_("Readers who opened"),
+    "mpp_warning": N_(
+        "Apple Mail Privacy Protection and other image proxies fetch every copy's images when "
+        "the message arrives: opens are inflated and say little."
+    ),
+    "clicks_csv": N_("Download the clicks per article (CSV)"),
+    "tracking_off": N_("Click tracking is off (TRACK_CLICKS=off): no clicks are counted."),
+    "article": N_("Article"),
+    "schedule_send_title": N_("Or schedule the send"),
+    "send_at": N_("Date and time ({zone})"),
+    "schedule_send": N_("Schedule the send"),
+    "schedule_confirm": N_("I confirm: send it at that time (to {count} readers today)"),
+    "scheduled_for": N_("Scheduled for {when} ({zone})"),
+    "unschedule": N_("Unschedule"),
+    "send_at_invalid": N_("Pick a date and a time."),
+    "send_at_past": N_("Pick a time in the future, at most a year ahead."),
+    "done_scheduled": N_("The send is scheduled."),
+    "done_unscheduled": N_("The send is no longer scheduled: the digest is a draft."),
 }
 # --- end of the desk strings -------------------------------------------------------------------
 
@@ -239,7 +263,8 @@ def format_number(value: float | int, lang: str) -> str:
     return format_decimal(value, locale=lang)
 
 
-def format_when(value: datetime | None, lang: str) -> str:
+def format_when(value: datetime | None, lang: str, zone: tzinfo | None = None) -> str:
+    """In UTC, or in `zone` (DESK_TIMEZONE for a scheduled send: the editor's clock)."""
     if value is None:
         return "—"
-    return format_datetime(value, format="short", tzinfo=None, locale=lang)
+    return format_datetime(value, format="short", tzinfo=zone, locale=lang)

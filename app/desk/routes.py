@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +26,13 @@ from app import i18n
 from app.articles import service as articles
 from app.articles.feeds import MalformedFeed
 from app.audit import service as audit_log
+from app.clicks import service as click_counts
 from app.deps import MAX_DB_INT, ClientIpDep, SessionDep, SettingsDep, TokensDep
 from app.desk import accounts
 from app.desk import service as desk
 from app.desk.i18n import DeskText, format_number, format_when
 from app.digests import service as digests
+from app.digests.numbers import clicks_csv, digest_numbers
 from app.digests.render import digest_subject, preview_digest
 from app.http import PAGE_CSP_OWN_SCRIPTS
 from app.models import Cadence, Language, SubscriberStatus
@@ -117,6 +119,8 @@ def page(
             "csrf": signed.session.csrf_token if signed else "",
             "num": lambda value: format_number(value, lang),
             "when": lambda value: format_when(value, lang),
+            "local": lambda value: format_when(value, lang, request.app.state.settings.desk_zone),
+            "zone": request.app.state.settings.desk_timezone,
             "path": request.url.path,
             **context,
         },
@@ -263,6 +267,9 @@ async def overview(
         days=days,
         peak=peak,
         digests=rows,
+        clicks=await click_counts.clicks_of_digests(
+            session, digest_ids=[d.id for d, _ in rows if d.id is not None]
+        ),
         problems=await desk.problems(session, settings=settings),
     )
 
@@ -477,9 +484,11 @@ async def _digest_page(
     status_code: int = 200,
     message: str | None = None,
     error: str | None = None,
+    send_at_value: str | None = None,
 ) -> HTMLResponse:
     digest, progress = await _digest(session, digest_id)
     items = await digests.digest_articles(session, digest_id=digest_id)
+    settings = request.app.state.settings
     return page(
         request,
         "digest.html",
@@ -490,8 +499,14 @@ async def _digest_page(
         items=items,
         subjects={lang.value: digest_subject(digest, items, lang) for lang in Language},
         readers=await desk.confirmed_readers(session) if digest.status == "draft" else 0,
+        numbers=(
+            None
+            if digest.status == "draft"
+            else await digest_numbers(session, digest=digest, settings=settings)
+        ),
         message=message or _notice(request),
         error=error,
+        send_at_value=send_at_value,
     )
 
 
@@ -564,6 +579,25 @@ async def digest_preview(
     )
 
 
+@router.get("/digests/{digest_id}/clicks.csv")
+async def digest_clicks_csv(session: SessionDep, _signed: SignedInDep, digest_id: int) -> Response:
+    """The API's per-article CSV (same function), for a signed-in editor's browser."""
+    if not 1 <= digest_id <= MAX_DB_INT:
+        raise NotFound
+    try:
+        body = await clicks_csv(session, digest_id=digest_id)
+    except digests.DigestNotFound as exc:
+        raise NotFound from exc
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="digest-{digest_id}-clicks.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 @router.post("/digests/{digest_id}/test")
 async def digest_test(
     request: Request,
@@ -611,6 +645,75 @@ async def digest_send(
             error=t["conflict"].format(detail=exc),
         )  # fmt: skip
     return redirect(f"/desk/digests/{digest_id}")
+
+
+def _local_time(value: str, zone: tzinfo) -> datetime | None:
+    """A `datetime-local` field (2026-12-01T07:00) as a time in the desk's zone; None if it is
+    not one."""
+    try:
+        local = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return local if local.tzinfo is not None else local.replace(tzinfo=zone)
+
+
+@router.post("/digests/{digest_id}/schedule")
+async def digest_schedule(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    signed: ChangeDep,
+    digest_id: int,
+    send_at: Annotated[str, Form(max_length=40)] = "",
+    confirm: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """Send at a local date and time (DESK_TIMEZONE): the API's scheduled send."""
+    if not 1 <= digest_id <= MAX_DB_INT:
+        raise NotFound
+    t = desk_text(request)
+    at = _local_time(send_at, settings.desk_zone)
+    error = None
+    if at is None:
+        error = t["send_at_invalid"]
+    elif confirm != "yes":
+        error = t["send_confirm_missing"]
+    else:
+        try:
+            await digests.schedule_send(session, digest_id=digest_id, at=at)
+        except digests.DigestNotFound as exc:
+            raise NotFound from exc
+        except digests.SendTimePassed:
+            error = t["send_at_past"]
+        except digests.DigestNotDraft as exc:
+            return await _digest_page(
+                request, session, signed, digest_id, status_code=409,
+                error=t["conflict"].format(detail=exc),
+            )  # fmt: skip
+    if error is not None:
+        return await _digest_page(
+            request, session, signed, digest_id, status_code=422, error=error,
+            send_at_value=send_at,
+        )  # fmt: skip
+    return redirect(f"/desk/digests/{digest_id}?done=scheduled")
+
+
+@router.post("/digests/{digest_id}/unschedule")
+async def digest_unschedule(
+    request: Request, session: SessionDep, signed: ChangeDep, digest_id: int
+) -> Response:
+    if not 1 <= digest_id <= MAX_DB_INT:
+        raise NotFound
+    try:
+        await digests.unschedule_send(session, digest_id=digest_id)
+    except digests.DigestNotFound as exc:
+        raise NotFound from exc
+    except digests.DigestNotDraft as exc:
+        t = desk_text(request)
+        return await _digest_page(
+            request, session, signed, digest_id, status_code=409,
+            error=t["conflict"].format(detail=exc),
+        )  # fmt: skip
+    return redirect(f"/desk/digests/{digest_id}?done=unscheduled")
 
 
 CONTROLS = {

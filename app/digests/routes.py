@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
@@ -12,7 +11,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.addresses import InvalidEmail, normalize_email
 from app.audit.deps import Audit, AuditDep
-from app.clicks import service as click_service
 from app.config import Settings
 from app.deps import (
     EditorDep,
@@ -23,15 +21,17 @@ from app.deps import (
     TokensDep,
 )
 from app.digests import service
+from app.digests.numbers import clicks_csv as clicks_csv_text
+from app.digests.numbers import digest_numbers
 from app.digests.render import digest_subject, preview_digest
 from app.digests.schemas import (
-    MPP_WARNING,
     DeliverabilityPublic,
     DigestActionIn,
     DigestArticlePublic,
     DigestCreate,
     DigestList,
     DigestPublic,
+    DigestSendIn,
     DigestSummary,
     DigestUpdate,
     DomainFiguresPublic,
@@ -39,7 +39,7 @@ from app.digests.schemas import (
     TestSendIn,
 )
 from app.http import field_error
-from app.models import Digest, DigestArticle, Language
+from app.models import Digest, DigestArticle, Language, as_utc
 
 router = APIRouter(prefix="/api/v1/digests", tags=["digests"])
 
@@ -63,6 +63,7 @@ def _summary_fields(
         "intro": _as_set(digest.intro),
         "subjects": {lang.value: digest_subject(digest, articles, lang) for lang in Language},
         "created_at": digest.created_at,
+        "send_at": digest.send_at,
         "send_started_at": digest.send_started_at,
         "sent_at": digest.sent_at,
         "cancelled_at": digest.cancelled_at,
@@ -109,31 +110,14 @@ async def _public(
     articles = await service.digest_articles(session, digest_id=digest.id)
     if progress is None:
         progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
-    outcomes = await service.digest_outcomes(session, digest=digest)
-    clicks = await click_service.digest_clicks(session, digest_id=digest.id)
+    numbers = await digest_numbers(session, digest=digest, settings=settings)
     return DigestPublic.model_validate(
         {
             **_summary_fields(digest, articles, progress),
             "articles": [
                 DigestArticlePublic.model_validate(a, from_attributes=True) for a in articles
             ],
-            "numbers": {
-                "tracking": settings.track_clicks.value,
-                "delivered": outcomes.delivered,
-                "bounced": outcomes.bounced,
-                "unsubscribed": outcomes.unsubscribed,
-                "clicks": {
-                    "total": clicks.clicks,
-                    "unique": clicks.unique,
-                    "machine": clicks.machine,
-                },
-                "articles": [asdict(a) for a in clicks.articles],
-                "opens": (
-                    {"total": clicks.opens, "unique": clicks.unique_opens, "warning": MPP_WARNING}
-                    if settings.track_opens
-                    else None
-                ),
-            },
+            "numbers": numbers,
         }
     )
 
@@ -352,6 +336,7 @@ async def send_test(
         **AUTH,
         **NOT_FOUND,
         409: {"description": "The digest is not a draft (its status is in the answer)"},
+        422: {"description": "`at` is naive, past, more than a year ahead, or not a date-time"},
     },
 )
 async def send(
@@ -359,11 +344,53 @@ async def send(
     session: SessionDep,
     settings: SettingsDep,
     audit: AuditDep,
+    body: Annotated[DigestSendIn | None, Body()] = None,
+) -> Response | DigestPublic:
+    """Queue one copy per confirmed subscriber, once: a second call adds nobody (409).
+    With `at`: the digest stays a draft, scheduled; a worker sends it when the time comes
+    (within SCHEDULE_CHECK_SECONDS, once whatever the number of workers). Sending a scheduled
+    draft now, or giving another `at`, replaces the time."""
+    try:
+        if body is not None and body.at is not None:
+            digest = await service.schedule_send(session, digest_id=digest_id, at=body.at)
+            assert digest.send_at is not None
+            audit.on("digest", digest_id, f"scheduled for {as_utc(digest.send_at).isoformat()}")
+        else:
+            digest = await service.send_digest(session, digest_id=digest_id)
+    except service.DigestNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except service.SendTimePassed as exc:
+        raise field_error(
+            "at", message=str(exc), value=body.at.isoformat() if body and body.at else None
+        ) from exc
+    except service.DigestNotDraft as exc:
+        await audit.drop()
+        return JSONResponse(
+            {"detail": str(exc), "status": exc.status}, status_code=status.HTTP_409_CONFLICT
+        )
+    return await _public(session, digest, settings=settings)
+
+
+@router.post(
+    "/{digest_id}/unschedule",
+    response_model=DigestPublic,
+    responses={
+        **AUTH,
+        **NOT_FOUND,
+        409: {"description": "Too late: the digest is not a draft (its status is in the answer)"},
+    },
+)
+async def unschedule(
+    digest_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    audit: AuditDep,
     _body: ActionBody = None,
 ) -> Response | DigestPublic:
-    """Queue one copy per confirmed subscriber, once: a second call adds nobody (409)."""
+    """Take back a scheduled send: the digest stays a draft, not scheduled (a draft that was
+    not scheduled is unchanged)."""
     try:
-        digest = await service.send_digest(session, digest_id=digest_id)
+        digest = await service.unschedule_send(session, digest_id=digest_id)
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except service.DigestNotDraft as exc:
@@ -450,12 +477,11 @@ async def cancel(
 async def clicks_csv(digest_id: IdPath, session: SessionDep, _editor: EditorDep) -> Response:
     """Per-article figures: position, title, url, clicks, unique readers, machine clicks."""
     try:
-        await service.get_digest(session, digest_id=digest_id)
+        body = await clicks_csv_text(session, digest_id=digest_id)
     except service.DigestNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
-    figures = await click_service.digest_clicks(session, digest_id=digest_id)
     return Response(
-        click_service.clicks_csv(figures),
+        body,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="digest-{digest_id}-clicks.csv"'},
     )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
 from app.articles.schemas import BodyDatetime, UtcDatetime
 from app.deps import MAX_DB_INT
@@ -109,6 +117,9 @@ class DigestSummary(BaseModel):
     intro: str | dict[str, str] | None = Field(description="As set; null: none")
     subjects: dict[str, str] = Field(description="The subject readers get, per language")
     created_at: UtcDatetime
+    send_at: UtcDatetime | None = Field(
+        description="A draft scheduled to be sent at this time (by a worker); null: not scheduled"
+    )
     send_started_at: UtcDatetime | None
     sent_at: UtcDatetime | None
     cancelled_at: UtcDatetime | None
@@ -237,8 +248,23 @@ class TestSendAccepted(BaseModel):
 
 
 class DigestActionIn(BaseModel):
-    """The body of send, pause, resume and cancel: optional, and empty. It exists so that a field
-    these actions do not take (`send_at`: there is no scheduled send here) is a 422 naming it
-    instead of being ignored while the action happens at once."""
+    """The body of pause, resume, cancel and unschedule: optional, and empty. It exists so that
+    a field these actions do not take is a 422 naming it instead of being ignored while the
+    action happens at once."""
 
     model_config = ConfigDict(extra="forbid", title="DigestAction")
+
+
+class DigestSendIn(BaseModel):
+    """The body of send: optional. Without `at` (or without a body) the send starts now."""
+
+    model_config = ConfigDict(extra="forbid", title="DigestSend")
+
+    at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "Send at this time instead of now: ISO 8601 with its offset "
+            "(2026-12-01T07:00:00+01:00), in the future. The digest stays a draft until then "
+            "(editable, cancellable; `POST .../unschedule` takes the time back)."
+        ),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -346,7 +346,7 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
     claimed = await session.execute(
         sa.update(Digest)
         .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
-        .values(status=DigestStatus.sending, send_started_at=now)
+        .values(status=DigestStatus.sending, send_started_at=now, send_at=None)
         .execution_options(synchronize_session=False)
     )
     if getattr(claimed, "rowcount", 0) != 1:
@@ -380,6 +380,93 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
     digest = await get_digest(session, digest_id=digest_id)
     await session.refresh(digest)
     return digest
+
+
+class SendTimePassed(ValueError):
+    """A scheduled send at a time that has already come, or more than MAX_SCHEDULE_AHEAD on."""
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+
+
+async def schedule_send(
+    session: AsyncSession, *, digest_id: int, at: datetime, now: datetime | None = None
+) -> Digest:
+    """Have a draft sent at `at` (timezone-aware) by a worker, or move its time. SendTimePassed
+    for a time not in the future; DigestNotDraft once it is sent or cancelled."""
+    now = now or utcnow()
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59-01:00 is past the last datetime
+        raise SendTimePassed("the time is out of range") from exc
+    if at <= now:
+        raise SendTimePassed(f"{at.isoformat()} is not in the future")
+    if at > now + MAX_SCHEDULE_AHEAD:
+        raise SendTimePassed("a scheduled send is at most a year ahead")
+    await get_digest(session, digest_id=digest_id)  # DigestNotFound first
+    changed = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
+        .values(send_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    digest = await _reloaded(session, digest_id)
+    if getattr(changed, "rowcount", 0) != 1:
+        raise DigestNotDraft(digest.status)
+    return digest
+
+
+async def unschedule_send(session: AsyncSession, *, digest_id: int) -> Digest:
+    """A scheduled draft stays a draft, unscheduled (a draft not scheduled: unchanged).
+    DigestNotDraft once it is sent or cancelled (too late)."""
+    await get_digest(session, digest_id=digest_id)
+    changed = await session.execute(
+        sa.update(Digest)
+        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
+        .values(send_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    digest = await _reloaded(session, digest_id)
+    if getattr(changed, "rowcount", 0) != 1:
+        raise DigestNotDraft(digest.status)
+    return digest
+
+
+async def due_digests(session: AsyncSession, *, now: datetime) -> list[int]:
+    """Drafts whose scheduled time has come, oldest time first (the worker sends them)."""
+    rows = await session.exec(
+        select(Digest.id)
+        .where(
+            col(Digest.status) == DigestStatus.draft,
+            col(Digest.send_at).is_not(None),
+            col(Digest.send_at) <= now,
+        )
+        .order_by(col(Digest.send_at), col(Digest.id))
+    )
+    return [digest_id for digest_id in rows.all() if digest_id is not None]
+
+
+async def send_if_due(session: AsyncSession, *, digest_id: int, now: datetime) -> Digest | None:
+    """Send a scheduled draft whose time has come, in the caller's transaction; None when it is
+    not due any more (another worker sent it, an editor unscheduled, cancelled or sent it).
+
+    The conditional UPDATE is the claim: of two workers, the second waits on the row lock
+    (PostgreSQL) or for the single writer (SQLite), then finds `send_at` cleared and updates
+    nothing. send_digest's own draft -> sending UPDATE is a second guard."""
+    claimed = await session.execute(
+        sa.update(Digest)
+        .where(
+            col(Digest.id) == digest_id,
+            col(Digest.status) == DigestStatus.draft,
+            col(Digest.send_at).is_not(None),
+            col(Digest.send_at) <= now,
+        )
+        .values(send_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(claimed, "rowcount", 0) != 1:
+        return None
+    return await send_digest(session, digest_id=digest_id)
 
 
 async def queue_test_sends(
@@ -712,16 +799,13 @@ class DigestOutcomes:
 
 async def digest_outcomes(session: AsyncSession, *, digest: Digest) -> DigestOutcomes:
     """What became of a digest's copies. An unsubscribe or a bounce report counts for this
-    digest when it came after the reader's copy and before the next digest's send started."""
+    digest when it came after the reader's copy and before the next digest's send started
+    (those two read the delivery rows: once retention deleted them, they count nobody)."""
     assert digest.id is not None
     copies = (col(Delivery.digest_id) == digest.id, col(Delivery.kind) == DeliveryKind.digest)
-    counts = dict(
-        (
-            await session.exec(
-                select(Delivery.status, func.count()).where(*copies).group_by(col(Delivery.status))
-            )
-        ).all()
-    )
+    # From the per-digest tallies, not a count of the delivery rows: a few rows' read for a
+    # million-reader send, and the figures outlive the rows DELIVERY_RETENTION_DAYS deletes.
+    counts = (await read_tallies(session, digest_ids=[digest.id], since=utcnow()))[digest.id].counts
     window = [col(Delivery.status) == DeliveryStatus.sent]
     if digest.send_started_at is not None:
         next_start = (

@@ -1,9 +1,11 @@
-"""The worker's periodic job for this room: run the schedules' due slots.
+"""The worker's periodic job for this room: run the schedules' due slots, and send the digests
+editors scheduled for a time that has come.
 
 Every SCHEDULE_CHECK_SECONDS the scheduler claims the due slots (app.schedules.service: one run
 per schedule and slot, whatever the number of workers), polls FEED_URL once when it claimed any,
-then composes and queues each digest (or records the skip). The sender sends the copies. The
-clock is injectable: tests move time instead of waiting.
+then composes and queues each digest (or records the skip); then it sends each draft whose
+`send_at` has come (claimed by a conditional UPDATE: once, whatever the number of workers). The
+sender sends the copies. The clock is injectable: tests move time instead of waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles.polling import refresh_feed
 from app.config import Settings
+from app.digests import service as digests
 from app.models import ScheduleRun, utcnow
 from app.schedules import service
 from app.worker.sender import default_worker_id
@@ -79,6 +82,25 @@ class Scheduler:
         done = await self._run([run])
         return done[0] if done else await self._reload(run.id)
 
+    async def send_due_digests(self) -> list[int]:
+        """Send the drafts editors scheduled whose time has come; the ids this worker sent.
+        Each in its own transaction, claimed by a conditional UPDATE (app.digests.service
+        .send_if_due): with any number of workers, each digest is sent once."""
+        now = self.clock()
+        async with self.sessionmaker() as session:
+            due = await digests.due_digests(session, now=now)
+        sent = []
+        for digest_id in due:
+            async with self.sessionmaker() as session:
+                digest = await digests.send_if_due(session, digest_id=digest_id, now=now)
+                await session.commit()
+            if digest is not None:
+                log.info(
+                    "digest %s: scheduled send started (%d readers)", digest_id, digest.recipients
+                )
+                sent.append(digest_id)
+        return sent
+
     async def _run(self, claimed: list[service.ClaimedRun]) -> list[ScheduleRun]:
         if not claimed:
             return []
@@ -122,12 +144,17 @@ class Scheduler:
             return await session.get(ScheduleRun, run_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Check every SCHEDULE_CHECK_SECONDS until `stop` is set."""
+        """Check every SCHEDULE_CHECK_SECONDS (schedules, then digests scheduled by editors)
+        until `stop` is set."""
         while not stop.is_set():
             try:
                 await self.run_due()
             except Exception:  # a database hiccup must not end the schedules for good
                 log.exception("schedule check failed; trying again")
+            try:
+                await self.send_due_digests()
+            except Exception:
+                log.exception("scheduled digests check failed; trying again")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=SCHEDULE_CHECK_SECONDS)
             except TimeoutError:

@@ -5,20 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
 from app.config import Settings
 from app.desk import accounts
-from app.models import Delivery, DigestStatus, Subscriber, SubscriberStatus
-from tests.factories import make_subscriber
+from app.main import create_app
+from app.models import Delivery, Digest, DigestStatus, Subscriber, SubscriberStatus, as_utc
+from tests.conftest import make_settings
+from tests.factories import editor_headers as make_editor_headers
+from tests.factories import html_part, import_feed_sample, make_subscriber, sent_digest, text_part
+from tests.smtp_server import SmtpServer
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
 
 SAMPLE = Path(__file__).parents[1] / "data" / "wordpress-feed-fr.xml"
 PASSWORD = "correct horse battery staple"
@@ -433,3 +442,141 @@ async def test_editor_commands_work_and_are_audited(
     assert again.exit_code == 1
     actions = [e.action for e in (await session.exec(select(AuditEvent))).all()]
     assert actions == ["add_editor", "reset_editor_password", "remove_editor"]
+
+
+async def test_a_digest_page_shows_the_api_numbers_and_serves_the_clicks_csv(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, smtp_server, tmp_path, track_opens=True)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+            application.state.sessionmaker() as session,
+        ):
+            headers = await make_editor_headers(session)
+            for n in range(3):
+                await make_subscriber(session, application.state.tokens, email=f"r{n}@example.org")
+            await import_feed_sample(session)
+            listed = await client.get("/api/v1/articles?limit=2", headers=headers)
+            ids = [a["id"] for a in listed.json()["items"]]
+            digest = await sent_digest(application, client, headers, article_ids=ids)
+            # The copies an hour old: a click now is a reader's, not a scanner's.
+            await session.execute(
+                sa.update(Delivery)
+                .where(col(Delivery.digest_id) == digest["id"])
+                .values(sent_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+            await session.commit()
+            copy = smtp_server.messages_to("r0@example.org")[0]
+            links = list(
+                dict.fromkeys(re.findall(r"http://testserver(/r/[\w.-]+)", text_part(copy)))
+            )
+            pixel = re.search(r'<img src="http://testserver(/o/[\w.-]+)"', html_part(copy))
+            assert pixel is not None
+            for link in (links[1], links[1]):  # the second article, twice by one reader
+                clicked = await client.get(link, headers={"User-Agent": BROWSER})
+                assert clicked.status_code == 302
+            assert (await client.get(pixel.group(1))).status_code == 200
+            await application.state.click_recorder.flush(everything=True)
+
+            api = (await client.get(f"/api/v1/digests/{digest['id']}", headers=headers)).json()
+            figures = api["numbers"]
+            assert figures["clicks"]["total"] == 2
+            assert figures["clicks"]["unique"] == 1
+            await add_editor(session)
+            await sign_in(client)
+            page = (await client.get(f"/desk/digests/{digest['id']}?lang=en")).text
+            assert f'id="n-delivered">{figures["delivered"]}<' in page
+            assert figures["delivered"] == 3
+            assert f'id="n-clicks">{figures["clicks"]["total"]}<' in page
+            assert f'id="n-unique">{figures["clicks"]["unique"]}<' in page
+            assert f'id="n-opens">{figures["opens"]["total"]}<' in page
+            assert "Apple Mail Privacy Protection" in page
+            second = figures["articles"][1]
+            row = re.search(
+                r'<tr><td>2</td><td><a href="[^"]+"[^>]*>[^<]+</a></td>(.*?)</tr>', page
+            )
+            assert row is not None
+            assert row.group(1) == (
+                f"<td>{second['clicks']}</td><td>{second['unique']}</td><td>{second['machine']}</td>"
+            )
+            # The API's CSV (Bearer only) and the desk's (signed-in editor) are the same file.
+            desk_csv = await client.get(f"/desk/digests/{digest['id']}/clicks.csv")
+            api_csv = await client.get(
+                f"/api/v1/digests/{digest['id']}/clicks.csv", headers=headers
+            )
+            assert desk_csv.status_code == api_csv.status_code == 200
+            assert desk_csv.headers["content-type"] == "text/csv; charset=utf-8"
+            assert desk_csv.text == api_csv.text
+            assert desk_csv.text.splitlines()[2].endswith(",2,1,0")
+            assert (await client.get("/desk/digests/999999/clicks.csv")).status_code == 404
+            # The overview's last digests: a clicks column.
+            overview = (await client.get("/desk?lang=en")).text
+            assert '<th scope="col">Clicks</th>' in overview
+            assert f"<td>{figures['delivered']}</td><td>0</td><td>2</td></tr>" in overview
+            await client.post("/desk/logout", data={"csrf_token": await csrf_of(client)})
+            assert (await client.get(f"/desk/digests/{digest['id']}/clicks.csv")).status_code == 303
+
+
+async def test_a_send_is_scheduled_in_the_desk_time_zone_and_unscheduled(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    await add_editor(session)
+    await make_subscriber(session, app.state.tokens, email="reader@example.org")
+    await import_feed_sample(session)
+    await sign_in(client)
+    compose = await client.get("/desk/compose")
+    ids = re.findall(r'name="article" value="(\d+)"', compose.text)
+    token = await csrf_of(client)
+    created = await client.post("/desk/compose", data={"csrf_token": token, "article": ids[:1]})
+    digest_url = created.headers["location"]
+    digest_id = int(digest_url.rsplit("/", 1)[1])
+    paris = ZoneInfo("Europe/Paris")
+    local = (datetime.now(paris) + timedelta(days=2)).replace(
+        hour=7, minute=30, second=0, microsecond=0
+    )
+    field = local.strftime("%Y-%m-%dT%H:%M")
+    # Without the confirmation, with a past time, with no time: the page again, nothing set.
+    for form, status in (
+        ({"send_at": field}, 422),
+        ({"send_at": "2020-01-01T07:00", "confirm": "yes"}, 422),
+        ({"send_at": "soon", "confirm": "yes"}, 422),
+    ):
+        refused = await client.post(f"{digest_url}/schedule", data={"csrf_token": token, **form})
+        assert refused.status_code == status
+    assert (await session.get(Digest, digest_id, populate_existing=True)).send_at is None  # type: ignore[union-attr]
+    scheduled = await client.post(
+        f"{digest_url}/schedule", data={"csrf_token": token, "send_at": field, "confirm": "yes"}
+    )
+    assert scheduled.status_code == 303
+    digest = await session.get(Digest, digest_id, populate_existing=True)
+    assert digest is not None
+    assert digest.status == DigestStatus.draft
+    assert digest.send_at is not None
+    assert as_utc(digest.send_at) == local.astimezone(UTC)  # 07:30 in Paris, not in UTC
+    page = (await client.get(f"{digest_url}?lang=en")).text
+    assert "Scheduled for" in page
+    assert "Europe/Paris" in page
+    assert "7:30" in page
+    listing = (await client.get("/desk/digests?lang=fr")).text
+    assert "Programmé pour le" in listing
+    assert "07:30" in listing
+    unscheduled = await client.post(f"{digest_url}/unschedule", data={"csrf_token": token})
+    assert unscheduled.status_code == 303
+    session.expire_all()
+    digest = await session.get(Digest, digest_id)
+    assert digest is not None
+    assert digest.send_at is None
+    assert digest.status == DigestStatus.draft
+    assert "Scheduled for" not in (await client.get(f"{digest_url}?lang=en")).text
+    # Once sent, too late to schedule or unschedule.
+    await client.post(f"{digest_url}/send", data={"csrf_token": token, "confirm": "yes"})
+    late = await client.post(
+        f"{digest_url}/schedule", data={"csrf_token": token, "send_at": field, "confirm": "yes"}
+    )
+    assert late.status_code == 409
+    assert (
+        await client.post(f"{digest_url}/unschedule", data={"csrf_token": token})
+    ).status_code == 409

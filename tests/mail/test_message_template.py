@@ -97,6 +97,7 @@ links = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_s
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=names, address=addresses, subject=subjects, link=links)
 @example(name="Élodie", address="elodie@example.fr", subject="Lettre", link="")
+@example(name="000" + "\u0800" * 14 + ' " \u00a1', address="00@example.org", subject="x", link="")
 @example(name="Ghost", address="Ghost4@example.org", subject="x", link="https://x/r/1.2.3.AbC_-")
 def test_fast_template_parses_like_the_standard_library(
     name: str, address: str, subject: str, link: str
@@ -143,7 +144,12 @@ def test_fast_template_parses_like_the_standard_library(
     for header in ("From", "Subject", "Message-ID", "List-Unsubscribe", "List-Id"):
         assert str(a[header]) == str(b[header]), header
     assert a["To"].addresses[0].addr_spec == b["To"].addresses[0].addr_spec == address
-    assert _to(fast) == _to(slow) == (f"{clean} <{address}>" if clean else f" <{address}>")
+    expected = f"{clean} <{address}>" if clean else f" <{address}>"
+    assert _to(fast) == expected
+    # CPython's folder can leave a space of the name between two encoded words, where RFC 2047
+    # decoders drop it (seen: a name ending 'ࠀ " ¡' read back as 'ࠀ" ¡'); the fast path keeps
+    # every space inside its words. So the standard library's copy is held equal up to spaces.
+    assert _to(slow).replace(" ", "") == expected.replace(" ", "")
     assert a.get_content_type() == b.get_content_type() == "multipart/alternative"
     assert _body(a, "plain") == _body(b, "plain")
     assert _body(a, "html") == _body(b, "html")
