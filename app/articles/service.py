@@ -345,7 +345,8 @@ async def set_hidden(session: AsyncSession, *, article_id: int, hidden: bool) ->
 
 async def delete_article(session: AsyncSession, *, article_id: int) -> None:
     """Delete the article; drafts keep their frozen copy. Refused when a digest whose send
-    started holds it (its archive and statistics still point to it): hide it instead."""
+    started holds it (its archive and statistics still point to it), a cancelled one that went
+    out to some readers included: hide it instead."""
     article = await session.get(Article, article_id, with_for_update=True)
     if article is None:
         raise ArticleNotFound(f"no article {article_id}")
@@ -355,8 +356,11 @@ async def delete_article(session: AsyncSession, *, article_id: int) -> None:
             .join(DigestArticle, col(DigestArticle.digest_id) == col(Digest.id))
             .where(
                 col(DigestArticle.article_id) == article_id,
-                col(Digest.status).in_(
-                    [DigestStatus.sending, DigestStatus.paused, DigestStatus.sent]
+                sa.or_(
+                    col(Digest.status).in_(
+                        [DigestStatus.sending, DigestStatus.paused, DigestStatus.sent]
+                    ),
+                    col(Digest.send_started_at).is_not(None),
                 ),
             )
             .order_by(col(Digest.id))

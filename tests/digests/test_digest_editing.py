@@ -221,6 +221,36 @@ async def test_delete_or_hide_an_article(
     ).status_code == 404
 
 
+async def test_an_article_of_a_cancelled_send_stays(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+) -> None:
+    """A send cancelled midway went out to some readers: its article cannot be deleted (the
+    outside probe deleted one whose digest had reached 2,413 readers); a draft cancelled before
+    any send does not hold its articles."""
+    await make_subscriber(session, app.state.tokens, email="lectrice@example.org")
+    await session.commit()
+    went_out, never_sent = [await post_article(client, editor_headers, n) for n in (7, 8)]
+    for article_id, send in ((went_out, True), (never_sent, False)):
+        digest = (
+            await client.post(
+                "/api/v1/digests", json={"article_ids": [article_id]}, headers=editor_headers
+            )
+        ).json()
+        url = f"/api/v1/digests/{digest['id']}"
+        if send:
+            assert (await client.post(f"{url}/send", headers=editor_headers)).status_code == 202
+        assert (await client.post(f"{url}/cancel", headers=editor_headers)).status_code == 200
+    refused = await client.delete(f"/api/v1/articles/{went_out}", headers=editor_headers)
+    assert refused.status_code == 409
+    assert "hide" in refused.json()["detail"]
+    assert (
+        await client.delete(f"/api/v1/articles/{never_sent}", headers=editor_headers)
+    ).status_code == 204
+
+
 async def test_featured_images_from_every_wordpress_form(
     client: httpx.AsyncClient, session: AsyncSession, editor_headers: dict[str, str]
 ) -> None:
