@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -534,28 +535,14 @@ async def digest_progress(
     if not 1 <= digest_id <= MAX_DB_INT:
         raise NotFound
     digest, progress = await _digest(session, digest_id)
-    counts = progress.counts
-    return JSONResponse(
-        {
-            "id": digest.id,
-            "status": digest.status,
-            "paused_reason": digest.paused_reason,
-            "recipients": digest.recipients,
-            "queued": counts.queued,
-            "sending": counts.sending,
-            "sent": counts.sent,
-            "failed": counts.failed,
-            "skipped": counts.skipped,
-            "rate_per_second": progress.rate_per_second,
-            "eta_seconds": progress.eta_seconds,
-            "progress": progress.progress,
-            "pace_per_second": progress.pace_per_second,
-            "throttled_at": progress.throttled_at.isoformat() if progress.throttled_at else None,
-            "bounce_rate": progress.bounce_rate,
-            "complaint_rate": progress.complaint_rate,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    figures = {
+        "id": digest.id,
+        "status": digest.status,
+        "paused_reason": digest.paused_reason,
+        "recipients": digest.recipients,
+        **progress.figures(),
+    }
+    return JSONResponse(jsonable_encoder(figures), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/digests/{digest_id}/preview")

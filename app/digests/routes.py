@@ -55,7 +55,6 @@ def _summary_fields(
     digest: Digest, articles: list[DigestArticle], progress: service.DigestProgress
 ) -> dict[str, object]:
     assert digest.id is not None
-    counts = progress.counts
     return {
         "id": digest.id,
         "status": digest.status,
@@ -70,19 +69,7 @@ def _summary_fields(
         "paused_reason": digest.paused_reason,
         "article_count": len(articles),
         "recipients": digest.recipients,
-        "queued": counts.queued,
-        "sending": counts.sending,
-        "sent": counts.sent,
-        "failed": counts.failed,
-        "skipped": counts.skipped,
-        "rate_per_second": progress.rate_per_second,
-        "eta_seconds": progress.eta_seconds,
-        "progress": progress.progress,
-        "pace_per_second": progress.pace_per_second,
-        "throttled_by_relay": progress.throttled_at is not None,
-        "throttled_at": progress.throttled_at,
-        "bounce_rate": progress.bounce_rate,
-        "complaint_rate": progress.complaint_rate,
+        **progress.figures(),
     }
 
 

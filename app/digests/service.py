@@ -109,6 +109,26 @@ class DigestProgress:
     bounce_rate: float | None = None  # hard bounces / (delivered + hard bounces)
     complaint_rate: float | None = None  # complaints / delivered copies
 
+    def figures(self) -> dict[str, object]:
+        """The progress fields every reader of a send shows (the API's digest, the desk's
+        progress bar), by their API names."""
+        counts = self.counts
+        return {
+            "queued": counts.queued,
+            "sending": counts.sending,
+            "sent": counts.sent,
+            "failed": counts.failed,
+            "skipped": counts.skipped,
+            "rate_per_second": self.rate_per_second,
+            "eta_seconds": self.eta_seconds,
+            "progress": self.progress,
+            "pace_per_second": self.pace_per_second,
+            "throttled_by_relay": self.throttled_at is not None,
+            "throttled_at": self.throttled_at,
+            "bounce_rate": self.bounce_rate,
+            "complaint_rate": self.complaint_rate,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DomainFigures:
