@@ -31,13 +31,19 @@ class Catalogs:
     def __init__(self, directory: Path = LOCALE_DIR) -> None:
         self.directory = directory
         self._translations: dict[str, NullTranslations] = {}
+        self._languages: tuple[str, ...] | None = None
 
     @property
     def languages(self) -> tuple[str, ...]:
-        found = {
-            path.parent.parent.name for path in self.directory.glob(f"*/LC_MESSAGES/{DOMAIN}.mo")
-        }
-        return tuple(sorted(found | {SOURCE_LANGUAGE}))
+        """Read once: a catalog added later needs a restart, like any deploy. (A glob per call
+        was 5% of a worker's time: every copy of a digest asks.)"""
+        if self._languages is None:
+            found = {
+                path.parent.parent.name
+                for path in self.directory.glob(f"*/LC_MESSAGES/{DOMAIN}.mo")
+            }
+            self._languages = tuple(sorted(found | {SOURCE_LANGUAGE}))
+        return self._languages
 
     def translations(self, language: str) -> NullTranslations:
         cached = self._translations.get(language)

@@ -56,6 +56,16 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
+    async def handle_EHLO(
+        self, srv: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """PIPELINING offered like Postfix does (aiosmtpd reads pipelined commands in order but
+        does not say so), unless the test turns it off."""
+        session.host_name = hostname
+        if self.server.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, srv: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -122,8 +132,16 @@ def free_port() -> int:
 
 
 class SmtpServer:
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        pipelining: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.host = host
+        self.pipelining = pipelining
         self.port = port or free_port()
         self.faults = Faults()
         self.received: list[Received] = []

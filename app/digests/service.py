@@ -388,6 +388,10 @@ async def send_digest(session: AsyncSession, *, digest_id: int) -> Digest:
         session, kind=DeliveryKind.digest, recipients=recipients, digest_id=digest_id, now=now
     )
     await outbox.refresh_statistics(session)
+    # Each batch of copies looks its readers up by id: without statistics (a list loaded since
+    # the last autovacuum, or autovacuum off) PostgreSQL read the whole table for every batch
+    # (35 ms a batch at 60,000 readers).
+    await session.execute(sa.text("ANALYZE subscriber"))
     values: dict[str, object] = {"recipients": count}
     if count == 0:  # nobody to send to: the send is over as soon as it starts
         values.update(status=DigestStatus.sent, sent_at=now)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import binascii
+import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
@@ -77,6 +79,16 @@ def build_message(
 
 
 _CRLF = b"\r\n"
+_date: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The Date header's value, formatted once a second (every copy of a send asks for it)."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date[1]
 
 
 def _qp(text: str) -> bytes:
@@ -187,7 +199,7 @@ class MessageTemplate:
         is encoded by `format_address`, whose output is written as it is (already folded)."""
         lines = [
             f"To: {format_address(to_name, to_address)}",
-            f"Date: {date or format_datetime(utcnow())}",
+            f"Date: {date or _date_now()}",
             f"Message-ID: {header_safe(message_id)}",
         ]
         lines.extend(f"{k}: {header_safe(v, max_length=990)}" for k, v in (headers or {}).items())

@@ -11,8 +11,9 @@ import logging
 import mailbox
 import re
 import ssl
+from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 from aiosmtplib.protocol import LINE_ENDINGS_REGEX, PERIOD_REGEX
@@ -111,35 +112,107 @@ def prepare_data(message: bytes, *, wire_ready: bool = False) -> bytes:
     return message + b".\r\n"
 
 
+class _Replies(asyncio.Protocol):
+    """The reading half of a session taken over from aiosmtplib after its greeting, TLS and
+    login: every complete reply in a read is kept, in order. aiosmtplib's protocol parses one
+    reply per read and drops data that arrives while no command waits, so it cannot carry
+    pipelined commands (RFC 2920), whose replies come back together."""
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []  # the lines of a multi-line reply read so far
+        self._replies: deque[aiosmtplib.SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) != -1:
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            if len(line) > 1002 or not line[:3].isdigit():
+                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed reply: {line[:80]!r}"))
+                self.transport.close()
+                return
+            self._lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
+                self._replies.append(aiosmtplib.SMTPResponse(int(line[:3]), text))
+                self._lines = []
+        if len(self._buffer) > 1_000_000:  # no line end in a megabyte: not an SMTP server
+            self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
+            self.transport.close()
+        elif self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or aiosmtplib.SMTPServerDisconnected("connection lost"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self, count: int) -> list[aiosmtplib.SMTPResponse]:
+        """The next `count` replies, in the order of the commands."""
+        while len(self._replies) < count:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return [self._replies.popleft() for _ in range(count)]
+
+    def write(self, data: bytes) -> None:
+        if self._lost is not None or self.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self.transport.write(data)
+
+
 class SmtpConnection:
-    """One SMTP session reused for many single-recipient transactions."""
+    """One SMTP session reused for many single-recipient transactions.
+
+    aiosmtplib opens the session (connect, TLS, login, EHLO); the transactions are ours, so that
+    MAIL, RCPT and DATA go out in one write when the relay offers PIPELINING (RFC 2920): two
+    writes and two reads a message instead of four of each. Measured in one sitting with
+    `python bench/send_throughput.py --subscribers 60000 --articles 4 [--no-pipelining]`
+    (smtp-sink with and without PIPELINING): a worker's CPU per message 245 µs one command at a
+    time, 222 µs pipelined; 2 workers 3,951 and 4,228 msg/s."""
 
     def __init__(self, client: aiosmtplib.SMTP, *, timeout: float) -> None:
-        self._client = client
+        protocol = client.protocol
+        assert protocol is not None
+        assert protocol.transport is not None
+        # uvloop's transports are not asyncio.WriteTransport instances, but write the same.
+        transport = cast(asyncio.WriteTransport, protocol.transport)
+        self._client = client  # kept for its state only: it reads nothing from here on
+        self._replies = _Replies(transport)
+        transport.set_protocol(self._replies)
         self._timeout = timeout
+        self._pipelining = client.supports_extension("pipelining")
+        self._smtputf8 = client.supports_extension("smtputf8")
 
     async def send(
         self, message: bytes, *, sender: str, recipient: str, wire_ready: bool = False
     ) -> None:
         try:
-            if sender.isascii() and recipient.isascii():
-                # One deadline for the whole exchange: a wait_for per reply costs a Task each
-                # on Python 3.11, four per message on the hot path.
-                async with asyncio.timeout(self._timeout):
-                    await self._transaction(
-                        message, sender=sender, recipient=recipient, wire_ready=wire_ready
-                    )
-            else:  # internationalised addresses: the library negotiates SMTPUTF8
-                await self._library_sendmail(message, sender=sender, recipient=recipient)
+            # One deadline for the whole exchange (a wait_for per reply costs a Task each).
+            async with asyncio.timeout(self._timeout):
+                await self._transaction(
+                    prepare_data(message, wire_ready=wire_ready), sender, recipient
+                )
         except SendError:
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            self._client.close()
-            raise SendError(
-                _reply(exc), code=exc.code, permanent=exc.code >= 500, recipient=False
-            ) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
-            self._client.close()
+            self._replies.transport.close()
             raise SendError(
                 f"connection: {exc.__class__.__name__}: {exc}",
                 code=None,
@@ -147,33 +220,68 @@ class SmtpConnection:
                 recipient=False,
             ) from exc
 
-    async def _command(self, *args: bytes) -> aiosmtplib.SMTPResponse:
-        protocol = self._client.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        # execute_command refuses CR/LF and other control characters in arguments. No timeout
-        # here: `send` puts one deadline on the whole transaction.
-        return await protocol.execute_command(*args, timeout=None)
+    def _envelope(self, sender: str, recipient: str) -> list[bytes]:
+        """MAIL and RCPT; SMTPUTF8 when an address needs it (signup refuses such addresses,
+        but an imported or older row may have one)."""
+        for address in (sender, recipient):
+            if any(c in address for c in "\r\n<>") or not address.isprintable():
+                raise SendError(
+                    f"address not usable in SMTP: {address!r}",
+                    code=None,
+                    permanent=True,
+                    recipient=False,
+                    stage="rcpt",
+                )
+        option = b""
+        if not (sender.isascii() and recipient.isascii()):
+            if not self._smtputf8:
+                raise SendError(
+                    f"the relay does not offer SMTPUTF8, which {recipient} needs",
+                    code=None,
+                    permanent=True,
+                    recipient=False,
+                    stage="rcpt",
+                )
+            option = b" SMTPUTF8"
+        return [
+            b"MAIL FROM:<" + sender.encode() + b">" + option + b"\r\n",
+            b"RCPT TO:<" + recipient.encode() + b">\r\n",
+            b"DATA\r\n",
+        ]
 
-    async def _transaction(
-        self, message: bytes, *, sender: str, recipient: str, wire_ready: bool
-    ) -> None:
-        reply = await self._command(b"MAIL", b"FROM:<" + sender.encode() + b">")
-        if reply.code != 250:
+    async def _exchange(self, commands: list[bytes]) -> list[aiosmtplib.SMTPResponse]:
+        """The replies to MAIL, RCPT and DATA: sent together when pipelining, else one at a
+        time, stopping at the first refusal (its followers get no reply then)."""
+        if self._pipelining:
+            self._replies.write(b"".join(commands))
+            return await self._replies.read(len(commands))
+        replies: list[aiosmtplib.SMTPResponse] = []
+        for command, wanted in zip(commands, (250, 250, 354), strict=True):
+            self._replies.write(command)
+            (reply,) = await self._replies.read(1)
+            replies.append(reply)
+            if reply.code != wanted and not (wanted == 250 and reply.code == 251):
+                break
+        return replies
+
+    async def _transaction(self, data: bytes, sender: str, recipient: str) -> None:
+        mail, *rest = await self._exchange(self._envelope(sender, recipient))
+        rcpt = rest[0] if rest else None
+        go = rest[1] if len(rest) > 1 else None
+        if mail.code != 250 or rcpt is None or rcpt.code not in (250, 251):
+            if go is not None and go.code == 354:
+                # Pipelined DATA accepted although nobody can receive: end it empty (RFC 2920).
+                self._replies.write(b".\r\n")
+                await self._replies.read(1)
             await self._reset()
-            raise _refused(reply, stage="mail")
-        reply = await self._command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-        if reply.code not in (250, 251):
+            if mail.code != 250 or rcpt is None:
+                raise _refused(mail, stage="mail")
+            raise classify_rcpt_reply(rcpt.code, rcpt.message)
+        if go is None or go.code != 354:
             await self._reset()
-            raise classify_rcpt_reply(reply.code, reply.message)
-        reply = await self._command(b"DATA")
-        if reply.code != 354:
-            await self._reset()
-            raise _refused(reply, stage="data")
-        protocol = self._client.protocol
-        assert protocol is not None
-        protocol.write(prepare_data(message, wire_ready=wire_ready))
-        reply = await protocol.read_response(timeout=None)
+            raise _refused(go or rcpt, stage="data")
+        self._replies.write(data)
+        (reply,) = await self._replies.read(1)
         if reply.code != 250:
             # Refused after the content: the content or our setup, not the reader's mailbox.
             raise _refused(reply, stage="data")
@@ -181,29 +289,20 @@ class SmtpConnection:
     async def _reset(self) -> None:
         """RSET after a refused step, so the session can carry the next transaction."""
         try:
-            await self._command(b"RSET")
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            self._client.close()
-
-    async def _library_sendmail(self, message: bytes, *, sender: str, recipient: str) -> None:
-        try:
-            errors, _ = await self._client.sendmail(sender, [recipient], message)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            raise classify_rcpt_reply(refused.code, refused.message) from exc
-        except aiosmtplib.SMTPSenderRefused as exc:
-            raise SendError(
-                _reply(exc), code=exc.code, permanent=exc.code >= 500, recipient=False
-            ) from exc
-        if errors:
-            code, text = next(iter(errors.values()))
-            raise classify_rcpt_reply(code, text)
+            self._replies.write(b"RSET\r\n")
+            await self._replies.read(1)
+        except (aiosmtplib.SMTPException, OSError):
+            self._replies.transport.close()
 
     async def close(self) -> None:
         try:
-            await self._client.quit()
+            async with asyncio.timeout(self._timeout):
+                self._replies.write(b"QUIT\r\n")
+                await self._replies.read(1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            self._client.close()
+            pass
+        finally:
+            self._replies.transport.close()
 
 
 class SmtpMailer:

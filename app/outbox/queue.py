@@ -144,6 +144,7 @@ def claim_statement(
     order_by: Sequence[Any],
     only: sa.ColumnElement[bool] | None,
     now: datetime,
+    dialect: str,
 ) -> sa.Update:
     where = due if only is None else sa.and_(due, only)
     ids = (
@@ -152,10 +153,19 @@ def claim_statement(
         .order_by(*order_by)
         .limit(limit)
         .with_for_update(skip_locked=True)
+    ).scalar_subquery()
+    # PostgreSQL: `id = ANY(ARRAY(subquery))`, an array made once, then primary-key look-ups.
+    # With `id IN (subquery)` the planner joined the picked ids to a sequential scan of the
+    # whole table up to a few hundred thousand rows (5 ms a claim at 60,000 rows, growing with
+    # every copy ever sent).
+    picked = (
+        col(Delivery.id) == sa.any_(sa.func.array(ids))
+        if dialect == "postgresql"
+        else col(Delivery.id).in_(ids)
     )
     return (
         sa.update(Delivery)
-        .where(col(Delivery.id).in_(ids.scalar_subquery()))
+        .where(picked)
         .values(
             status=DeliveryStatus.sending,
             lease_until=now + timedelta(seconds=lease_seconds),
@@ -172,6 +182,7 @@ def claim_statements(
     lease_seconds: int,
     only: sa.ColumnElement[bool] | None = None,
     now: datetime,
+    dialect: str,
     queued_limit: int | None = None,
 ) -> tuple[sa.Update, sa.Update]:
     """(expired leases, queued rows oldest first): what `claim_batch` runs, in that order."""
@@ -185,6 +196,7 @@ def claim_statements(
             order_by=(col(Delivery.lease_until),),
             only=only,
             now=now,
+            dialect=dialect,
         ),
         claim_statement(
             worker_id=worker_id,
@@ -194,6 +206,7 @@ def claim_statements(
             order_by=(col(Delivery.next_attempt_at), col(Delivery.id)),
             only=only,
             now=now,
+            dialect=dialect,
         ),
     )
 
@@ -212,8 +225,14 @@ async def claim_batch(
     digest's copies wait). Each query reads the head of an index: the cost of a claim does not
     grow with the queue."""
     now = now or utcnow()
+    dialect = session.get_bind().dialect.name
     expired, _ = claim_statements(
-        worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, only=only, now=now
+        worker_id=worker_id,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        only=only,
+        now=now,
+        dialect=dialect,
     )
     claimed = [Claimed(*row) for row in (await session.execute(expired)).all()]
     if len(claimed) < limit:
@@ -224,6 +243,7 @@ async def claim_batch(
             lease_seconds=lease_seconds,
             only=only,
             now=now,
+            dialect=dialect,
         )
         claimed += [Claimed(*row) for row in (await session.execute(queued)).all()]
     claimed.sort(key=lambda c: c.id)
@@ -251,49 +271,51 @@ def _held_by(worker_id: str, ids: Sequence[int]) -> sa.ColumnElement[bool]:
     )
 
 
-async def set_message_ids(session: AsyncSession, *, pairs: Sequence[tuple[int, str]]) -> None:
-    """Store each claimed delivery's stable Message-ID, so a bounce or a resend can be matched
-    to its delivery. PostgreSQL: one UPDATE ... FROM (VALUES ...) per batch, not a statement a
-    row (each statement runs the tally trigger once); SQLite (which names no VALUES columns):
-    one executemany, whose row trigger ignores a change of message_id."""
-    if not pairs:
+# The hot path's only write per message, PostgreSQL's spelling: one statement for a group of
+# any size (arrays, not a VALUES list whose SQL changes with the group), compiled once.
+_MARK_SENT_PG = sa.text(
+    "UPDATE delivery AS d SET status = 'sent', sent_at = :now, lease_until = NULL, "
+    "attempts = d.attempts + 1, message_id = given.mid "
+    "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS varchar[])) AS given(id, mid) "
+    "WHERE d.id = given.id AND d.leased_by = :worker AND d.status = 'sending'"
+)
+
+
+async def mark_sent(
+    session: AsyncSession, *, worker_id: str, sent: Sequence[tuple[int, str]]
+) -> None:
+    """Record accepted messages with the Message-ID each went out with (so a bounce or a resend
+    can be matched to its delivery): one row change a message, in the same statement."""
+    if not sent:
         return
-    table = _delivery_table()  # Core: not the ORM bulk-by-primary-key path
-    if session.bind is None or session.bind.dialect.name != "postgresql":
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(
-            sa.update(table)
-            .where(table.c.id == sa.bindparam("delivery_id"))
-            .values(message_id=sa.bindparam("mid")),
-            [{"delivery_id": i, "mid": mid} for i, mid in pairs],
+            _MARK_SENT_PG,
+            {
+                "ids": [i for i, _ in sent],
+                "mids": [mid for _, mid in sent],
+                "now": now,
+                "worker": worker_id,
+            },
         )
         return
-    given = sa.values(
-        sa.column("delivery_id", sa.Integer), sa.column("mid", sa.String), name="given"
-    ).data(list(pairs))
-    await session.execute(
-        sa.update(table).where(table.c.id == given.c.delivery_id).values(message_id=given.c.mid)
-    )
-
-
-async def mark_sent(session: AsyncSession, *, worker_id: str, ids: Sequence[int]) -> None:
-    """Record accepted messages. The statement's shape never changes (an expanding IN), so it is
-    compiled once and cached: this runs every few messages on the hot path."""
-    if not ids:
-        return
-    table = _delivery_table()  # Core, not ORM: this is the hot path's only write
+    table = _delivery_table()  # Core, not ORM
     await session.execute(
         sa.update(table)
         .where(
-            table.c.id.in_(ids),
+            table.c.id == sa.bindparam("delivery_id"),
             table.c.leased_by == worker_id,
             table.c.status == DeliveryStatus.sending.value,
         )
         .values(
             status=DeliveryStatus.sent.value,
-            sent_at=utcnow(),
+            sent_at=now,
             lease_until=None,
             attempts=table.c.attempts + 1,
-        )
+            message_id=sa.bindparam("mid"),
+        ),
+        [{"delivery_id": i, "mid": mid} for i, mid in sent],
     )
 
 

@@ -39,7 +39,7 @@ class Recorder:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], worker_id: str) -> None:
         self.sessionmaker = sessionmaker
         self.worker_id = worker_id
-        self._sent: list[int] = []
+        self._sent: list[tuple[int, str]] = []  # (delivery id, Message-ID)
         self._left: list[int] = []
         # Outcome counters of sends (app.outbox.tally), written with the outcomes.
         self._counts: defaultdict[tally.TallyKey, dict[str, int]] = defaultdict(dict)
@@ -47,8 +47,8 @@ class Recorder:
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    def sent(self, delivery_id: int) -> None:
-        self._sent.append(delivery_id)
+    def sent(self, item: Outgoing) -> None:
+        self._sent.append((item.delivery.id, item.message_id))
         if len(self._sent) >= RECORD_GROUP:
             self._full.set()
 
@@ -82,7 +82,7 @@ class Recorder:
             self._full.clear()
             try:
                 async with self.sessionmaker() as session:
-                    await outbox.mark_sent(session, worker_id=self.worker_id, ids=sent)
+                    await outbox.mark_sent(session, worker_id=self.worker_id, sent=sent)
                     await outbox.mark_skipped(
                         session, worker_id=self.worker_id, ids=left, reason=LEFT_REASON
                     )

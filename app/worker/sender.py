@@ -250,14 +250,6 @@ class Sender:
                 reasons[why].append(delivery_id)
             for why, ids in reasons.items():
                 await outbox.mark_skipped(session, worker_id=self.worker_id, ids=ids, reason=why)
-            await outbox.set_message_ids(
-                session,
-                pairs=[
-                    (o.delivery.id, o.message_id)
-                    for o in composition.outgoing
-                    if o.delivery.message_id != o.message_id
-                ],
-            )
             for delivery, reason in composition.broken:
                 # Retried with backoff like a temporary SMTP error, failed after the last attempt.
                 await self._retry_or_fail(session, delivery, reason)
@@ -366,7 +358,7 @@ class Sender:
                 used += 1
                 self.relay.delivered()
                 self.pace.delivered()
-                self.recorder.sent(item.delivery.id)
+                self.recorder.sent(item)
                 self.recorder.count(item, "delivered")
                 report.sent += 1
                 verdict = self.guard.delivered(item)

@@ -72,6 +72,7 @@ def test_claim_reads_an_index_in_claim_order_and_never_sorts(
             lease_seconds=60,
             only=make_sender(app).kinds.claim_filter(),
             now=utcnow(),
+            dialect=connection.dialect.name,
         )
         queued_plan, expired_plan = _plan(connection, queued), _plan(connection, expired)
     if engine.dialect.name == "postgresql":
@@ -79,6 +80,11 @@ def test_claim_reads_an_index_in_claim_order_and_never_sorts(
         assert "ix_delivery_queued" in queued_plan, queued_plan
         assert "Sort" not in expired_plan, expired_plan
         assert "ix_delivery_leased" in expired_plan, expired_plan
+        # The claimed rows are found by primary key, never by reading the whole table (the
+        # sent rows of every earlier send included).
+        for plan in (queued_plan, expired_plan):
+            assert "Seq Scan" not in plan, plan
+            assert "delivery_pkey" in plan, plan
     else:
         assert "TEMP B-TREE" not in queued_plan, queued_plan
         assert "ix_delivery_queued" in queued_plan, queued_plan
