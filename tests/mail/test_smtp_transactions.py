@@ -1,0 +1,147 @@
+"""The SMTP transactions the sender runs itself (app/mail/transport.py): MAIL, RCPT and DATA in
+one write when the relay offers PIPELINING (RFC 2920), one at a time when it does not; every
+refusal classified the same way on both paths, and the session usable after it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.mail.transport import SendError, SmtpConnection, SmtpMailer
+from tests.conftest import make_settings
+from tests.smtp_server import SmtpServer
+
+SENDER = "bounce+1-abc@dzaleu.test"
+BODY = b"Subject: hello\r\n\r\nBonjour\r\n"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-at-a-time"])
+def relay(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    server = SmtpServer(pipelining=request.param)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def connection(relay: SmtpServer, tmp_path: Path) -> AsyncIterator[SmtpConnection]:
+    settings = make_settings("sqlite+aiosqlite:///:memory:", relay, tmp_path)
+    opened = await SmtpMailer(settings).connect()
+    assert isinstance(opened, SmtpConnection)
+    yield opened
+    await opened.close()
+
+
+async def test_messages_go_out_on_one_session(
+    relay: SmtpServer, connection: SmtpConnection
+) -> None:
+    for i in range(5):
+        await connection.send(BODY, sender=SENDER, recipient=f"reader{i}@example.org")
+    assert [r.rcpt_tos for r in relay.received] == [[f"reader{i}@example.org"] for i in range(5)]
+    assert all(r.mail_from == SENDER for r in relay.received)
+
+
+async def test_each_refusal_is_classified_and_the_session_goes_on(
+    relay: SmtpServer, connection: SmtpConnection
+) -> None:
+    relay.faults.rcpt["gone@example.org"] = "550 5.1.1 <gone@example.org>: No such user"
+    relay.faults.rcpt["busy@example.org"] = "452 4.2.2 Mailbox full"
+    relay.faults.rcpt["policy@example.org"] = "550 5.7.1 Relaying denied"
+
+    with pytest.raises(SendError) as bounce:
+        await connection.send(BODY, sender=SENDER, recipient="gone@example.org")
+    assert (bounce.value.code, bounce.value.permanent, bounce.value.recipient) == (550, True, True)
+    assert bounce.value.stage == "rcpt"
+
+    with pytest.raises(SendError) as deferred:
+        await connection.send(BODY, sender=SENDER, recipient="busy@example.org")
+    assert (deferred.value.code, deferred.value.permanent) == (452, False)
+
+    with pytest.raises(SendError) as policy:
+        await connection.send(BODY, sender=SENDER, recipient="policy@example.org")
+    assert (policy.value.permanent, policy.value.recipient) == (True, False)
+
+    relay.faults.mail_from = "553 5.7.1 Sender refused"
+    with pytest.raises(SendError) as sender_refused:
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+    assert (sender_refused.value.stage, sender_refused.value.recipient) == ("mail", False)
+    relay.faults.mail_from = None
+
+    relay.faults.data = "554 5.6.0 Message content rejected"
+    with pytest.raises(SendError) as content:
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+    assert (content.value.stage, content.value.code) == ("data", 554)
+    relay.faults.data = None
+
+    # After each refusal the session was reset: the next message goes out on it, alone.
+    await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+    assert [r.rcpt_tos for r in relay.received] == [["reader@example.org"]]
+
+
+async def test_a_relay_hanging_up_before_its_reply_is_a_connection_error(
+    relay: SmtpServer, connection: SmtpConnection
+) -> None:
+    relay.faults.drop_before_reply_every = 1
+    with pytest.raises(SendError) as dropped:
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+    assert (dropped.value.code, dropped.value.permanent) == (None, False)
+    assert dropped.value.reply.startswith("connection:")
+
+
+async def test_an_address_that_would_inject_a_command_never_reaches_the_wire(
+    relay: SmtpServer, connection: SmtpConnection
+) -> None:
+    with pytest.raises(SendError) as refused:
+        await connection.send(
+            BODY, sender=SENDER, recipient="x@example.org>\r\nRCPT TO:<evil@example.org"
+        )
+    assert refused.value.permanent
+    await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+    assert [r.rcpt_tos for r in relay.received] == [["reader@example.org"]]
+
+
+async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
+    """What reaches the relay in one read: MAIL, RCPT and DATA together when it offers
+    PIPELINING (a relay of our own that only records reads and answers each line)."""
+    reads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay ESMTP\r\n")
+        in_data = False
+        while chunk := await reader.read(65536):
+            reads.append(chunk)
+            for line in chunk.split(b"\r\n")[:-1]:
+                if in_data:
+                    if line == b".":
+                        in_data = False
+                        writer.write(b"250 2.0.0 queued\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    writer.write(b"250-relay\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    in_data = True
+                    writer.write(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                else:
+                    writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    relay = SmtpServer(port=port)  # only for the settings: never started
+    settings = make_settings("sqlite+aiosqlite:///:memory:", relay, tmp_path)
+    async with server:
+        connection = await SmtpMailer(settings).connect()
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+        await connection.close()
+    assert f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reader@example.org>\r\nDATA\r\n".encode() in reads, (
+        reads
+    )
