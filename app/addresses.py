@@ -121,7 +121,9 @@ def header_safe(value: str, *, max_length: int = 900) -> str:
     Also break RFC 2047 encoded-word openers: the email package decodes `=?utf-8?q?=0D=0A?=`
     when a header is set and writes the decoded CR LF out raw, a header injection; and a reader
     could otherwise name themselves with text that a mail client decodes into something else."""
-    return CONTROL_CHARACTERS.sub(" ", value).replace("=?", "= ?").strip()[:max_length]
+    if not value.isprintable():  # isprintable() (C) is False for every control character
+        value = CONTROL_CHARACTERS.sub(" ", value)
+    return value.replace("=?", "= ?").strip()[:max_length]
 
 
 # An encoded word is at most 75 characters (RFC 2047 section 2): "=?utf-8?b?" + "?=" leave 63

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import gc
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -163,6 +164,8 @@ def worker() -> None:
 
     settings = load_settings()
     check_sending_setup(settings)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     try:
         run_async(_run_worker(settings))
     except HashingKeyMissing as exc:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     send_refusal_sample: int = Field(default=300, ge=1)
     send_refusal_max_share: float = Field(default=0.5, gt=0, le=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    # `newsletter worker` lowers its CPU priority by this (nice): when the workers saturate the
+    # CPUs, the API and a database on the same machine answer first.
+    worker_nice: int = Field(default=5, ge=0, le=19)
     # Delivery rows (and soft-bounce history) older than this go; figures stay (app.retention).
     delivery_retention_days: int = Field(default=90, ge=1)
     # Breakers: a send pauses itself past these shares (app/outbox/breakers.py).
