@@ -168,6 +168,9 @@ class SubscriberEvent(SQLModel, table=True):
     """Status history of a subscriber (GDPR access: what happened, when, why)."""
 
     __tablename__ = "subscriber_event"
+    # A digest's unsubscribes and bounce reports: the events of one kind since its send began
+    # (a million readers bring millions of `subscribed` and `confirmed` events).
+    __table_args__ = (sa.Index("ix_subscriber_event_event_created", "event", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True, ondelete="CASCADE")

@@ -183,6 +183,16 @@ async def load_and_queue(
             )
         async with engine.begin() as conn:
             await conn.execute(sa.insert(Subscriber), rows)
+    async with engine.begin() as conn:
+        # Each reader's history, as signing up leaves it: a real list's events table is the
+        # biggest one after the outbox, and a digest's figures read it.
+        await conn.execute(
+            sa.text(
+                "INSERT INTO subscriber_event (subscriber_id, created_at, event) "
+                "SELECT id, created_at, kind FROM subscriber, "
+                "(VALUES ('subscribed'), ('confirmed')) AS events(kind)"
+            )
+        )
     started = time.monotonic()
     async with sessionmaker() as session:
         digest = await create_digest(session, max_articles=articles)

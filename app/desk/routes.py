@@ -503,7 +503,9 @@ async def _digest_page(
         numbers=(
             None
             if digest.status == "draft"
-            else await digest_numbers(session, digest=digest, settings=settings)
+            else await digest_numbers(
+                session, digest=digest, settings=settings, counts=progress.counts
+            )
         ),
         message=message or _notice(request),
         error=error,

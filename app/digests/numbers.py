@@ -15,12 +15,17 @@ from app.models import Digest
 
 
 async def digest_numbers(
-    session: AsyncSession, *, digest: Digest, settings: Settings
+    session: AsyncSession,
+    *,
+    digest: Digest,
+    settings: Settings,
+    counts: service.DigestCounts | None = None,
 ) -> DigestNumbers:
     """Outcomes of the copies and the click counters; opens only when TRACK_OPENS is on (with
-    the warning that image proxies make them say little)."""
+    the warning that image proxies make them say little). `counts`: the digest's progress
+    counts, when the caller has them (not read twice)."""
     assert digest.id is not None
-    outcomes = await service.digest_outcomes(session, digest=digest)
+    outcomes = await service.digest_outcomes(session, digest=digest, counts=counts)
     clicks = await click_service.digest_clicks(session, digest_id=digest.id)
     return DigestNumbers.model_validate(
         {

@@ -97,7 +97,9 @@ async def _public(
     articles = await service.digest_articles(session, digest_id=digest.id)
     if progress is None:
         progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
-    numbers = await digest_numbers(session, digest=digest, settings=settings)
+    numbers = await digest_numbers(
+        session, digest=digest, settings=settings, counts=progress.counts
+    )
     return DigestPublic.model_validate(
         {
             **_summary_fields(digest, articles, progress),

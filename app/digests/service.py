@@ -821,17 +821,27 @@ class DigestOutcomes:
     unsubscribed: int  # readers of a copy who left before the next digest went out
 
 
-async def digest_outcomes(session: AsyncSession, *, digest: Digest) -> DigestOutcomes:
-    """What became of a digest's copies. An unsubscribe or a bounce report counts for this
-    digest when it came after the reader's copy and before the next digest's send started
-    (those two read the delivery rows: once retention deleted them, they count nobody)."""
+async def digest_outcomes(
+    session: AsyncSession, *, digest: Digest, counts: DigestCounts | None = None
+) -> DigestOutcomes:
+    """What became of a digest's copies (`counts`: its progress's, when the caller read it).
+    An unsubscribe or a bounce report counts for this digest when it came after the reader's
+    copy and before the next digest's send started (those two read the delivery rows: once
+    retention deleted them, they count nobody)."""
     assert digest.id is not None
     copies = (col(Delivery.digest_id) == digest.id, col(Delivery.kind) == DeliveryKind.digest)
     # From the per-digest tallies, not a count of the delivery rows: a few rows' read for a
     # million-reader send, and the figures outlive the rows DELIVERY_RETENTION_DAYS deletes.
-    counts = (await read_tallies(session, digest_ids=[digest.id], since=utcnow()))[digest.id].counts
+    if counts is None:
+        tally = (await read_tallies(session, digest_ids=[digest.id], since=utcnow()))[digest.id]
+        sent = int(tally.counts.get(DeliveryStatus.sent, 0))
+        failed = int(tally.counts.get(DeliveryStatus.failed, 0))
+    else:
+        sent, failed = counts.sent, counts.failed
     window = [col(Delivery.status) == DeliveryStatus.sent]
     if digest.send_started_at is not None:
+        # No copy was sent before the send began: the events index is read from there on.
+        window.append(col(SubscriberEvent.created_at) >= digest.send_started_at)
         next_start = (
             await session.exec(
                 select(func.min(Digest.send_started_at)).where(
@@ -862,7 +872,7 @@ async def digest_outcomes(session: AsyncSession, *, digest: Digest) -> DigestOut
         )
     ).one()
     return DigestOutcomes(
-        delivered=int(counts.get(DeliveryStatus.sent, 0)),
-        bounced=int(counts.get(DeliveryStatus.failed, 0)) + int(reported),
+        delivered=sent,
+        bounced=failed + int(reported),
         unsubscribed=int(unsubscribed),
     )
