@@ -214,10 +214,13 @@ def read_import_file(
 
 
 def _insert(session: AsyncSession) -> Any:
+    # Core, on the table: the ORM's bulk path kept per-row bookkeeping that was a third of the
+    # import's own CPU (py-spy, 300,000 rows).
+    table = Subscriber.__table__  # type: ignore[attr-defined]
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     if dialect == "postgresql":
-        return postgresql.insert(Subscriber).on_conflict_do_nothing(index_elements=["email_hash"])
-    return sqlite.insert(Subscriber).on_conflict_do_nothing(index_elements=["email_hash"])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=["email_hash"])
 
 
 async def import_chunk(
@@ -274,10 +277,9 @@ async def import_chunk(
     # DO NOTHING also covers a sign-up of the same address between the SELECT and here; the
     # rows inserted come back (not found again by hash and time: at a million subscribers the
     # planner took the status index and checked 5,000 hashes against each pending row).
+    table = Subscriber.__table__  # type: ignore[attr-defined]
     inserted = (
-        await session.execute(
-            _insert(session).returning(col(Subscriber.id), col(Subscriber.language)), values
-        )
+        await session.execute(_insert(session).returning(table.c.id, table.c.language), values)
     ).all()
     new_ids = [row[0] for row in inserted]
     if new_ids and not confirmed:
