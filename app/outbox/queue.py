@@ -226,25 +226,22 @@ async def claim_batch(
     grow with the queue."""
     now = now or utcnow()
     dialect = session.get_bind().dialect.name
-    expired, _ = claim_statements(
-        worker_id=worker_id,
-        limit=limit,
-        lease_seconds=lease_seconds,
-        only=only,
-        now=now,
-        dialect=dialect,
-    )
-    claimed = [Claimed(*row) for row in (await session.execute(expired)).all()]
-    if len(claimed) < limit:
-        _, queued = claim_statements(
+
+    def statements(queued_limit: int | None = None) -> tuple[sa.Update, sa.Update]:
+        return claim_statements(
             worker_id=worker_id,
             limit=limit,
-            queued_limit=limit - len(claimed),
             lease_seconds=lease_seconds,
             only=only,
             now=now,
             dialect=dialect,
+            queued_limit=queued_limit,
         )
+
+    expired, _ = statements()
+    claimed = [Claimed(*row) for row in (await session.execute(expired)).all()]
+    if len(claimed) < limit:
+        _, queued = statements(queued_limit=limit - len(claimed))
         claimed += [Claimed(*row) for row in (await session.execute(queued)).all()]
     claimed.sort(key=lambda c: c.id)
     return claimed
