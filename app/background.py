@@ -31,7 +31,9 @@ from app.security import Tokens
 from app.worker.sender import Sender
 
 log = logging.getLogger("app.worker")
-FOLD_INTERVAL = 10.0  # seconds between folds of the digests' tallies
+FOLD_INTERVAL = 2.0  # seconds between folds of the digests' tallies
+FOLD_LAG_SECONDS = 2.0  # rows younger than this are left for the next fold
+RETENTION_FIRST_DELAY = 10.0  # seconds after start before the first retention pass
 
 
 def make_sender(
@@ -77,16 +79,21 @@ async def run_background(
 async def housekeep_forever(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], stop: asyncio.Event
 ) -> None:
-    """Fold the digests' tallies every FOLD_INTERVAL (rows older than the rate window), and
-    apply DELIVERY_RETENTION_DAYS every RETENTION_INTERVAL, until `stop`. A failure is logged
-    and tried again next time: nothing here is urgent."""
+    """Fold the digests' tallies every FOLD_INTERVAL (the rate window's rows to one per second,
+    older ones to one per digest and status), and apply DELIVERY_RETENTION_DAYS every
+    RETENTION_INTERVAL, until `stop`. A failure is logged and tried again next time: nothing
+    here is urgent."""
     loop = asyncio.get_running_loop()
-    next_retention = loop.time() + FOLD_INTERVAL  # not at start-up: a deploy is busy enough
+    next_retention = loop.time() + RETENTION_FIRST_DELAY  # not at start-up: a deploy is busy
     while not stop.is_set():
         try:
             async with sessionmaker() as session:
-                before = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
-                await fold_tallies(session, before=before)
+                now = utcnow()
+                await fold_tallies(
+                    session,
+                    before=now - timedelta(seconds=FOLD_LAG_SECONDS),
+                    seconds_from=now - timedelta(seconds=RATE_WINDOW_SECONDS),
+                )
                 await session.commit()
             if loop.time() >= next_retention:
                 next_retention = loop.time() + RETENTION_INTERVAL

@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.background import housekeep_forever
-from app.digests.tally import fold_tallies
+from app.digests.tally import fold_tallies, read_tallies
 from app.models import Delivery, DeliveryKind, DigestTally, utcnow
 from tests.digests.test_digest_control import control, read, sending_digest
 from tests.factories import send_one_batch
@@ -113,3 +113,48 @@ async def test_the_worker_folds_tallies_older_than_the_rate_window(
     await asyncio.wait_for(housekeeping, timeout=5)
     assert (await session.exec(rows)).one() <= len(STATUSES)
     assert shown(await read(client, digest_id, editor_headers)) == before
+
+
+async def test_rows_of_the_rate_window_fold_to_one_per_second_and_keep_the_rate(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    editor_headers: dict[str, str],
+) -> None:
+    """A long send's tally rows of the last minute fold to one per second and sign: the
+    counts do not change, nor the copies sent since any whole second."""
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=3)
+    base = utcnow().replace(microsecond=0) - timedelta(seconds=1)
+    rows = []
+    for t in range(30):  # three recorded groups a second, for 30 seconds
+        for k in range(3):
+            at = base - timedelta(seconds=t) + timedelta(milliseconds=100 * (k + 1))
+            rows += [
+                {"digest_id": digest_id, "status": "sent", "n": 2, "created_at": at},
+                {"digest_id": digest_id, "status": "sending", "n": -2, "created_at": at},
+            ]
+    await session.execute(sa.insert(DigestTally), rows)
+    await session.commit()
+    since = base - timedelta(seconds=19)
+    before = (await read_tallies(session, digest_ids=[digest_id], since=since))[digest_id]
+    assert before.sent_since == 20 * 3 * 2
+
+    count = select(sa.func.count()).select_from(DigestTally)
+    many = (await session.exec(count.where(DigestTally.digest_id == digest_id))).one()
+    folded = await fold_tallies(
+        session, before=base + timedelta(seconds=1), seconds_from=base - timedelta(seconds=60)
+    )
+    await session.commit()
+    assert folded == [digest_id]
+    after = (await read_tallies(session, digest_ids=[digest_id], since=since))[digest_id]
+    assert after.counts == before.counts
+    assert after.sent_since == before.sent_since
+    left = (await session.exec(count.where(DigestTally.digest_id == digest_id))).one()
+    assert left <= 30 * 2 + 2 < many  # a row per second and sign (and the queueing's own)
+    # Nothing left to fold: the next fold reads and changes nothing.
+    assert (
+        await fold_tallies(
+            session, before=base + timedelta(seconds=1), seconds_from=base - timedelta(seconds=60)
+        )
+        == []
+    )
