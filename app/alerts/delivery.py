@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from html import escape
 
@@ -16,8 +15,6 @@ from app.models import AlertIncident, Delivery, DeliveryKind
 from app.outbox.identity import message_id_for
 from app.outbox.kinds import BaseKind, Composition, Outgoing
 from app.outbox.queue import Claimed
-
-log = logging.getLogger(__name__)
 
 
 def compose_alert(
@@ -67,16 +64,12 @@ class AlertKind(BaseKind):
             if incident is None or not delivery.to_address:
                 out.skipped.append((delivery.id, "no incident or address"))
                 continue
-            try:
+            with out.composing(delivery):
                 message, message_id = compose_alert(
                     self.settings,
                     delivery_id=delivery.id,
                     to_address=delivery.to_address,
                     incident=incident,
                 )
-            except Exception as exc:  # one bad delivery must not sink the batch
-                log.exception("delivery %s could not be composed", delivery.id)
-                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
-                continue
-            out.outgoing.append(Outgoing(delivery, delivery.to_address, message, message_id))
+                out.outgoing.append(Outgoing(delivery, delivery.to_address, message, message_id))
         return out

@@ -1022,6 +1022,20 @@ async def schedules_list(
     return await _schedules_page(request, session, signed, editing=editing)
 
 
+async def _schedule_refused(
+    request: Request, session: SessionDep, signed: accounts.SignedIn, exc: Exception
+) -> HTMLResponse:
+    """The schedules page again, 422, saying which fields were refused."""
+    detail = _schedule_errors(exc)
+    return await _schedules_page(
+        request,
+        session,
+        signed,
+        status_code=422,
+        error=desk_text(request)["conflict"].format(detail=detail),
+    )
+
+
 @router.post("/schedules")
 async def schedules_create(request: Request, session: SessionDep, signed: ChangeDep) -> Response:
     form = await request.form()
@@ -1029,10 +1043,7 @@ async def schedules_create(request: Request, session: SessionDep, signed: Change
         body = ScheduleCreate.model_validate(_schedule_values(form))
         await schedules.create_schedule(session, values=body.model_dump())
     except (ValidationError, schedules.InvalidSchedule) as exc:
-        return await _schedules_page(
-            request, session, signed, status_code=422,
-            error=desk_text(request)["conflict"].format(detail=_schedule_errors(exc)),
-        )  # fmt: skip
+        return await _schedule_refused(request, session, signed, exc)
     return redirect("/desk/schedules")
 
 
@@ -1050,10 +1061,7 @@ async def schedules_update(
     except schedules.ScheduleNotFound as exc:
         raise NotFound from exc
     except (ValidationError, schedules.InvalidSchedule) as exc:
-        return await _schedules_page(
-            request, session, signed, status_code=422,
-            error=desk_text(request)["conflict"].format(detail=_schedule_errors(exc)),
-        )  # fmt: skip
+        return await _schedule_refused(request, session, signed, exc)
     return redirect("/desk/schedules")
 
 

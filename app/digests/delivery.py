@@ -10,7 +10,6 @@ whatever the digest's status (they are how a draft is checked).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -35,7 +34,6 @@ from app.security import Tokens
 from app.subscribers.service import recipients_by_id
 from app.topics import topic_keys
 
-log = logging.getLogger(__name__)
 NOTHING_IN_TOPICS = "nothing in the reader's topics"
 
 
@@ -141,7 +139,7 @@ class DigestKind(BaseKind):
             ):
                 out.skipped.append((delivery.id, "subscriber not eligible"))
                 continue
-            try:
+            with out.composing(delivery):
                 positions = await self.renders.positions_for(
                     session, delivery.digest_id, recipient.topics
                 )
@@ -164,13 +162,9 @@ class DigestKind(BaseKind):
                     links=rendering.links,
                     recipient=recipient,
                 )
-            except Exception as exc:  # one bad delivery must not sink the batch
-                log.exception("delivery %s could not be composed", delivery.id)
-                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
-                continue
-            out.outgoing.append(
-                Outgoing(delivery, recipient.email, message, message_id, wire_ready=True)
-            )
+                out.outgoing.append(
+                    Outgoing(delivery, recipient.email, message, message_id, wire_ready=True)
+                )
         return out
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
@@ -236,7 +230,7 @@ class TestCopyKind(BaseKind):
                 out.skipped.append((delivery.id, "no digest or address"))
                 continue
             language = language_or_default(delivery.language, self.settings.default_language)
-            try:
+            with out.composing(delivery):
                 key = (delivery.digest_id, language)
                 if delivery.digest_id not in links:
                     links[delivery.digest_id] = await digest_links(
@@ -258,11 +252,7 @@ class TestCopyKind(BaseKind):
                     to_address=delivery.to_address,
                     language=language,
                 )
-            except Exception as exc:  # one bad delivery must not sink the batch
-                log.exception("delivery %s could not be composed", delivery.id)
-                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
-                continue
-            out.outgoing.append(Outgoing(delivery, delivery.to_address, message, message_id))
+                out.outgoing.append(Outgoing(delivery, delivery.to_address, message, message_id))
         return out
 
 

@@ -427,27 +427,23 @@ async def schedule_send(
         raise SendTimePassed(f"{at.isoformat()} is not in the future")
     if at > now + MAX_SCHEDULE_AHEAD:
         raise SendTimePassed("a scheduled send is at most a year ahead")
-    await get_digest(session, digest_id=digest_id)  # DigestNotFound first
-    changed = await session.execute(
-        sa.update(Digest)
-        .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
-        .values(send_at=at)
-        .execution_options(synchronize_session=False)
-    )
-    digest = await _reloaded(session, digest_id)
-    if getattr(changed, "rowcount", 0) != 1:
-        raise DigestNotDraft(digest.status)
-    return digest
+    return await _set_send_at(session, digest_id=digest_id, at=at)
 
 
 async def unschedule_send(session: AsyncSession, *, digest_id: int) -> Digest:
     """A scheduled draft stays a draft, unscheduled (a draft not scheduled: unchanged).
     DigestNotDraft once it is sent or cancelled (too late)."""
+    return await _set_send_at(session, digest_id=digest_id, at=None)
+
+
+async def _set_send_at(session: AsyncSession, *, digest_id: int, at: datetime | None) -> Digest:
+    """A draft's send time, in one UPDATE that only a draft passes: DigestNotFound, then
+    DigestNotDraft."""
     await get_digest(session, digest_id=digest_id)
     changed = await session.execute(
         sa.update(Digest)
         .where(col(Digest.id) == digest_id, col(Digest.status) == DigestStatus.draft)
-        .values(send_at=None)
+        .values(send_at=at)
         .execution_options(synchronize_session=False)
     )
     digest = await _reloaded(session, digest_id)

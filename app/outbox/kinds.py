@@ -10,7 +10,9 @@ halted, and when it is finished. Adding a kind of email touches its own domain a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +22,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Delivery
 from app.outbox.queue import Claimed
+
+log = logging.getLogger("app.worker")
 
 
 @dataclass(slots=True)
@@ -48,6 +52,16 @@ class Composition:
         self.outgoing += other.outgoing
         self.skipped += other.skipped
         self.broken += other.broken
+
+    @contextmanager
+    def composing(self, delivery: Claimed) -> Iterator[None]:
+        """Compose one delivery inside: an error is logged and the delivery is `broken`, never
+        the batch's (what follows it in the block is skipped)."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception("delivery %s could not be composed", delivery.id)
+            self.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
 
 
 class Kind(Protocol):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,8 +25,6 @@ from app.outbox.queue import Claimed
 from app.security import Tokens
 from app.subscribers.service import Recipient, recipients_by_id
 from app.subscriptions.links import confirm_url
-
-log = logging.getLogger(__name__)
 
 
 def render_confirmation(
@@ -96,15 +93,11 @@ class ConfirmationKind(BaseKind):
             ):
                 out.skipped.append((delivery.id, "subscriber not eligible"))
                 continue
-            try:
+            with out.composing(delivery):
                 message, message_id = compose_confirmation(
                     self.settings, self.tokens, delivery_id=delivery.id, recipient=recipient
                 )
-            except Exception as exc:  # one bad delivery must not sink the batch
-                log.exception("delivery %s could not be composed", delivery.id)
-                out.broken.append((delivery, f"compose: {exc.__class__.__name__}: {exc}"))
-                continue
-            out.outgoing.append(Outgoing(delivery, recipient.email, message, message_id))
+                out.outgoing.append(Outgoing(delivery, recipient.email, message, message_id))
         return out
 
     async def bounced(self, session: AsyncSession, *, delivery: Claimed, reply: str) -> None:
