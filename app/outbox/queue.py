@@ -32,7 +32,6 @@ class Claimed:
     to_address: str | None
     language: str | None
     attempts: int
-    message_id: str | None
 
 
 _CLAIMED_COLUMNS = (
@@ -43,7 +42,6 @@ _CLAIMED_COLUMNS = (
     col(Delivery.to_address),
     col(Delivery.language),
     col(Delivery.attempts),
-    col(Delivery.message_id),
 )
 
 
