@@ -200,20 +200,25 @@ class DigestClicks:
     unique_opens: int
 
 
-async def digest_clicks(session: AsyncSession, *, digest_id: int) -> DigestClicks:
+async def digest_clicks(
+    session: AsyncSession, *, digest_id: int, articles: Sequence[DigestArticle] | None = None
+) -> DigestClicks:
+    """The click counters of a digest, in all and per article (`articles`: the digest's, in
+    order, when the caller has read them)."""
     counts = {
         c.position: c
         for c in (
             await session.exec(select(ClickCount).where(ClickCount.digest_id == digest_id))
         ).all()
     }
-    articles = (
-        await session.exec(
-            select(DigestArticle)
-            .where(DigestArticle.digest_id == digest_id)
-            .order_by(col(DigestArticle.position))
-        )
-    ).all()
+    if articles is None:
+        articles = (
+            await session.exec(
+                select(DigestArticle)
+                .where(DigestArticle.digest_id == digest_id)
+                .order_by(col(DigestArticle.position))
+            )
+        ).all()
     per_article = []
     for article in articles:
         count = counts.get(article.position)

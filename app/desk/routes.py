@@ -504,7 +504,7 @@ async def _digest_page(
             None
             if digest.status == "draft"
             else await digest_numbers(
-                session, digest=digest, settings=settings, counts=progress.counts
+                session, digest=digest, settings=settings, counts=progress.counts, articles=items
             )
         ),
         message=message or _notice(request),

@@ -3,6 +3,7 @@ both `GET /api/v1/digests/{id}` and the desk's digest page read them through."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -11,7 +12,7 @@ from app.clicks import service as click_service
 from app.config import Settings
 from app.digests import service
 from app.digests.schemas import MPP_WARNING, DigestNumbers
-from app.models import Digest
+from app.models import Digest, DigestArticle
 
 
 async def digest_numbers(
@@ -20,13 +21,14 @@ async def digest_numbers(
     digest: Digest,
     settings: Settings,
     counts: service.DigestCounts | None = None,
+    articles: Sequence[DigestArticle] | None = None,
 ) -> DigestNumbers:
     """Outcomes of the copies and the click counters; opens only when TRACK_OPENS is on (with
-    the warning that image proxies make them say little). `counts`: the digest's progress
-    counts, when the caller has them (not read twice)."""
+    the warning that image proxies make them say little). `counts` and `articles`: the
+    digest's progress counts and articles, when the caller has them (not read twice)."""
     assert digest.id is not None
     outcomes = await service.digest_outcomes(session, digest=digest, counts=counts)
-    clicks = await click_service.digest_clicks(session, digest_id=digest.id)
+    clicks = await click_service.digest_clicks(session, digest_id=digest.id, articles=articles)
     return DigestNumbers.model_validate(
         {
             "tracking": settings.track_clicks.value,

@@ -98,7 +98,7 @@ async def _public(
     if progress is None:
         progress = (await service.digest_progress(session, digests=[digest]))[digest.id]
     numbers = await digest_numbers(
-        session, digest=digest, settings=settings, counts=progress.counts
+        session, digest=digest, settings=settings, counts=progress.counts, articles=articles
     )
     return DigestPublic.model_validate(
         {

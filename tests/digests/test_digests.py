@@ -24,11 +24,26 @@ from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, digest_template
 from app.digests.render import digest_links, format_date, render_digest
-from app.models import Delivery, DeliveryStatus, DigestStatus, Subscriber, SubscriberStatus
+from app.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestStatus,
+    Subscriber,
+    SubscriberEventType,
+    SubscriberStatus,
+)
 from app.security import Tokens
+from app.subscribers.lifecycle import record_event
 from app.subscribers.service import Recipient
 from app.subscriptions.service import unsubscribe
-from tests.factories import digest_deliveries, drain_outbox, html_part, make_subscriber, text_part
+from tests.factories import (
+    digest_deliveries,
+    drain_outbox,
+    html_part,
+    make_subscriber,
+    sent_digest,
+    text_part,
+)
 from tests.smtp_server import SmtpServer
 
 SAMPLE = Path(__file__).parents[1] / "data" / "wordpress-feed-fr.xml"
@@ -530,6 +545,52 @@ async def test_reader_who_leaves_before_delivery_is_skipped(
     assert smtp_server.messages_to("john@example.com") == []
     state = (await client.get(f"/api/v1/digests/{digest['id']}", headers=editor_headers)).json()
     assert (state["status"], state["sent"], state["skipped"]) == ("sent", 2, 1)
+
+
+async def test_numbers_count_who_left_after_their_copy_until_the_next_send(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    await import_sample(session)
+    readers = await make_readers(session, app.state.tokens)
+    tokens: Tokens = app.state.tokens
+    ids = [
+        a["id"]
+        for a in (await client.get("/api/v1/articles", headers=editor_headers)).json()["items"]
+    ]
+
+    async def numbers(digest_id: int) -> tuple[int, int, int]:
+        got = await client.get(f"/api/v1/digests/{digest_id}", headers=editor_headers)
+        figures = got.json()["numbers"]
+        return figures["delivered"], figures["bounced"], figures["unsubscribed"]
+
+    async def leaves(name: str) -> None:
+        reader = readers[name]
+        await unsubscribe(
+            session, tokens=tokens, token=tokens.unsubscribe_token(reader.id, reader.email_hash)
+        )
+        await session.commit()
+
+    first = await sent_digest(app, client, editor_headers, article_ids=ids[:1])
+    assert await numbers(first["id"]) == (3, 0, 0)
+    # After the first copy and before any other send: Amélie leaves, John's mailbox reports
+    # a bounce. Both count for the first digest, however long after.
+    await leaves("amelie")
+    john = await session.get(Subscriber, readers["john"].id)
+    assert john is not None
+    record_event(session, john, SubscriberEventType.soft_bounce, "mailbox full")
+    await session.commit()
+    assert await numbers(first["id"]) == (3, 1, 1)
+
+    second = await sent_digest(app, client, editor_headers, article_ids=ids[1:2])
+    assert await numbers(second["id"]) == (2, 0, 0)  # Amélie gets no second copy
+    # Once the second send has begun, leaving counts for it, not for the first.
+    await leaves("anon")
+    assert await numbers(second["id"]) == (2, 0, 1)
+    assert await numbers(first["id"]) == (3, 1, 1)
 
 
 async def test_mailto_and_list_id_settings(
