@@ -251,3 +251,39 @@ class FullAllowHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_allow)
+
+
+class HeadAsGet:
+    """`HEAD` of a page is its `GET` without the body (RFC 9110, 9.3.2: a server that answers
+    GET answers HEAD). FastAPI routes declare GET alone, so HEAD /subscribe, /archive or an
+    unsubscribe link answered 405: a link checker or a mail scanner that tries a link with HEAD
+    was told it is dead. A HEAD the router refuses runs again as GET (GETs change nothing here:
+    the mail-scanner rule) and only its status and headers go out. Routes with their own HEAD
+    (the click redirect) are left alone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def unless_refused(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                refused = True
+            if not refused:
+                await send(message)
+
+        await self.app(scope, receive, unless_refused)
+        if not refused:
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)

@@ -29,6 +29,7 @@ from app.health import RelayProbe
 from app.http import (
     BodySizeLimit,
     FullAllowHeader,
+    HeadAsGet,
     MinimumAnswerTime,
     ScopedCORS,
     SecurityHeaders,
@@ -162,7 +163,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             "Disallow: /r/\n"
         )
 
-    # Outermost first: size limit, then CORS (only the public signup endpoints), then headers.
+    # Outermost first: size limit, HEAD as GET, then CORS (only the public signup endpoints),
+    # then headers.
     app.add_middleware(click_routes.ClickFastPath, state=app.state)
     app.add_middleware(FullAllowHeader, openapi=lambda: app.openapi())
     app.add_middleware(SecurityHeaders, frame_origins=settings.site_origin_list)
@@ -172,5 +174,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         paths=("/subscribe", "/api/v1/subscriptions"),
         seconds=lambda: app.state.settings.signup_min_answer_ms / 1000,
     )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

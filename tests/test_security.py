@@ -3,6 +3,7 @@ CORS and security headers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -446,6 +447,41 @@ def test_413_over_real_http_chunked_and_announced(settings: Settings) -> None:
         announced = http.post("/api/v1/subscriptions", content=b"a" * (limit + 1), headers=headers)
         assert announced.status_code == 413
         assert http.get("/healthz").status_code == 200  # the server is still fine
+
+
+async def test_head_is_a_get_without_its_body_over_real_http(
+    app: FastAPI, settings: Settings, session: AsyncSession
+) -> None:
+    """Link checkers and mail scanners try links with HEAD: a page answers as its GET would,
+    without a body, and changes nothing; a resource without GET still answers 405."""
+    from app.main import create_app
+
+    tokens: Tokens = app.state.tokens
+    reader = await make_subscriber(session, tokens, email="head@example.org")
+    waiting = await make_subscriber(
+        session, tokens, email="wait@example.org", status=SubscriberStatus.pending
+    )
+    reader_id, waiting_id = reader.id, waiting.id
+    assert reader_id is not None
+    assert waiting_id is not None
+    leave = f"/unsubscribe/{tokens.unsubscribe_token(reader_id, reader.email_hash)}"
+    confirm = f"/confirm/{tokens.confirm_token(waiting_id, waiting.email_hash)}"
+
+    def over_http() -> None:
+        with LiveServer(create_app(settings)) as server, httpx.Client(base_url=server.url) as http:
+            for path in ("/subscribe", "/archive", "/healthz", leave, confirm):
+                got, head = http.get(path), http.head(path)
+                assert head.status_code == got.status_code == 200, path
+                assert head.content == b"", path
+                assert head.headers["content-type"] == got.headers["content-type"], path
+                assert head.headers["content-length"] == str(len(got.content)), path
+            refused = http.head("/api/v1/digests/1/send")
+            assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+            assert http.head("/nowhere").status_code == 404
+
+    await asyncio.to_thread(over_http)
+    assert await status_of(session, reader_id) == SubscriberStatus.confirmed
+    assert await status_of(session, waiting_id) == SubscriberStatus.pending
 
 
 # --- Editor API keys ---------------------------------------------------------------------------
