@@ -16,6 +16,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import AuditEvent, as_utc
+from app.subscribers.csvfile import spreadsheet_safe
 
 EXPORT_FIELDS = (
     "id",
@@ -124,6 +125,14 @@ async def list_events(
     return list(rows), total
 
 
+def _cell(value: object) -> object:
+    """A CSV cell: a name or detail that would start a formula is made text, as the subscriber
+    export does (a key name, an editor's name or an address may begin with `=`)."""
+    if value is None:
+        return ""
+    return spreadsheet_safe(value) if isinstance(value, str) else value
+
+
 async def export_lines(
     session: AsyncSession, *, since: datetime | None, fmt: str
 ) -> AsyncIterator[str]:
@@ -143,9 +152,7 @@ async def export_lines(
             row["created_at"] = as_utc(event.created_at).isoformat()
             if fmt == "csv":
                 buffer = io.StringIO()
-                csv.writer(buffer).writerow(
-                    ["" if row[f] is None else row[f] for f in EXPORT_FIELDS]
-                )
+                csv.writer(buffer).writerow([_cell(row[f]) for f in EXPORT_FIELDS])
                 yield buffer.getvalue()
             else:
                 yield json.dumps(row, ensure_ascii=False) + "\n"

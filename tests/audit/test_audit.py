@@ -139,6 +139,14 @@ async def test_cli_commands_are_logged_and_exported(app: FastAPI) -> None:
     later = await run_cli(["audit", "export", "--since", "2999-01-01T00:00:00Z"], env)
     assert list(csv.DictReader(io.StringIO(later.stdout))) == []
 
+    # A name that a spreadsheet would run as a formula is text in the CSV, as typed in JSONL.
+    formula = '=HYPERLINK("https://evil.example","x")'
+    assert (await run_cli(["create-api-key", formula], env)).exit_code == 0
+    as_csv = await run_cli(["audit", "export"], env)
+    assert list(csv.DictReader(io.StringIO(as_csv.stdout)))[-1]["detail"] == "'" + formula
+    as_jsonl = await run_cli(["audit", "export", "--format", "jsonl"], env)
+    assert json.loads(as_jsonl.stdout.splitlines()[-1])["detail"] == formula
+
 
 def test_openapi_links_lead_from_an_action_to_its_audit_trail() -> None:
     paths = create_app().openapi()["paths"]
