@@ -16,7 +16,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import AuditEvent, as_utc
-from app.subscribers.csvfile import spreadsheet_safe
+from app.spreadsheet import spreadsheet_safe
 
 EXPORT_FIELDS = (
     "id",

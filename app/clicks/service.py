@@ -31,7 +31,7 @@ from app.models import (
     as_utc,
 )
 from app.security import OPEN_POSITION, Tokens
-from app.subscribers.csvfile import spreadsheet_safe
+from app.spreadsheet import spreadsheet_safe
 
 WHOLE_DIGEST = -1  # the click_count row of the digest as a whole (unique readers)
 # OPEN_POSITION (-2, app.security): the row of its opens, when TRACK_OPENS is on.
