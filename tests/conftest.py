@@ -162,6 +162,7 @@ def make_settings(
         "send_retry_max_seconds": 0.2,
         "worker_poll_seconds": 0.05,
         "smtp_timeout_seconds": 5,
+        "smtp_data_timeout_seconds": 10,
     }
     if smtp_server is not None:
         values["smtp_host"] = smtp_server.host

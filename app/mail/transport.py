@@ -118,13 +118,20 @@ class _Replies(asyncio.Protocol):
     reply per read and drops data that arrives while no command waits, so it cannot carry
     pipelined commands (RFC 2920), whose replies come back together."""
 
-    def __init__(self, transport: asyncio.WriteTransport) -> None:
+    def __init__(self, transport: asyncio.WriteTransport, *, leftover: bytes = b"") -> None:
         self.transport = transport
         self._buffer = bytearray()
         self._lines: list[bytes] = []  # the lines of a multi-line reply read so far
         self._replies: deque[aiosmtplib.SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost: BaseException | None = None
+        # Replies owed for the commands written and not yet read. One more reply than that is
+        # a relay out of step: taken in order, it would answer the next command (a refusal
+        # read as "250 queued", or a "550" charged to the next reader), so the session ends.
+        self._owed = 0
+        self._out_of_step = False
+        if leftover:  # what the relay said after EHLO, before any command of ours
+            self.data_received(leftover)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -140,6 +147,15 @@ class _Replies(asyncio.Protocol):
                 text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
                 self._replies.append(aiosmtplib.SMTPResponse(int(line[:3]), text))
                 self._lines = []
+                if len(self._replies) > self._owed:
+                    self._out_of_step = True
+                    self._fail(
+                        aiosmtplib.SMTPResponseException(
+                            -1, f"reply to no command, the session is out of step: {text[:80]!r}"
+                        )
+                    )
+                    self.transport.close()
+                    return
         if len(self._buffer) > 1_000_000:  # no line end in a megabyte: not an SMTP server
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
             self.transport.close()
@@ -163,17 +179,23 @@ class _Replies(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def read(self, count: int) -> list[aiosmtplib.SMTPResponse]:
-        """The next `count` replies, in the order of the commands."""
-        while len(self._replies) < count:
+        """The next `count` replies, in the order of the commands. None once the relay is out
+        of step: which reply answers what is not known any more."""
+        while len(self._replies) < count or self._out_of_step:
             if self._lost is not None:
                 raise self._lost
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+        self._owed -= count
         return [self._replies.popleft() for _ in range(count)]
 
-    def write(self, data: bytes) -> None:
-        if self._lost is not None or self.transport.is_closing():
+    def write(self, data: bytes, *, replies: int) -> None:
+        """Send `data`, which holds commands calling for `replies` replies in all."""
+        if self._lost is not None:
+            raise self._lost
+        if self.transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self._owed += replies
         self.transport.write(data)
 
 
@@ -187,16 +209,22 @@ class SmtpConnection:
     (smtp-sink with and without PIPELINING): a worker's CPU per message 245 µs one command at a
     time, 222 µs pipelined; 2 workers 3,951 and 4,228 msg/s."""
 
-    def __init__(self, client: aiosmtplib.SMTP, *, timeout: float) -> None:
+    def __init__(
+        self, client: aiosmtplib.SMTP, *, timeout: float, data_timeout: float | None = None
+    ) -> None:
         protocol = client.protocol
         assert protocol is not None
         assert protocol.transport is not None
         # uvloop's transports are not asyncio.WriteTransport instances, but write the same.
         transport = cast(asyncio.WriteTransport, protocol.transport)
         self._client = client  # kept for its state only: it reads nothing from here on
-        self._replies = _Replies(transport)
+        # Bytes aiosmtplib read past its last reply (a relay talking out of turn) are ours.
+        leftover = bytes(getattr(protocol, "_buffer", b""))
+        self._replies = _Replies(transport, leftover=leftover)
         transport.set_protocol(self._replies)
         self._timeout = timeout
+        self._data_timeout = max(timeout, data_timeout or timeout)
+        self._deadline: asyncio.Timeout | None = None
         self._pipelining = client.supports_extension("pipelining")
         self._smtputf8 = client.supports_extension("smtputf8")
 
@@ -204,8 +232,9 @@ class SmtpConnection:
         self, message: bytes, *, sender: str, recipient: str, wire_ready: bool = False
     ) -> None:
         try:
-            # One deadline for the whole exchange (a wait_for per reply costs a Task each).
-            async with asyncio.timeout(self._timeout):
+            # One deadline for the whole exchange (a wait_for per reply costs a Task each),
+            # moved once the content is out (SMTP_DATA_TIMEOUT_SECONDS for the final reply).
+            async with asyncio.timeout(self._timeout) as self._deadline:
                 await self._transaction(
                     prepare_data(message, wire_ready=wire_ready), sender, recipient
                 )
@@ -253,11 +282,11 @@ class SmtpConnection:
         """The replies to MAIL, RCPT and DATA: sent together when pipelining, else one at a
         time, stopping at the first refusal (its followers get no reply then)."""
         if self._pipelining:
-            self._replies.write(b"".join(commands))
+            self._replies.write(b"".join(commands), replies=len(commands))
             return await self._replies.read(len(commands))
         replies: list[aiosmtplib.SMTPResponse] = []
         for command, wanted in zip(commands, (250, 250, 354), strict=True):
-            self._replies.write(command)
+            self._replies.write(command, replies=1)
             (reply,) = await self._replies.read(1)
             replies.append(reply)
             if reply.code != wanted and not (wanted == 250 and reply.code == 251):
@@ -271,7 +300,7 @@ class SmtpConnection:
         if mail.code != 250 or rcpt is None or rcpt.code not in (250, 251):
             if go is not None and go.code == 354:
                 # Pipelined DATA accepted although nobody can receive: end it empty (RFC 2920).
-                self._replies.write(b".\r\n")
+                self._replies.write(b".\r\n", replies=1)
                 await self._replies.read(1)
             await self._reset()
             if mail.code != 250 or rcpt is None:
@@ -280,7 +309,12 @@ class SmtpConnection:
         if go is None or go.code != 354:
             await self._reset()
             raise _refused(go or rcpt, stage="data")
-        self._replies.write(data)
+        self._replies.write(data, replies=1)
+        if self._deadline is not None:
+            # The relay may scan the content before it answers: wait as RFC 5321 (4.5.3.2.6)
+            # and Postfix do. Giving up sooner leaves the copy neither sent nor refused, and
+            # sending it again may deliver it twice.
+            self._deadline.reschedule(asyncio.get_running_loop().time() + self._data_timeout)
         (reply,) = await self._replies.read(1)
         if reply.code != 250:
             # Refused after the content: the content or our setup, not the reader's mailbox.
@@ -289,7 +323,7 @@ class SmtpConnection:
     async def _reset(self) -> None:
         """RSET after a refused step, so the session can carry the next transaction."""
         try:
-            self._replies.write(b"RSET\r\n")
+            self._replies.write(b"RSET\r\n", replies=1)
             await self._replies.read(1)
         except (aiosmtplib.SMTPException, OSError):
             self._replies.transport.close()
@@ -297,7 +331,7 @@ class SmtpConnection:
     async def close(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                self._replies.write(b"QUIT\r\n")
+                self._replies.write(b"QUIT\r\n", replies=1)
                 await self._replies.read(1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass
@@ -350,7 +384,9 @@ class SmtpMailer:
                 permanent=False,
                 recipient=False,
             ) from exc
-        return SmtpConnection(client, timeout=s.smtp_timeout_seconds)
+        return SmtpConnection(
+            client, timeout=s.smtp_timeout_seconds, data_timeout=s.smtp_data_timeout_seconds
+        )
 
 
 class MaildirConnection:

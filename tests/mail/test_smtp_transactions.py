@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,94 @@ async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
     assert f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reader@example.org>\r\nDATA\r\n".encode() in reads, (
         reads
     )
+
+
+async def _raw_relay(
+    tmp_path: Path, *, after_ehlo: bytes = b"", after_354: bytes = b"", verdict_delay: float = 0
+) -> tuple[asyncio.Server, SmtpMailer, list[str]]:
+    """A PIPELINING relay of our own that can misbehave: talk after EHLO or after its 354
+    before the content (a reply to no command), or take its time over the final verdict. It
+    refuses the content when it talked out of turn; it lists the recipients it accepted."""
+    accepted: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay ESMTP\r\n")
+        in_data, recipient = False, ""
+        while line := await reader.readline():
+            line = line.rstrip(b"\r\n")
+            if in_data:
+                if line == b".":
+                    in_data = False
+                    await asyncio.sleep(verdict_delay)
+                    if after_354:
+                        writer.write(b"550 5.7.1 content refused (the real verdict)\r\n")
+                    else:
+                        accepted.append(recipient)
+                        writer.write(b"250 2.0.0 queued\r\n")
+                continue
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-relay\r\n250 PIPELINING\r\n" + after_ehlo)
+            elif verb == b"DATA":
+                in_data = True
+                writer.write(b"354 go ahead\r\n" + after_354)
+            elif verb == b"RCPT":
+                recipient = line.decode().partition("<")[2].rstrip(">")
+                writer.write(b"250 ok\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = make_settings("sqlite+aiosqlite:///:memory:", SmtpServer(port=port), tmp_path)
+    settings.smtp_timeout_seconds = 1.0
+    settings.smtp_data_timeout_seconds = 5.0
+    return server, SmtpMailer(settings), accepted
+
+
+@pytest.mark.parametrize(
+    "talk",
+    [
+        {"after_354": b"250 2.0.0 ok\r\n"},
+        {"after_ehlo": b"250 2.1.5 recipient ok\r\n"},
+        {"after_ehlo": b"421 4.3.2 shutting down\r\n"},
+    ],
+    ids=["after-354", "after-ehlo", "421-while-idle"],
+)
+async def test_a_reply_to_no_command_ends_the_session_and_nothing_is_taken_as_sent(
+    tmp_path: Path, talk: dict[str, Any]
+) -> None:
+    """Taken in order, a reply the relay sends out of turn would answer the next command: a
+    refusal read as "250 queued" (a copy recorded sent and lost), a "550" charged to the next
+    reader. The session ends instead, the copy is a connection error to try again, at once."""
+    server, mailer, accepted = await _raw_relay(tmp_path, **talk)
+    async with server:
+        for reader in ("first@example.org", "second@example.org"):
+            connection = await mailer.connect()
+            await asyncio.sleep(0.05)  # the relay's extra words arrive before ours
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(SendError) as failed:
+                await connection.send(BODY, sender=SENDER, recipient=reader)
+            assert (failed.value.code, failed.value.permanent) == (None, False)
+            assert failed.value.recipient is False
+            assert "out of step" in failed.value.reply
+            await connection.close()
+            assert asyncio.get_running_loop().time() - started < 0.5  # no wait for a QUIT
+    assert accepted == []
+
+
+async def test_a_slow_verdict_after_the_content_is_awaited_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """SMTP_TIMEOUT_SECONDS (1 s here) bounds the commands; the relay's verdict on the content
+    may take SMTP_DATA_TIMEOUT_SECONDS (5 s): a copy given up on would be sent twice."""
+    server, mailer, accepted = await _raw_relay(tmp_path, verdict_delay=1.5)
+    async with server:
+        connection = await mailer.connect()
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+        await connection.close()
+    assert accepted == ["reader@example.org"]

@@ -163,7 +163,9 @@ async def test_connection_lost_before_the_reply_duplicates_at_most_those(
 async def test_slow_server_times_out_and_retries(
     app: FastAPI, session: AsyncSession, smtp_server: SmtpServer
 ) -> None:
+    # A relay slower than the wait for its verdict on the content (SMTP_DATA_TIMEOUT_SECONDS).
     app.state.settings.smtp_timeout_seconds = 0.3
+    app.state.settings.smtp_data_timeout_seconds = 0.3
     app.state.mailer.settings = app.state.settings
     await queue_confirmations(session, app.state.tokens, 2)
     smtp_server.faults.delay_seconds = 1.0
