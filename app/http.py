@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -210,7 +211,10 @@ def methods_by_path(openapi: dict[str, Any]) -> list[tuple[re.Pattern[str], list
             "[^/]+" if part.startswith("{") else re.escape(part)
             for part in re.split(r"(\{[^}]+\})", template)
         )
-        table.append((re.compile(pattern), sorted(m.upper() for m in item if m in HTTP_METHODS)))
+        methods = {m.upper() for m in item if m in HTTP_METHODS}
+        if "GET" in methods:
+            methods.add("HEAD")  # HeadAsGet answers it
+        table.append((re.compile(pattern), sorted(methods)))
     return table
 
 
@@ -281,9 +285,24 @@ class HeadAsGet:
         if not refused:
             return
 
-        async def without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
+        cut = False
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        async def without_body(message: Message) -> None:
+            nonlocal cut
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            if cut:
+                raise OSError("HEAD: the body is not sent")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                # A streamed body (an export of the whole list): stop making it, as when a
+                # client goes away (Starlette's streaming ends on the OSError of its send).
+                cut = True
+                raise OSError("HEAD: the body is not sent")
+
+        try:
+            await self.app({**scope, "method": "GET"}, receive, without_body)
+        except (OSError, ClientDisconnect):
+            if not cut:
+                raise

@@ -149,13 +149,14 @@ def test_links_lead_through_the_editor_workflows() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("OPTIONS", "/api/v1/articles", "GET, POST"),
-        ("OPTIONS", "/api/v1/digests", "GET, POST"),
-        ("PUT", "/api/v1/subscribers/a@example.org", "DELETE, GET"),
-        ("OPTIONS", "/subscribe", "GET, POST"),
-        ("DELETE", "/unsubscribe/x", "GET, POST"),
-        ("PATCH", "/confirm/x", "GET, POST"),
+        ("OPTIONS", "/api/v1/articles", "GET, HEAD, POST"),
+        ("OPTIONS", "/api/v1/digests", "GET, HEAD, POST"),
+        ("PUT", "/api/v1/subscribers/a@example.org", "DELETE, GET, HEAD"),
+        ("OPTIONS", "/subscribe", "GET, HEAD, POST"),
+        ("DELETE", "/unsubscribe/x", "GET, HEAD, POST"),
+        ("PATCH", "/confirm/x", "GET, HEAD, POST"),
         ("OPTIONS", "/api/v1/digests/1/send", "POST"),
+        ("HEAD", "/api/v1/digests/1/send", "POST"),
     ],
 )
 async def test_405_lists_every_method_of_the_resource(

@@ -484,6 +484,49 @@ async def test_head_is_a_get_without_its_body_over_real_http(
     assert await status_of(session, waiting_id) == SubscriberStatus.pending
 
 
+def test_head_of_a_streamed_export_stops_making_it() -> None:
+    """A HEAD of a streamed body (an export of the whole list) sends the headers and stops the
+    stream, as when a client goes away: over ASGI and over real HTTP (uvicorn)."""
+    from starlette.responses import StreamingResponse
+
+    from app.http import HeadAsGet
+
+    made: list[int] = []
+
+    async def rows() -> AsyncIterator[bytes]:
+        for n in range(1000):
+            made.append(n)
+            yield b"reader%d@example.org\r\n" % n
+            await asyncio.sleep(0)
+
+    inner = FastAPI()  # its routes declare GET alone, as the app's
+
+    @inner.get("/export")
+    async def export() -> StreamingResponse:
+        return StreamingResponse(rows(), media_type="text/csv")
+
+    app = HeadAsGet(inner)
+
+    async def over_asgi() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.head("/export")
+
+    head = asyncio.run(over_asgi())
+    assert (head.status_code, head.headers["content-type"], head.content) == (
+        200,
+        "text/csv; charset=utf-8",
+        b"",
+    )
+    assert len(made) < 5
+    made.clear()
+    with LiveServer(app) as server, httpx.Client(base_url=server.url) as http:
+        assert http.head("/export").status_code == 200
+        assert http.get("/healthz").status_code == 404  # the server carries on
+        assert len(made) < 5
+        assert len(http.get("/export").content.splitlines()) == 1000
+
+
 # --- Editor API keys ---------------------------------------------------------------------------
 
 

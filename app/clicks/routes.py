@@ -159,10 +159,11 @@ OPEN: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/o/{token}", response_class=Response, responses=OPEN)
+@router.head("/o/{token}", response_class=Response, responses=OPEN, operation_id="open_pixel_head")
+@router.get("/o/{token}", response_class=Response, responses=OPEN, operation_id="open_pixel")
 async def open_pixel(request: Request, token: str) -> Response:
     """TRACK_OPENS: a copy's open pixel. Counted as an open, whoever fetched it (Apple Mail
-    Privacy Protection and image proxies fetch every copy's images)."""
+    Privacy Protection and image proxies fetch every copy's images); a HEAD counts nothing."""
     state = request.app.state
     tokens: Tokens = state.tokens
     try:
@@ -170,6 +171,6 @@ async def open_pixel(request: Request, token: str) -> Response:
     except TokenError:
         return _bad_link(request)
     recorder: ClickRecorder | None = state.click_recorder
-    if recorder is not None and state.settings.track_opens:
+    if recorder is not None and state.settings.track_opens and request.method == "GET":
         recorder.add(Click(ref.delivery_id, ref.digest_id, ref.position, utcnow(), None))
     return Response(PIXEL, media_type="image/gif", headers=REDIRECT_HEADERS)

@@ -347,6 +347,8 @@ async def test_opens_only_when_turned_on_with_the_warning(
                 image = await client.get(pixel.group(1))
                 assert image.status_code == 200
                 assert image.headers["content-type"] == "image/gif"
+            checked = await client.head(pixel.group(1))  # a link checker: not an open
+            assert (checked.status_code, checked.headers["content-type"]) == (200, "image/gif")
             assert (await client.get("/o/1.1.AAAAAAAAAAAAAAAA")).status_code == 400
             # The preview's pixel fetches nothing.
             preview = await client.get(f"/api/v1/digests/{digest['id']}/preview", headers=headers)
