@@ -168,15 +168,26 @@ class SubscriberEvent(SQLModel, table=True):
     """Status history of a subscriber (GDPR access: what happened, when, why)."""
 
     __tablename__ = "subscriber_event"
-    # A digest's unsubscribes and bounce reports: the events of one kind since its send began
-    # (a million readers bring millions of `subscribed` and `confirmed` events).
-    __table_args__ = (sa.Index("ix_subscriber_event_event_created", "event", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_subscriber_event_event_created", "event", "created_at"),
+        # A digest's unsubscribes: the few events that name it, whatever the list's size.
+        sa.Index(
+            "ix_subscriber_event_digest",
+            "digest_id",
+            "event",
+            postgresql_where=sa.text("digest_id IS NOT NULL"),
+            sqlite_where=sa.text("digest_id IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True, ondelete="CASCADE")
     created_at: datetime = _ts(default_factory=utcnow)
     event: str = Field(max_length=32)
     detail: str | None = Field(default=None, max_length=1000)
+    # An unsubscribe: the digest of the reader's last copy before leaving (what made them
+    # leave, as far as we can tell); counted in that digest's figures.
+    digest_id: int | None = Field(default=None)
 
 
 # --- Editors -----------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from app.alerts import service as alerts
 from app.digests.tally import read_tallies
 from app.models import (
     Article,
+    BounceEvent,
+    BounceType,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -819,62 +821,38 @@ class DigestOutcomes:
     unsubscribed: int  # readers of a copy who left before the next digest went out
 
 
-# The end of an outcome window when no send came after (a bound an index range can use).
-_NO_END = datetime(9999, 12, 31, tzinfo=UTC)
-
-
 async def digest_outcomes(
     session: AsyncSession, *, digest: Digest, counts: DigestCounts | None = None
 ) -> DigestOutcomes:
     """What became of a digest's copies (`counts`: its progress's, when the caller read it).
-    An unsubscribe or a bounce report counts for this digest when it came after the reader's
-    copy and before the next digest's send started (those two read the delivery rows: once
-    retention deleted them, they count nobody)."""
+    `bounced`: the readers with a hard or soft bounce on this digest (a 5xx at send, a 4xx
+    until the last attempt, or a report naming it or arriving after it was their last copy);
+    `unsubscribed`: the readers who left with this digest as their last copy. Both read the
+    events that name the digest, so they outlive delivery retention."""
     assert digest.id is not None
-    copies = (col(Delivery.digest_id) == digest.id, col(Delivery.kind) == DeliveryKind.digest)
     # From the per-digest tallies, not a count of the delivery rows: a few rows' read for a
     # million-reader send, and the figures outlive the rows DELIVERY_RETENTION_DAYS deletes.
     if counts is None:
         tally = (await read_tallies(session, digest_ids=[digest.id], since=utcnow()))[digest.id]
         sent = int(tally.counts.get(DeliveryStatus.sent, 0))
-        failed = int(tally.counts.get(DeliveryStatus.failed, 0))
     else:
-        sent, failed = counts.sent, counts.failed
-    window = [col(Delivery.status) == DeliveryStatus.sent]
-    if digest.send_started_at is not None:
-        # No copy was sent before the send began: the events index is read from there on.
-        window.append(col(SubscriberEvent.created_at) >= digest.send_started_at)
-        # The next send's start, in the same statement (one round trip less on each refresh);
-        # none yet: no upper bound.
-        next_start = (
-            select(func.min(Digest.send_started_at))
-            .where(
-                col(Digest.send_started_at) > digest.send_started_at,
-                col(Digest.id) != digest.id,
-            )
-            .scalar_subquery()
+        sent = counts.sent
+    left = (
+        select(func.count(sa.distinct(col(SubscriberEvent.subscriber_id))))
+        .where(
+            col(SubscriberEvent.digest_id) == digest.id,
+            col(SubscriberEvent.event) == SubscriberEventType.unsubscribed,
         )
-        window.append(col(SubscriberEvent.created_at) < func.coalesce(next_start, _NO_END))
-    left = col(SubscriberEvent.event) == SubscriberEventType.unsubscribed
-    reports = col(SubscriberEvent.event).in_(
-        [SubscriberEventType.hard_bounce, SubscriberEventType.soft_bounce]
+        .scalar_subquery()
     )
-    readers = sa.distinct(col(SubscriberEvent.subscriber_id))
+    bounced = (
+        select(func.count(sa.distinct(col(BounceEvent.subscriber_id))))
+        .where(
+            col(BounceEvent.digest_id) == digest.id,
+            col(BounceEvent.type).in_([BounceType.hard, BounceType.soft]),
+        )
+        .scalar_subquery()
+    )
     # Both counts in one read: a digest's page and the API's digest ask on every refresh.
-    unsubscribed, reported = (
-        await session.execute(
-            sa.select(func.count(readers).filter(left), func.count(readers).filter(reports))
-            .join(Delivery, col(Delivery.subscriber_id) == col(SubscriberEvent.subscriber_id))
-            .where(
-                *copies,
-                *window,
-                col(SubscriberEvent.created_at) >= col(Delivery.sent_at),
-                sa.or_(left, reports),
-            )
-        )
-    ).one()
-    return DigestOutcomes(
-        delivered=sent,
-        bounced=failed + int(reported),
-        unsubscribed=int(unsubscribed),
-    )
+    unsubscribed, bounces = (await session.execute(sa.select(left, bounced))).one()
+    return DigestOutcomes(delivered=sent, bounced=int(bounces), unsubscribed=int(unsubscribed))

@@ -20,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import metrics
 from app.models import (
     SUPPRESSED_STATUSES,
+    DeliveryKind,
     Subscriber,
     SubscriberEvent,
     SubscriberEventType,
@@ -27,6 +28,7 @@ from app.models import (
     utcnow,
 )
 from app.outbox import queue as outbox
+from app.outbox import tally
 
 # Which transitions exist: (from, to). Anything else is a bug in the caller.
 _ALLOWED: set[tuple[SubscriberStatus, SubscriberStatus]] = {
@@ -58,6 +60,7 @@ def record_event(
     detail: str | None = None,
     *,
     now: datetime | None = None,
+    digest_id: int | None = None,
 ) -> None:
     """Add one line to the subscriber's history (no status change)."""
     assert subscriber.id is not None
@@ -67,6 +70,7 @@ def record_event(
             event=event.value,
             detail=detail[:1000] if detail else None,
             created_at=now or utcnow(),
+            digest_id=digest_id,
         )
     )
 
@@ -102,7 +106,14 @@ async def change_status(
     elif event == SubscriberEventType.unsubscribed:
         metrics.count_unsubscribe()
     session.add(subscriber)
-    record_event(session, subscriber, event, detail, now=now)
+    digest_id = None
+    if event == SubscriberEventType.unsubscribed:
+        assert subscriber.id is not None
+        last = await tally.latest_send_of(
+            session, subscriber_id=subscriber.id, kinds=[DeliveryKind.digest.value]
+        )
+        digest_id = last[1] if last is not None else None
+    record_event(session, subscriber, event, detail, now=now, digest_id=digest_id)
     if to in SUPPRESSED_STATUSES:
         assert subscriber.id is not None
         await outbox.skip_subscriber_deliveries(session, subscriber_id=subscriber.id, why=to)

@@ -20,20 +20,20 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
+from app.bounces.service import apply_bounce
 from app.config import Settings
 from app.digests import service
 from app.digests.compose import compose_copy, digest_template
 from app.digests.render import digest_links, format_date, render_digest
 from app.models import (
+    BounceType,
     Delivery,
     DeliveryStatus,
     DigestStatus,
     Subscriber,
-    SubscriberEventType,
     SubscriberStatus,
 )
 from app.security import Tokens
-from app.subscribers.lifecycle import record_event
 from app.subscribers.service import Recipient
 from app.subscriptions.service import unsubscribe
 from tests.factories import (
@@ -547,7 +547,7 @@ async def test_reader_who_leaves_before_delivery_is_skipped(
     assert (state["status"], state["sent"], state["skipped"]) == ("sent", 2, 1)
 
 
-async def test_numbers_count_who_left_after_their_copy_until_the_next_send(
+async def test_numbers_count_a_reader_who_left_or_bounced_for_their_last_copy(
     app: FastAPI,
     client: httpx.AsyncClient,
     session: AsyncSession,
@@ -557,6 +557,7 @@ async def test_numbers_count_who_left_after_their_copy_until_the_next_send(
     await import_sample(session)
     readers = await make_readers(session, app.state.tokens)
     tokens: Tokens = app.state.tokens
+    late = await make_subscriber(session, tokens, email="late@example.org")
     ids = [
         a["id"]
         for a in (await client.get("/api/v1/articles", headers=editor_headers)).json()["items"]
@@ -567,30 +568,37 @@ async def test_numbers_count_who_left_after_their_copy_until_the_next_send(
         figures = got.json()["numbers"]
         return figures["delivered"], figures["bounced"], figures["unsubscribed"]
 
-    async def leaves(name: str) -> None:
-        reader = readers[name]
-        await unsubscribe(
-            session, tokens=tokens, token=tokens.unsubscribe_token(reader.id, reader.email_hash)
-        )
+    async def leaves(reader_id: int | None, email_hash: str) -> None:
+        assert reader_id is not None
+        token = tokens.unsubscribe_token(reader_id, email_hash)
+        await unsubscribe(session, tokens=tokens, token=token)
         await session.commit()
 
     first = await sent_digest(app, client, editor_headers, article_ids=ids[:1])
-    assert await numbers(first["id"]) == (3, 0, 0)
-    # After the first copy and before any other send: Amélie leaves, John's mailbox reports
-    # a bounce. Both count for the first digest, however long after.
-    await leaves("amelie")
+    assert await numbers(first["id"]) == (4, 0, 0)
+    # After the first copy: Amélie leaves, John's mailbox reports a bounce naming no digest.
+    await leaves(readers["amelie"].id, readers["amelie"].email_hash)
     john = await session.get(Subscriber, readers["john"].id)
     assert john is not None
-    record_event(session, john, SubscriberEventType.soft_bounce, "mailbox full")
+    await apply_bounce(
+        session, subscriber=john, type=BounceType.soft, reason="mailbox full", source="api"
+    )
     await session.commit()
-    assert await numbers(first["id"]) == (3, 1, 1)
+    assert await numbers(first["id"]) == (4, 1, 1)
 
-    second = await sent_digest(app, client, editor_headers, article_ids=ids[1:2])
-    assert await numbers(second["id"]) == (2, 0, 0)  # Amélie gets no second copy
-    # Once the second send has begun, leaving counts for it, not for the first.
-    await leaves("anon")
+    # A send to the others begins; a reader leaves before their copy went out: the first
+    # digest was the last they got, so it is the one they left.
+    second = await new_digest(client, editor_headers, article_ids=ids[1:2])
+    sending = await client.post(f"/api/v1/digests/{second['id']}/send", headers=editor_headers)
+    assert sending.status_code == 202
+    await leaves(late.id, late.email_hash)
+    await drain_outbox(app)
+    assert await numbers(second["id"]) == (2, 0, 0)  # John and Anon
+    assert await numbers(first["id"]) == (4, 1, 2)
+    # After the second copy, leaving counts for the second.
+    await leaves(readers["anon"].id, readers["anon"].email_hash)
     assert await numbers(second["id"]) == (2, 0, 1)
-    assert await numbers(first["id"]) == (3, 1, 1)
+    assert await numbers(first["id"]) == (4, 1, 2)
 
 
 async def test_mailto_and_list_id_settings(
