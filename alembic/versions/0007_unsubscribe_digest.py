@@ -14,6 +14,7 @@ does; the events already there get it from the deliveries still kept.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0007_unsubscribe_digest"
