@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,28 +107,48 @@ async def test_an_address_that_would_inject_a_command_never_reaches_the_wire(
     assert [r.rcpt_tos for r in relay.received] == [["reader@example.org"]]
 
 
-async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
-    """What reaches the relay in one read: MAIL, RCPT and DATA together when it offers
-    PIPELINING (a relay of our own that only records reads and answers each line)."""
+@dataclass
+class RawRelay:
+    server: asyncio.Server
+    mailer: SmtpMailer  # SMTP_TIMEOUT_SECONDS 1 s, SMTP_DATA_TIMEOUT_SECONDS 5 s
+    accepted: list[str]  # the recipients of the copies it accepted
+    reads: list[bytes]  # what each of its reads got
+
+
+async def _raw_relay(
+    tmp_path: Path, *, after_ehlo: bytes = b"", after_354: bytes = b"", verdict_delay: float = 0
+) -> RawRelay:
+    """A PIPELINING relay of our own that records its reads and can misbehave: talk after EHLO
+    or after its 354 before the content (a reply to no command: it then refuses the content),
+    or take its time over the final verdict."""
+    accepted: list[str] = []
     reads: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 relay ESMTP\r\n")
-        in_data = False
+        in_data, recipient = False, ""
         while chunk := await reader.read(65536):
             reads.append(chunk)
             for line in chunk.split(b"\r\n")[:-1]:
                 if in_data:
                     if line == b".":
                         in_data = False
-                        writer.write(b"250 2.0.0 queued\r\n")
+                        await asyncio.sleep(verdict_delay)
+                        if after_354:
+                            writer.write(b"550 5.7.1 content refused (the real verdict)\r\n")
+                        else:
+                            accepted.append(recipient)
+                            writer.write(b"250 2.0.0 queued\r\n")
                     continue
                 verb = line[:4].upper()
                 if verb == b"EHLO":
-                    writer.write(b"250-relay\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                    writer.write(b"250-relay\r\n250-PIPELINING\r\n250 8BITMIME\r\n" + after_ehlo)
                 elif verb == b"DATA":
                     in_data = True
-                    writer.write(b"354 go ahead\r\n")
+                    writer.write(b"354 go ahead\r\n" + after_354)
+                elif verb == b"RCPT":
+                    recipient = line.decode().partition("<")[2].rstrip(">")
+                    writer.write(b"250 ok\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 bye\r\n")
                 else:
@@ -137,62 +158,23 @@ async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    relay = SmtpServer(port=port)  # only for the settings: never started
-    settings = make_settings("sqlite+aiosqlite:///:memory:", relay, tmp_path)
-    async with server:
-        connection = await SmtpMailer(settings).connect()
-        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
-        await connection.close()
-    assert f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reader@example.org>\r\nDATA\r\n".encode() in reads, (
-        reads
-    )
-
-
-async def _raw_relay(
-    tmp_path: Path, *, after_ehlo: bytes = b"", after_354: bytes = b"", verdict_delay: float = 0
-) -> tuple[asyncio.Server, SmtpMailer, list[str]]:
-    """A PIPELINING relay of our own that can misbehave: talk after EHLO or after its 354
-    before the content (a reply to no command), or take its time over the final verdict. It
-    refuses the content when it talked out of turn; it lists the recipients it accepted."""
-    accepted: list[str] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 relay ESMTP\r\n")
-        in_data, recipient = False, ""
-        while line := await reader.readline():
-            line = line.rstrip(b"\r\n")
-            if in_data:
-                if line == b".":
-                    in_data = False
-                    await asyncio.sleep(verdict_delay)
-                    if after_354:
-                        writer.write(b"550 5.7.1 content refused (the real verdict)\r\n")
-                    else:
-                        accepted.append(recipient)
-                        writer.write(b"250 2.0.0 queued\r\n")
-                continue
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                writer.write(b"250-relay\r\n250 PIPELINING\r\n" + after_ehlo)
-            elif verb == b"DATA":
-                in_data = True
-                writer.write(b"354 go ahead\r\n" + after_354)
-            elif verb == b"RCPT":
-                recipient = line.decode().partition("<")[2].rstrip(">")
-                writer.write(b"250 ok\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-            else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     settings = make_settings("sqlite+aiosqlite:///:memory:", SmtpServer(port=port), tmp_path)
     settings.smtp_timeout_seconds = 1.0
     settings.smtp_data_timeout_seconds = 5.0
-    return server, SmtpMailer(settings), accepted
+    return RawRelay(server, SmtpMailer(settings), accepted, reads)
+
+
+async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
+    """What reaches the relay in one read: MAIL, RCPT and DATA together when it offers
+    PIPELINING."""
+    relay = await _raw_relay(tmp_path)
+    async with relay.server:
+        connection = await relay.mailer.connect()
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+        await connection.close()
+    wanted = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reader@example.org>\r\nDATA\r\n".encode()
+    assert wanted in relay.reads, relay.reads
+    assert relay.accepted == ["reader@example.org"]
 
 
 @pytest.mark.parametrize(
@@ -210,10 +192,10 @@ async def test_a_reply_to_no_command_ends_the_session_and_nothing_is_taken_as_se
     """Taken in order, a reply the relay sends out of turn would answer the next command: a
     refusal read as "250 queued" (a copy recorded sent and lost), a "550" charged to the next
     reader. The session ends instead, the copy is a connection error to try again, at once."""
-    server, mailer, accepted = await _raw_relay(tmp_path, **talk)
-    async with server:
+    relay = await _raw_relay(tmp_path, **talk)
+    async with relay.server:
         for reader in ("first@example.org", "second@example.org"):
-            connection = await mailer.connect()
+            connection = await relay.mailer.connect()
             await asyncio.sleep(0.05)  # the relay's extra words arrive before ours
             started = asyncio.get_running_loop().time()
             with pytest.raises(SendError) as failed:
@@ -223,7 +205,7 @@ async def test_a_reply_to_no_command_ends_the_session_and_nothing_is_taken_as_se
             assert "out of step" in failed.value.reply
             await connection.close()
             assert asyncio.get_running_loop().time() - started < 0.5  # no wait for a QUIT
-    assert accepted == []
+    assert relay.accepted == []
 
 
 async def test_a_slow_verdict_after_the_content_is_awaited_not_sent_again(
@@ -231,9 +213,9 @@ async def test_a_slow_verdict_after_the_content_is_awaited_not_sent_again(
 ) -> None:
     """SMTP_TIMEOUT_SECONDS (1 s here) bounds the commands; the relay's verdict on the content
     may take SMTP_DATA_TIMEOUT_SECONDS (5 s): a copy given up on would be sent twice."""
-    server, mailer, accepted = await _raw_relay(tmp_path, verdict_delay=1.5)
-    async with server:
-        connection = await mailer.connect()
+    relay = await _raw_relay(tmp_path, verdict_delay=1.5)
+    async with relay.server:
+        connection = await relay.mailer.connect()
         await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
         await connection.close()
-    assert accepted == ["reader@example.org"]
+    assert relay.accepted == ["reader@example.org"]
