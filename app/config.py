@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_security: SmtpSecurity = SmtpSecurity.none
     smtp_timeout_seconds: float = 30.0
-    # The wait for the relay's verdict once a copy's content is out: RFC 5321's 10 minutes
-    # (Postfix's smtp_data_done_timeout); a copy given up on sooner may be delivered twice.
-    smtp_data_timeout_seconds: float = Field(default=600.0, gt=0)
+    # The wait for the relay's verdict once a copy's content is out. A copy given up on may be
+    # delivered twice, so longer than SMTP_TIMEOUT_SECONDS (RFC 5321 says 10 minutes); but a
+    # worker's stop (SIGTERM) and its next batch wait for it, so not 10 minutes.
+    smtp_data_timeout_seconds: float = Field(default=120.0, gt=0)
     smtp_messages_per_connection: int = Field(default=500, ge=1)
     maildir_path: Path = VAR_DIR / "mail"
 

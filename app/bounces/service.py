@@ -303,14 +303,23 @@ async def report_bounce(
     return outcome
 
 
-async def _subscriber_of_delivery(session: AsyncSession, delivery_id: int) -> Subscriber | None:
+@dataclass(frozen=True, slots=True)
+class Match:
+    subscriber: Subscriber
+    how: str  # MatchedBy
+    digest_id: int | None = None  # the digest of the copy the report is about, when known
+
+
+async def _match_delivery(session: AsyncSession, delivery_id: int, how: str) -> Match | None:
+    """The reader of one of our copies, and its digest: the report is about that one."""
     delivery = await session.get(Delivery, delivery_id)
     if delivery is None or delivery.subscriber_id is None:
         return None
     subscriber = await session.get(Subscriber, delivery.subscriber_id)
     if subscriber is None or subscriber.erased_at is not None:
         return None
-    return subscriber
+    digest_id = delivery.digest_id if delivery.kind == DeliveryKind.digest else None
+    return Match(subscriber, how, digest_id)
 
 
 class MatchedBy:
@@ -321,37 +330,38 @@ class MatchedBy:
 
 async def match_report(
     session: AsyncSession, *, settings: Settings, tokens: Tokens, report: Report
-) -> tuple[Subscriber, str] | None:
-    """The subscriber a report is about, and how it was matched: signed VERP address, then the
-    original Message-ID, then the recipient addresses it names."""
+) -> Match | None:
+    """The subscriber a report is about, how it was matched (signed VERP address, then the
+    original Message-ID, then the recipient addresses it names) and, through the first two,
+    the digest of the copy that came back."""
     if settings.verp:
         for address in report.envelope_addresses:
             delivery_id = verp_delivery_id(settings, tokens, address)
             if delivery_id is not None:
-                subscriber = await _subscriber_of_delivery(session, delivery_id)
-                if subscriber is not None:
-                    return subscriber, MatchedBy.verp
+                match = await _match_delivery(session, delivery_id, MatchedBy.verp)
+                if match is not None:
+                    return match
     for message_id in report.message_ids:
         delivery = (
             await session.exec(select(Delivery).where(Delivery.message_id == message_id))
         ).first()
         if delivery is not None and delivery.id is not None:
-            subscriber = await _subscriber_of_delivery(session, delivery.id)
-            if subscriber is not None:
-                return subscriber, MatchedBy.message_id
+            match = await _match_delivery(session, delivery.id, MatchedBy.message_id)
+            if match is not None:
+                return match
         # Our Message-IDs name their delivery and carry a keyed tag: trust the id if the tag
         # matches, even if the outcome was never recorded (a crash between send and record).
         delivery_id = delivery_of_message_id(settings, tokens, message_id)
         if delivery_id is not None:
-            subscriber = await _subscriber_of_delivery(session, delivery_id)
-            if subscriber is not None:
-                return subscriber, MatchedBy.message_id
+            match = await _match_delivery(session, delivery_id, MatchedBy.message_id)
+            if match is not None:
+                return match
     for address in report.recipients:
         subscriber = await subscriber_by_email(
             session, tokens=tokens, email=address, include_erased=False
         )
         if subscriber is not None:
-            return subscriber, MatchedBy.address
+            return Match(subscriber, MatchedBy.address)
     return None
 
 
@@ -393,7 +403,7 @@ async def process_returned_mail(
         if matched is None:
             summary.unmatched.append(name)
             continue
-        subscriber, how = matched
+        subscriber, how = matched.subscriber, matched.how
         bounce_type, reason = report.type, report.reason
         if how == MatchedBy.address and bounce_type != BounceType.soft:
             summary.unverified.append(name)
@@ -406,6 +416,7 @@ async def process_returned_mail(
             reason=reason,
             source=BounceSource.mailbox,
             report_id=report.report_id,
+            digest_id=matched.digest_id,
             soft_bounce_limit=settings.soft_bounce_limit,
         )
         if outcome is None:

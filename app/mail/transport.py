@@ -134,6 +134,8 @@ class _Replies(asyncio.Protocol):
             self.data_received(leftover)
 
     def data_received(self, data: bytes) -> None:
+        if self._out_of_step:
+            return
         self._buffer += data
         while (end := self._buffer.find(b"\n")) != -1:
             line = bytes(self._buffer[: end + 1])
@@ -148,6 +150,9 @@ class _Replies(asyncio.Protocol):
                 self._replies.append(aiosmtplib.SMTPResponse(int(line[:3]), text))
                 self._lines = []
                 if len(self._replies) > self._owed:
+                    # The replies owed came first and stand (a "250 queued" followed by a
+                    # "421 closing" is a copy delivered); the rest answers nothing of ours.
+                    self._replies.pop()
                     self._out_of_step = True
                     self._fail(
                         aiosmtplib.SMTPResponseException(
@@ -178,10 +183,14 @@ class _Replies(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @property
+    def usable(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
     async def read(self, count: int) -> list[aiosmtplib.SMTPResponse]:
-        """The next `count` replies, in the order of the commands. None once the relay is out
-        of step: which reply answers what is not known any more."""
-        while len(self._replies) < count or self._out_of_step:
+        """The next `count` replies, in the order of the commands (those that came before the
+        session was lost, if any: a reply the relay sent before hanging up still counts)."""
+        while len(self._replies) < count:
             if self._lost is not None:
                 raise self._lost
             self._waiter = asyncio.get_running_loop().create_future()
@@ -321,14 +330,26 @@ class SmtpConnection:
             raise _refused(reply, stage="data")
 
     async def _reset(self) -> None:
-        """RSET after a refused step, so the session can carry the next transaction."""
+        """RSET after a refused step, so the session can carry the next transaction; a relay
+        that does not answer it 250 is in a state we do not know: the session ends."""
         try:
             self._replies.write(b"RSET\r\n", replies=1)
-            await self._replies.read(1)
+            (reply,) = await self._replies.read(1)
+            if reply.code != 250:
+                self._replies.transport.close()
         except (aiosmtplib.SMTPException, OSError):
             self._replies.transport.close()
 
+    @property
+    def usable(self) -> bool:
+        """False once the relay hung up, said 421 or spoke out of turn: a new session is needed
+        (nobody's copy was tried on this one yet)."""
+        return self._replies.usable
+
     async def close(self) -> None:
+        if not self.usable:
+            self._replies.transport.close()  # no QUIT into a session out of step
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 self._replies.write(b"QUIT\r\n", replies=1)
@@ -384,9 +405,18 @@ class SmtpMailer:
                 permanent=False,
                 recipient=False,
             ) from exc
-        return SmtpConnection(
+        connection = SmtpConnection(
             client, timeout=s.smtp_timeout_seconds, data_timeout=s.smtp_data_timeout_seconds
         )
+        if not connection.usable:  # it spoke out of turn after EHLO
+            await connection.close()
+            raise SendError(
+                "connect: the relay's replies are out of step with our commands",
+                code=None,
+                permanent=False,
+                recipient=False,
+            )
+        return connection
 
 
 class MaildirConnection:

@@ -142,8 +142,9 @@ async def by_domain(
 async def latest_send_of(
     session: AsyncSession, *, subscriber_id: int, kinds: Iterable[str]
 ) -> tuple[str, int] | None:
-    """The send (kind, id) of the reader's latest copy that went out: what a complaint or a
-    bounce report that names only an address is about."""
+    """The send (kind, id) of the reader's latest copy that went out (the last sent: a paused
+    send resumed later may have gone out after a newer one): what a complaint or a bounce
+    report that names only an address is about, and what an unsubscribe counts for."""
     row = (
         await session.execute(
             sa.select(col(Delivery.kind), col(Delivery.digest_id))
@@ -153,7 +154,7 @@ async def latest_send_of(
                 col(Delivery.digest_id).is_not(None),
                 col(Delivery.status) == DeliveryStatus.sent,
             )
-            .order_by(col(Delivery.id).desc())
+            .order_by(col(Delivery.sent_at).desc().nulls_last(), col(Delivery.id).desc())
             .limit(1)
         )
     ).first()

@@ -81,6 +81,11 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def usable(connection: Connection) -> bool:
+    """Whether a session can carry a copy (SMTP sessions tell; others always can)."""
+    return bool(getattr(connection, "usable", True))
+
+
 class ConnectionPool:
     """Open SMTP connections between batches, with the messages each has carried."""
 
@@ -90,8 +95,11 @@ class ConnectionPool:
         self._idle: list[tuple[Connection, int]] = []
 
     async def acquire(self) -> tuple[Connection, int]:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            connection, used = self._idle.pop()
+            if usable(connection):
+                return connection, used
+            await connection.close()  # the relay hung up or said 421 while it was idle
         return await self.mailer.connect(), 0
 
     async def give_back(self, connection: Connection, used: int) -> None:
@@ -325,6 +333,11 @@ class Sender:
                 if lane >= self.pace.lanes:
                     return  # the relay refused connections: fewer lanes (pacing.py)
                 item = pending.popleft()
+                if connection is not None and not usable(connection):
+                    # Lost between two copies (a 421 while idle): nobody's copy was tried on
+                    # it, so a new session, and no attempt counted.
+                    await connection.close()
+                    connection = None
                 if connection is None:
                     try:
                         connection, used = await self.pool.acquire()

@@ -293,12 +293,23 @@ async def test_process_maildir_of_returned_mail(
     yahoo_reader = await make_subscriber(session, tokens, email="awa.sow@yahoo.fr")
     fatou = await make_subscriber(session, tokens, email="fatou.ndiaye@hotmail.fr")
     # Deliveries as the sender left them: 1042 is found through its Message-ID (its VERP address
-    # is unsigned, so it names nothing), 1043 through the recorded
-    # Message-ID, 2071 through its Message-ID's keyed tag (outcome never recorded), and Fatou's
-    # report through the original To (delivery 2072 is gone). 3000 is queued for the reader who
-    # complains: it is skipped.
+    # is unsigned, so it names nothing), 1043 (a copy of the first digest; Kofi has had the
+    # second since) through the recorded Message-ID, 2071 through its Message-ID's keyed tag
+    # (outcome never recorded), and Fatou's report through the original To (delivery 2072 is
+    # gone). 3000 is queued for the reader who complains: it is skipped.
+    first, second = Digest(status=DigestStatus.sent), Digest(status=DigestStatus.sent)
+    session.add_all([first, second])
+    await session.flush()
+    kofi_id, first_id = kofi.id, first.id
     session.add_all(
         [
+            Delivery(
+                id=1044,
+                kind=DeliveryKind.digest,
+                digest_id=second.id,
+                subscriber_id=kofi.id,
+                status=DeliveryStatus.sent,
+            ),
             Delivery(
                 id=1042,
                 kind=DeliveryKind.confirmation,
@@ -307,7 +318,8 @@ async def test_process_maildir_of_returned_mail(
             ),
             Delivery(
                 id=1043,
-                kind=DeliveryKind.confirmation,
+                kind=DeliveryKind.digest,
+                digest_id=first.id,
                 subscriber_id=kofi.id,
                 status=DeliveryStatus.sent,
                 message_id="<nl.1043.0ca3f39336@dzaleu.test>",
@@ -354,6 +366,13 @@ async def test_process_maildir_of_returned_mail(
     sources = (await session.exec(select(BounceEvent.source).distinct())).all()
     assert sources == ["mailbox"]
     assert (await session.exec(select(func.count()).select_from(BounceEvent))).one() == 4
+    # The report names the first digest's copy: it counts for that digest, not the latest.
+    kofi_bounce = (
+        await session.exec(
+            select(BounceEvent.digest_id).where(BounceEvent.subscriber_id == kofi_id)
+        )
+    ).all()
+    assert kofi_bounce == [first_id]
 
 
 async def test_process_mbox_unmatched_without_verp(

@@ -116,7 +116,12 @@ class RawRelay:
 
 
 async def _raw_relay(
-    tmp_path: Path, *, after_ehlo: bytes = b"", after_354: bytes = b"", verdict_delay: float = 0
+    tmp_path: Path,
+    *,
+    after_ehlo: bytes = b"",
+    after_354: bytes = b"",
+    after_verdict: bytes = b"",
+    verdict_delay: float = 0,
 ) -> RawRelay:
     """A PIPELINING relay of our own that records its reads and can misbehave: talk after EHLO
     or after its 354 before the content (a reply to no command: it then refuses the content),
@@ -138,7 +143,7 @@ async def _raw_relay(
                             writer.write(b"550 5.7.1 content refused (the real verdict)\r\n")
                         else:
                             accepted.append(recipient)
-                            writer.write(b"250 2.0.0 queued\r\n")
+                            writer.write(b"250 2.0.0 queued\r\n" + after_verdict)
                     continue
                 verb = line[:4].upper()
                 if verb == b"EHLO":
@@ -177,6 +182,17 @@ async def test_pipelined_commands_share_one_write(tmp_path: Path) -> None:
     assert relay.accepted == ["reader@example.org"]
 
 
+async def _connect_and_send(mailer: SmtpMailer, reader: str) -> None:
+    """Out of step at once (its words came with EHLO's reply): the session does not open;
+    later: the copy tried on it fails."""
+    connection = await mailer.connect()
+    await asyncio.sleep(0.05)  # the relay's extra words arrive before ours
+    try:
+        await connection.send(BODY, sender=SENDER, recipient=reader)
+    finally:
+        await connection.close()
+
+
 @pytest.mark.parametrize(
     "talk",
     [
@@ -191,21 +207,31 @@ async def test_a_reply_to_no_command_ends_the_session_and_nothing_is_taken_as_se
 ) -> None:
     """Taken in order, a reply the relay sends out of turn would answer the next command: a
     refusal read as "250 queued" (a copy recorded sent and lost), a "550" charged to the next
-    reader. The session ends instead, the copy is a connection error to try again, at once."""
+    reader. The session ends instead, the copy is a connection error to try again."""
     relay = await _raw_relay(tmp_path, **talk)
     async with relay.server:
         for reader in ("first@example.org", "second@example.org"):
-            connection = await relay.mailer.connect()
-            await asyncio.sleep(0.05)  # the relay's extra words arrive before ours
             started = asyncio.get_running_loop().time()
             with pytest.raises(SendError) as failed:
-                await connection.send(BODY, sender=SENDER, recipient=reader)
+                await _connect_and_send(relay.mailer, reader)
             assert (failed.value.code, failed.value.permanent) == (None, False)
             assert failed.value.recipient is False
             assert "out of step" in failed.value.reply
-            await connection.close()
             assert asyncio.get_running_loop().time() - started < 0.5  # no wait for a QUIT
     assert relay.accepted == []
+
+
+async def test_a_copy_accepted_just_before_a_421_is_sent_once(tmp_path: Path) -> None:
+    """A relay may say 421 and hang up at any time (RFC 5321, 3.8): right after "250 queued"
+    in the same read, the copy stands delivered and only the session ends."""
+    relay = await _raw_relay(tmp_path, after_verdict=b"421 4.3.2 closing\r\n")
+    async with relay.server:
+        connection = await relay.mailer.connect()
+        assert isinstance(connection, SmtpConnection)
+        await connection.send(BODY, sender=SENDER, recipient="reader@example.org")
+        assert not connection.usable
+        await connection.close()
+    assert relay.accepted == ["reader@example.org"]
 
 
 async def test_a_slow_verdict_after_the_content_is_awaited_not_sent_again(
