@@ -467,6 +467,7 @@ class Sender:
                 retry_at=utcnow() + timedelta(seconds=delay),
                 count_attempt=False,
             )
+            await self._requeued(session, item.delivery)
             await session.commit()
         report.retried += 1
 
@@ -614,7 +615,16 @@ class Sender:
             reply=reply,
             retry_at=utcnow() + timedelta(seconds=delay),
         )
+        await self._requeued(session, delivery)
         return True
+
+    async def _requeued(self, session: AsyncSession, delivery: Claimed) -> None:
+        """A copy back in the queue after a failed try: skipped at once if its send was
+        cancelled meanwhile (it stayed `queued` for good: nobody claims a cancelled send's
+        rows), as a released one is."""
+        kind = self.kinds.get(delivery.kind)
+        if kind is not None:
+            await kind.released(session, ids=[delivery.id])
 
     async def _setup_error(self, item: Outgoing, exc: SendError, report: BatchReport) -> None:
         """A permanent error that blames our setup (credentials, sender, relay policy): the

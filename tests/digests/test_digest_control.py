@@ -13,12 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.articles import service as articles
 from app.config import Settings
 from app.digests import service as digests
-from app.models import DeliveryStatus, as_utc
+from app.models import Delivery, DeliveryStatus, as_utc
 from tests.factories import (
     cli_env,
     digest_deliveries,
@@ -476,3 +477,28 @@ async def test_pause_or_cancel_stops_the_messages_a_worker_already_holds(
         assert sum(d.status == DeliveryStatus.sent for d in rows) == received.total()
     else:
         assert {d.status for d in rows} == {DeliveryStatus.sent}
+
+
+async def test_a_copy_refused_for_now_after_its_send_was_cancelled_is_skipped(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    """Copies on the wire when the editor cancels, which the relay then refuses with a 4xx:
+    skipped, not back in the queue for good (nobody claims a cancelled send's rows)."""
+    app.state.settings.send_concurrency = 3
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=3)
+    smtp_server.faults.delay_seconds = 0.5  # all three wait for the relay's verdict
+    smtp_server.faults.data = "451 4.3.0 Try again later"
+    batch = asyncio.create_task(send_one_batch(app))
+    await asyncio.sleep(0.25)
+    assert (await control(client, digest_id, "cancel", editor_headers)).status_code == 200
+    await batch
+    statuses = (
+        await session.exec(select(Delivery.status).where(col(Delivery.digest_id) == digest_id))
+    ).all()
+    assert statuses == [DeliveryStatus.skipped] * 3
+    state = (await client.get(f"/api/v1/digests/{digest_id}", headers=editor_headers)).json()
+    assert (state["status"], state["queued"], state["skipped"]) == ("cancelled", 0, 3)
