@@ -46,6 +46,7 @@ class Control:
         self._left_readers: dict[int, float] = {}
         self._left_rows: set[int] = set()
         self._lost_rows: set[int] = set()
+        self._news = asyncio.Event()
 
     # --- Written by the listener and the watcher --------------------------------------------
 
@@ -60,9 +61,20 @@ class Control:
             self._halted.pop(value, None)
         elif action == "revoke":
             self._left_readers[value] = time.monotonic()
+            self._tell()
 
     def halt(self, send_id: int) -> None:
         self._halted.setdefault(send_id, time.monotonic())
+        self._tell()
+
+    @property
+    def news(self) -> asyncio.Event:
+        """Set once a send halts or a reader leaves: a lane waiting for its turn looks again."""
+        return self._news
+
+    def _tell(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()
 
     def halted_since(self, send_id: int) -> float | None:
         return self._halted.get(send_id)

@@ -21,7 +21,6 @@ messages evenly (no burst of a second's worth after a pause), which is what rela
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import deque
@@ -79,18 +78,16 @@ class Pace:
         self._next = 0.0
         self._recent: deque[float] = deque(maxlen=4096)  # monotonic times of answers
 
-    async def wait_turn(self) -> None:
-        """Wait for this message's slot: slots are 1/rate apart."""
+    def next_turn(self) -> float:
+        """Reserve this message's slot (slots are 1/rate apart): the monotonic time it comes."""
         rate = self.rate
-        if rate is None:
-            return
         now = time.monotonic()
+        if rate is None:
+            return now
         # No credit for idle time beyond one slot: a pause is not followed by a burst.
         start = max(self._next, now - 1.0 / rate)
         self._next = start + 1.0 / rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
+        return start
     def delivered(self) -> None:
         now = time.monotonic()
         self._recent.append(now)

@@ -344,13 +344,11 @@ class Sender:
                     except SendError as exc:
                         await self._connect_failed(item, exc, report)
                         continue
-                if self.pace.rate is not None:
-                    await self.pace.wait_turn()
+                if self.pace.rate is not None and await self._turn_or_stop(item, report, unsent):
+                    continue
                 # Checked last, right before the wire: a pause, cancel or unsubscribe answered
                 # before this point stops this message.
-                stop = self.control.stop_for(item.delivery)
-                if stop is not None:
-                    self._stopped(item, stop, report, unsent)
+                if self._stop_here(item, report, unsent):
                     continue
                 send_started = time.perf_counter()
                 try:
@@ -383,6 +381,30 @@ class Sender:
         finally:
             if connection is not None:
                 await self.pool.give_back(connection, used)
+
+    async def _turn_or_stop(
+        self, item: Outgoing, report: BatchReport, unsent: list[Claimed]
+    ) -> bool:
+        """Wait for this copy's turn (SEND_RATE_PER_SECOND), looking again whenever a send
+        halts or a reader leaves: True if it was stopped meanwhile (settled). Without that,
+        a paused send's rows stayed `sending` while each lane waited out its turn."""
+        if self._stop_here(item, report, unsent):
+            return True
+        turn = self.pace.next_turn()
+        while (wait := turn - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.control.news.wait(), wait)
+            if self._stop_here(item, report, unsent):
+                return True
+        return False
+
+    def _stop_here(self, item: Outgoing, report: BatchReport, unsent: list[Claimed]) -> bool:
+        """Whether a pause, cancel or unsubscribe answered by now stops this copy (settled)."""
+        stop = self.control.stop_for(item.delivery)
+        if stop is None:
+            return False
+        self._stopped(item, stop, report, unsent)
+        return True
 
     def _stopped(
         self, item: Outgoing, stop: Stop, report: BatchReport, unsent: list[Claimed]

@@ -502,3 +502,35 @@ async def test_a_copy_refused_for_now_after_its_send_was_cancelled_is_skipped(
     assert statuses == [DeliveryStatus.skipped] * 3
     state = (await client.get(f"/api/v1/digests/{digest_id}", headers=editor_headers)).json()
     assert (state["status"], state["queued"], state["skipped"]) == ("cancelled", 0, 3)
+
+
+async def test_a_pause_gives_back_a_paced_batch_at_once(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    smtp_server: SmtpServer,
+    editor_headers: dict[str, str],
+) -> None:
+    """With SEND_RATE_PER_SECOND, the copies of a paused send do not wait their turn to be
+    given back (30 copies at 2 a second held the rows `sending` for 15 s)."""
+    app.state.settings.send_rate_per_second = 2.0
+    app.state.settings.send_batch_size = 30
+    digest_id = await sending_digest(client, session, app, editor_headers, readers=30)
+    stop = asyncio.Event()
+    task = asyncio.create_task(make_sender(app).run(stop))
+    try:
+        assert await _run_until(lambda: copies(smtp_server).total() >= 1, 10)
+        assert (await control(client, digest_id, "pause", editor_headers)).status_code == 200
+        await asyncio.sleep(2.0)
+        statuses = Counter(
+            (
+                await session.exec(
+                    select(Delivery.status).where(col(Delivery.digest_id) == digest_id)
+                )
+            ).all()
+        )
+        assert statuses[DeliveryStatus.sending] == 0, statuses
+        assert statuses[DeliveryStatus.queued] >= 20, statuses
+    finally:
+        stop.set()
+        await task
