@@ -88,6 +88,7 @@ class Pace:
         start = max(self._next, now - 1.0 / rate)
         self._next = start + 1.0 / rate
         return start
+
     def delivered(self) -> None:
         now = time.monotonic()
         self._recent.append(now)
