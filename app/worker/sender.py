@@ -81,11 +81,6 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def usable(connection: Connection) -> bool:
-    """Whether a session can carry a copy (SMTP sessions tell; others always can)."""
-    return bool(getattr(connection, "usable", True))
-
-
 class ConnectionPool:
     """Open SMTP connections between batches, with the messages each has carried."""
 
@@ -97,7 +92,7 @@ class ConnectionPool:
     async def acquire(self) -> tuple[Connection, int]:
         while self._idle:
             connection, used = self._idle.pop()
-            if usable(connection):
+            if connection.usable:
                 return connection, used
             await connection.close()  # the relay hung up or said 421 while it was idle
         return await self.mailer.connect(), 0
@@ -333,7 +328,7 @@ class Sender:
                 if lane >= self.pace.lanes:
                     return  # the relay refused connections: fewer lanes (pacing.py)
                 item = pending.popleft()
-                if connection is not None and not usable(connection):
+                if connection is not None and not connection.usable:
                     # Lost between two copies (a 421 while idle): nobody's copy was tried on
                     # it, so a new session, and no attempt counted.
                     await connection.close()
@@ -643,7 +638,8 @@ class Sender:
     async def _requeued(self, session: AsyncSession, delivery: Claimed) -> None:
         """A copy back in the queue after a failed try: skipped at once if its send was
         cancelled meanwhile (it stayed `queued` for good: nobody claims a cancelled send's
-        rows), as a released one is."""
+        rows), as a released one is. Asked of the database, not of what this worker has heard:
+        a cancel it learns after this try would leave the row queued for good."""
         kind = self.kinds.get(delivery.kind)
         if kind is not None:
             await kind.released(session, ids=[delivery.id])
